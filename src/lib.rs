@@ -1,0 +1,25 @@
+//! The ZeroMQ Guide's advanced pub-sub patterns (chapter 5) as async Rust
+//! modules on the pure-Rust [`zeromq`] crate, wire-compatible with libzmq.
+//!
+//! Each pattern is split the same way: a pure state machine that takes
+//! events and `now` and returns actions (no sockets, no clock, unit-tested
+//! deterministically), and a thin tokio task that owns the sockets and
+//! drives it. Internal pipes are tokio channels (the `zeromq` crate has no
+//! `inproc://` or PAIR); long-lived tasks stop on a
+//! [`CancellationToken`](tokio_util::sync::CancellationToken).
+//!
+//! # Layout
+//!
+//! - [`endpoint`]: `@bind` / `>connect` endpoint strings and attaching sockets.
+//! - [`frames`]: helpers between `ZmqMessage` and frame lists.
+//!
+//! # Limits of the underlying `zeromq` crate
+//!
+//! Never enable `ZMQ_HEARTBEAT_*` on a libzmq peer that talks to this crate:
+//! the `zeromq` crate treats a ZMTP PING as a protocol error and drops the
+//! connection. See the README for the full list.
+
+#![doc(test(attr(deny(warnings))))]
+
+pub mod endpoint;
+pub mod frames;
