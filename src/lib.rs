@@ -12,6 +12,8 @@
 //!
 //! - [`endpoint`]: `@bind` / `>connect` endpoint strings and attaching sockets.
 //! - [`frames`]: helpers between `ZmqMessage` and frame lists.
+//! - [`snail`]: Suicidal Snail, slow-subscriber detection (lag with clock-skew
+//!   estimation, sequence gaps) and the abort / recover policies.
 //!
 //! # Limits of the underlying `zeromq` crate
 //!
@@ -23,3 +25,4 @@
 
 pub mod endpoint;
 pub mod frames;
+pub mod snail;
