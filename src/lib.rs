@@ -11,6 +11,8 @@
 //! # Layout
 //!
 //! - [`endpoint`]: `@bind` / `>connect` endpoint strings and attaching sockets.
+//! - [`blackbox`]: Black Box, a high-speed subscriber sharding messages by
+//!   key over worker threads (per-key order kept, drops counted).
 //! - [`frames`]: helpers between `ZmqMessage` and frame lists.
 //! - [`snail`]: Suicidal Snail, slow-subscriber detection (lag with clock-skew
 //!   estimation, sequence gaps) and the abort / recover policies.
@@ -23,6 +25,7 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+pub mod blackbox;
 pub mod endpoint;
 pub mod frames;
 pub mod snail;

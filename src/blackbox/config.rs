@@ -1,0 +1,155 @@
+//! Configuration of the Black Box: subscriber sockets, number of workers,
+//! queue depth, what to do when a worker falls behind, the sharding key
+//! and where workers run.
+
+use std::fmt;
+use std::sync::Arc;
+
+use zeromq::ZmqMessage;
+
+use super::shard::ShardKey;
+use crate::endpoint::EndpointSpec;
+
+/// What an I/O task does when the chosen worker's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// Wait for room (backpressure). The I/O task stops reading, the kernel
+    /// buffers fill, and the *publisher* drops (silently, with the `zeromq`
+    /// crate) once its queue for this subscriber is full: nothing is lost
+    /// inside the subscriber, but one slow shard slows all shards fed by
+    /// that socket.
+    #[default]
+    Block,
+    /// Drop the new message and count it per worker
+    /// ([`BlackBoxStats::dropped`](super::BlackBoxStats::dropped)): a slow
+    /// shard loses its own messages and never slows the others.
+    DropNewest,
+}
+
+/// Where the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WorkerThreads {
+    /// One OS thread per worker (named `blackbox-w<i>`), the default: the
+    /// handler may burn CPU without blocking the runtime that runs the I/O
+    /// tasks. The I/O tasks run on the runtime `start` is called from.
+    #[default]
+    Dedicated,
+    /// Tasks on the runtime `start` is called from (use a multi-thread
+    /// runtime): no extra threads, but a slow handler blocks a runtime
+    /// worker thread, and with it any I/O task scheduled there.
+    Runtime,
+}
+
+/// Called with (worker index, message) for every message dropped at a full
+/// queue, e.g. to log or to count per key.
+pub type DropHook = Arc<dyn Fn(usize, &ZmqMessage) + Send + Sync>;
+
+/// One subscriber socket: where it connects (or binds) and what it
+/// subscribes to.
+#[derive(Debug, Clone)]
+pub struct SocketSpec {
+    pub(crate) endpoints: Vec<EndpointSpec>,
+    pub(crate) topics: Vec<String>,
+}
+
+impl SocketSpec {
+    /// A SUB socket on `endpoints`, subscribed to `topics` (`[""]` for all).
+    pub fn new(endpoints: Vec<EndpointSpec>, topics: Vec<String>) -> Self {
+        Self { endpoints, topics }
+    }
+}
+
+/// Configuration of a Black Box sharded subscriber.
+#[derive(Clone)]
+pub struct BlackBoxConfig {
+    pub(crate) sockets: Vec<SocketSpec>,
+    pub(crate) workers: usize,
+    pub(crate) queue_depth: usize,
+    pub(crate) overflow: Overflow,
+    pub(crate) key: ShardKey,
+    pub(crate) threads: WorkerThreads,
+    pub(crate) on_drop: Option<DropHook>,
+}
+
+impl Default for BlackBoxConfig {
+    fn default() -> Self {
+        Self {
+            sockets: Vec::new(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue_depth: 4096,
+            overflow: Overflow::Block,
+            key: ShardKey::Topic,
+            threads: WorkerThreads::Dedicated,
+            on_drop: None,
+        }
+    }
+}
+
+impl fmt::Debug for BlackBoxConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlackBoxConfig")
+            .field("sockets", &self.sockets)
+            .field("workers", &self.workers)
+            .field("queue_depth", &self.queue_depth)
+            .field("overflow", &self.overflow)
+            .field("key", &self.key)
+            .field("threads", &self.threads)
+            .field("on_drop", &self.on_drop.is_some())
+            .finish()
+    }
+}
+
+impl BlackBoxConfig {
+    /// Defaults: no socket yet, one worker per CPU, queues of 4096,
+    /// backpressure, shard by topic (frame 0), dedicated worker threads.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a subscriber socket (one I/O task each). Give several sockets
+    /// disjoint topics (or different publishers): sockets with the same
+    /// subscription to the same publisher each receive every message.
+    pub fn socket(mut self, endpoints: Vec<EndpointSpec>, topics: &[&str]) -> Self {
+        let topics = topics.iter().map(|t| (*t).to_owned()).collect();
+        self.sockets.push(SocketSpec::new(endpoints, topics));
+        self
+    }
+
+    /// The number of workers (shards).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Messages each worker's queue holds.
+    pub fn queue_depth(mut self, n: usize) -> Self {
+        self.queue_depth = n;
+        self
+    }
+
+    /// What happens when a worker's queue is full.
+    pub fn overflow(mut self, o: Overflow) -> Self {
+        self.overflow = o;
+        self
+    }
+
+    /// Which part of a message is the sharding key.
+    pub fn key(mut self, k: ShardKey) -> Self {
+        self.key = k;
+        self
+    }
+
+    /// Where the workers run.
+    pub fn worker_threads(mut self, t: WorkerThreads) -> Self {
+        self.threads = t;
+        self
+    }
+
+    /// Called for every message dropped at a full queue.
+    pub fn on_drop(mut self, hook: impl Fn(usize, &ZmqMessage) + Send + Sync + 'static) -> Self {
+        self.on_drop = Some(Arc::new(hook));
+        self
+    }
+}
