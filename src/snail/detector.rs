@@ -208,11 +208,16 @@ impl fmt::Display for Alarm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let id = String::from_utf8_lossy(&self.publisher);
         match self.cause {
-            Cause::Lag => write!(
-                f,
-                "publisher {id:?}: lag {:?} > max {:?} (over for {:?})",
-                self.lag, self.max_lag, self.lagging_for
-            )?,
+            Cause::Lag => {
+                write!(
+                    f,
+                    "publisher {id:?}: lag {:?} > max {:?}",
+                    self.lag, self.max_lag
+                )?;
+                if !self.lagging_for.is_zero() {
+                    write!(f, " for {:?}", self.lagging_for)?;
+                }
+            }
             Cause::Loss => write!(f, "publisher {id:?}: {} message(s) lost", self.lost)?,
         }
         if let Some(g) = self.gap {

@@ -1,0 +1,225 @@
+//! Suicidal Snail against libzmq 4.3: the `suisnail` example's subscriber
+//! watching a libzmq publisher of Guide-format timestamps (as `suisnail.c`
+//! sends them), and the toolkit envelope carried by libzmq both ways.
+
+mod common;
+use common::*;
+
+#[allow(dead_code)]
+#[path = "../examples/suisnail/subscriber.rs"]
+mod suisnail_subscriber;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use suisnail_subscriber::{run_subscriber, SubOptions};
+use tokio_util::sync::CancellationToken;
+use zpatterns::endpoint::EndpointSpec;
+use zpatterns::snail::envelope::{decode, Stamper, WireFormat};
+use zpatterns::snail::*;
+
+/// A libzmq PUB sending what `suisnail.c` sends: every 1 ms, one frame of
+/// decimal ASCII milliseconds since the epoch. Stops when dropped.
+struct GuidePublisher {
+    endpoint: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl GuidePublisher {
+    fn start() -> Self {
+        let publisher = Lz::new(zmq::PUB);
+        let endpoint = publisher.bind_loopback();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis();
+                publisher.with(|p| p.send(ms.to_string().as_bytes(), 0).unwrap());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Self { endpoint, stop }
+    }
+}
+
+impl Drop for GuidePublisher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn options(ep: &str, max_delay_ms: u64, work_ms: u64) -> SubOptions {
+    SubOptions {
+        endpoint: EndpointSpec::connect(ep).unwrap(),
+        max_delay: Duration::from_millis(max_delay_ms),
+        work_ms,
+        clock: ClockSync::Estimated,
+        verbose: false,
+    }
+}
+
+#[tokio::test]
+async fn example_subscriber_croaks_on_a_libzmq_guide_publisher() {
+    trace_init();
+    let publisher = GuidePublisher::start();
+    // 2-4 ms of work per 1 ms message, 150 ms allowed: croaks in well under a second.
+    let opts = options(&publisher.endpoint, 150, 4);
+    let report = within(
+        secs(30),
+        "croak",
+        run_subscriber(&opts, CancellationToken::new()),
+    )
+    .await
+    .expect("no socket error");
+    let received = report.received;
+    let croak = report.croak.expect("croaked");
+    let alarm = croak.alarm().unwrap();
+    assert_eq!(
+        (alarm.cause(), alarm.publisher().as_ref()),
+        (Cause::Lag, b"guide-c".as_ref())
+    );
+    assert!(alarm.lag() > Duration::from_millis(150));
+    assert_ne!(croak.exit_code(), std::process::ExitCode::SUCCESS);
+    assert!(received > 10, "{received}");
+}
+
+#[tokio::test]
+async fn example_subscriber_keeps_up_with_a_libzmq_guide_publisher() {
+    trace_init();
+    let publisher = GuidePublisher::start();
+    let opts = options(&publisher.endpoint, 150, 0);
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        s.cancel();
+    });
+    let report = within(secs(30), "stop", run_subscriber(&opts, stop))
+        .await
+        .unwrap();
+    assert!(report.croak.is_none(), "{report:?}");
+    assert!(report.received > 50, "{report:?}");
+}
+
+/// The example binary itself, as a separate process: exit status and the
+/// Guide's message on stderr. `cargo test` builds examples before running
+/// tests; `cargo test --test snail_interop` alone does not, and then this
+/// test says so and checks nothing.
+#[tokio::test]
+async fn example_process_exits_non_zero_when_it_croaks() {
+    trace_init();
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("suisnail");
+    if !bin.exists() {
+        eprintln!(
+            "skipped: {} not built (run the full `cargo test`)",
+            bin.display()
+        );
+        return;
+    }
+    let publisher = GuidePublisher::start();
+    let out = within(
+        secs(60),
+        "suisnail process",
+        tokio::process::Command::new(&bin)
+            .args(["--subscriber-only", "--connect", &publisher.endpoint])
+            .args(["--max-delay-ms", "150", "--work-ms", "4"])
+            .env("RUST_LOG", "error")
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(CROAK_EXIT_CODE)),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("E: subscriber cannot keep up, aborting"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("croaked after"), "{stdout}");
+}
+
+#[tokio::test]
+async fn toolkit_envelope_reaches_a_libzmq_subscriber_as_plain_frames() {
+    trace_init();
+    let (mut p, ep) = SnailPublisher::attach(&EndpointSpec::loopback(), "zrs-pub")
+        .await
+        .unwrap();
+    let sub = Lz::new(zmq::SUB);
+    sub.subscribe(b"A");
+    sub.connect(&ep);
+    let got = within(secs(10), "first message", async {
+        loop {
+            p.send(vec![Bytes::from("B"), Bytes::from("filtered")])
+                .await
+                .unwrap();
+            p.send(vec![Bytes::from("A"), Bytes::from("body")])
+                .await
+                .unwrap();
+            if let Some(m) = sub.recv(ms(50)).await {
+                break m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(got.len(), 3, "topic, body, stamp");
+    assert_eq!(text(&got[..2]), ["A", "body"]);
+    let frames: Vec<Bytes> = got.into_iter().map(Bytes::from).collect();
+    let stamp = decode(&frames, WireFormat::Toolkit).unwrap();
+    assert_eq!(stamp.publisher().as_ref(), b"zrs-pub");
+    assert_eq!(stamp.epoch(), p.stamper().epoch());
+    assert_eq!(
+        stamp.seq().unwrap() % 2,
+        1,
+        "the A messages have odd sequence numbers"
+    );
+}
+
+#[tokio::test]
+async fn libzmq_publisher_of_toolkit_stamps_is_checked_and_gaps_croak() {
+    trace_init();
+    let publisher = Lz::new(zmq::PUB);
+    let ep = publisher.bind_loopback();
+    let config = SnailConfig::new();
+    let mut sub = SnailSubscriber::attach(&[EndpointSpec::connect(&ep).unwrap()], &["A"], config)
+        .await
+        .unwrap();
+    let mut stamper = Stamper::with_epoch("lz-pub", 42).unwrap();
+    let mut stamped = |body: &str| {
+        let mut f = vec![Bytes::from("A"), Bytes::from(body.to_owned())];
+        stamper.stamp(&mut f, SystemTime::now());
+        f.into_iter().map(|b| b.to_vec()).collect::<Vec<_>>()
+    };
+    let first = within(secs(10), "first message", async {
+        loop {
+            publisher.send_owned(stamped("warm-up")).await;
+            if let Ok(Ok(d)) = tokio::time::timeout(ms(50), sub.recv()).await {
+                break d;
+            }
+        }
+    })
+    .await;
+    assert_eq!(text(first.frames()), ["A", "warm-up"]);
+    assert_eq!(first.stamp().unwrap().publisher().as_ref(), b"lz-pub");
+    while let Ok(Ok(_)) = tokio::time::timeout(ms(100), sub.recv()).await {}
+    let _lost = stamped("never sent");
+    publisher.send_owned(stamped("after gap")).await;
+    let err = within(secs(5), "gap croak", sub.recv()).await.unwrap_err();
+    let alarm = err.alarm().unwrap();
+    assert_eq!((alarm.cause(), alarm.lost()), (Cause::Loss, 1));
+}
