@@ -21,9 +21,11 @@ pub enum Overflow {
     /// that socket.
     #[default]
     Block,
-    /// Drop the new message and count it per worker
+    /// Drop the new messages and count them per worker
     /// ([`BlackBoxStats::dropped`](super::BlackBoxStats::dropped)): a slow
-    /// shard loses its own messages and never slows the others.
+    /// shard loses its own messages and never slows the others. Messages
+    /// are handed over in batches (up to 64), so a full queue drops the
+    /// batch being handed over.
     DropNewest,
 }
 
@@ -123,7 +125,8 @@ impl BlackBoxConfig {
         self
     }
 
-    /// Messages each worker's queue holds.
+    /// Messages each worker's queue holds (at most; they travel in
+    /// batches of up to `min(64, n)`, so the queue holds `n / 64` batches).
     pub fn queue_depth(mut self, n: usize) -> Self {
         self.queue_depth = n;
         self

@@ -11,6 +11,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +23,8 @@ use super::error::BlackBoxError;
 use super::shard::Sharder;
 use super::stats::{BlackBoxStats, Counters};
 
-/// How many queued messages a worker takes per wake-up.
-const WORKER_BATCH: usize = 256;
+/// The largest batch an I/O task hands to a worker at once.
+const MAX_BATCH: usize = 64;
 
 /// The user's per-message work, one instance per worker.
 pub trait Worker: Send + 'static {
@@ -83,10 +84,11 @@ impl BlackBox {
         }
         let counters = Arc::new(Counters::new(subs.len(), workers.get()));
         let cancel = CancellationToken::new();
+        let batch_max = config.queue_depth.min(MAX_BATCH);
         let mut senders = Vec::with_capacity(workers.get());
         let mut joins = Vec::with_capacity(workers.get());
         for i in 0..workers.get() {
-            let (tx, rx) = mpsc::channel(config.queue_depth);
+            let (tx, rx) = mpsc::channel(config.queue_depth.div_ceil(batch_max));
             senders.push(tx);
             joins.push(spawn_worker(
                 i,
@@ -99,6 +101,7 @@ impl BlackBox {
         let ctx = Arc::new(IoCtx {
             sharder: Sharder::new(config.key.clone(), workers),
             senders,
+            batch_max,
             overflow: config.overflow,
             on_drop: config.on_drop.clone(),
             counters: counters.clone(),
@@ -205,15 +208,14 @@ impl Drop for BlackBoxHandle {
 fn spawn_worker<W: Worker>(
     i: usize,
     mut worker: W,
-    mut rx: mpsc::Receiver<ZmqMessage>,
+    mut rx: mpsc::Receiver<Vec<ZmqMessage>>,
     counters: &Arc<Counters>,
     threads: WorkerThreads,
 ) -> Result<WorkerJoin, BlackBoxError> {
     let counters = counters.clone();
-    let mut batch = Vec::with_capacity(WORKER_BATCH);
-    let mut run_batch = move |batch: &mut Vec<ZmqMessage>| {
+    let mut run_batch = move |batch: Vec<ZmqMessage>| {
         let n = batch.len() as u64;
-        for msg in batch.drain(..) {
+        for msg in batch {
             worker.handle(msg);
         }
         counters.delivered[i].add_single_writer(n);
@@ -223,14 +225,14 @@ fn spawn_worker<W: Worker>(
             std::thread::Builder::new()
                 .name(format!("blackbox-w{i}"))
                 .spawn(move || {
-                    while rx.blocking_recv_many(&mut batch, WORKER_BATCH) > 0 {
-                        run_batch(&mut batch);
+                    while let Some(batch) = rx.blocking_recv() {
+                        run_batch(batch);
                     }
                 })?,
         ),
         WorkerThreads::Runtime => WorkerJoin::Task(tokio::spawn(async move {
-            while rx.recv_many(&mut batch, WORKER_BATCH).await > 0 {
-                run_batch(&mut batch);
+            while let Some(batch) = rx.recv().await {
+                run_batch(batch);
                 tokio::task::yield_now().await;
             }
         })),
@@ -240,23 +242,39 @@ fn spawn_worker<W: Worker>(
 /// What every I/O task shares.
 struct IoCtx {
     sharder: Sharder,
-    senders: Vec<mpsc::Sender<ZmqMessage>>,
+    senders: Vec<mpsc::Sender<Vec<ZmqMessage>>>,
+    batch_max: usize,
     overflow: Overflow,
     on_drop: Option<DropHook>,
     counters: Arc<Counters>,
 }
 
+/// Reads one socket. Messages are collected per worker and handed over in
+/// batches: a batch goes when it is full or when the socket has nothing
+/// more ready, so a busy stream costs one channel operation and at most
+/// one thread wake-up per batch, and a quiet one adds no delay.
 async fn io_task(idx: usize, mut sub: SubSocket, ctx: Arc<IoCtx>, cancel: CancellationToken) {
-    loop {
-        let received = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            r = sub.recv() => r,
+    let mut pending: Vec<Vec<ZmqMessage>> = ctx.senders.iter().map(|_| Vec::new()).collect();
+    while !cancel.is_cancelled() {
+        let received = match sub.recv().now_or_never() {
+            Some(r) => r,
+            None => {
+                flush_all(&ctx, &mut pending, Some(&cancel)).await;
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    r = sub.recv() => r,
+                }
+            }
         };
         match received {
             Ok(msg) => {
                 ctx.counters.received[idx].add_single_writer(1);
-                dispatch(&ctx, msg, &cancel).await;
+                let w = ctx.sharder.worker_for(&msg);
+                pending[w].push(msg);
+                if pending[w].len() >= ctx.batch_max {
+                    flush(&ctx, w, &mut pending[w], Some(&cancel)).await;
+                }
             }
             Err(e) => {
                 ctx.counters.socket_errors[idx].add(1);
@@ -268,34 +286,63 @@ async fn io_task(idx: usize, mut sub: SubSocket, ctx: Arc<IoCtx>, cancel: Cancel
             }
         }
     }
+    // Shutting down: hand over what was read; the workers drain it.
+    flush_all(&ctx, &mut pending, None).await;
     tracing::debug!("black box I/O task stopped");
 }
 
-/// Hands `msg` to its worker; a message that cannot be queued (full queue
-/// with `DropNewest`, worker gone, or shutdown while blocked) is counted as
-/// dropped, so every received message is accounted for.
-async fn dispatch(ctx: &IoCtx, msg: ZmqMessage, cancel: &CancellationToken) {
-    let w = ctx.sharder.worker_for(&msg);
+async fn flush_all(
+    ctx: &IoCtx,
+    pending: &mut [Vec<ZmqMessage>],
+    cancel: Option<&CancellationToken>,
+) {
+    for (w, batch) in pending.iter_mut().enumerate() {
+        if !batch.is_empty() {
+            flush(ctx, w, batch, cancel).await;
+        }
+    }
+}
+
+/// Hands worker `w`'s pending batch over. Messages that cannot be queued
+/// (full queue with `DropNewest`, worker gone, or shutdown while blocked)
+/// are counted as dropped, so every received message is accounted for.
+async fn flush(
+    ctx: &IoCtx,
+    w: usize,
+    pending: &mut Vec<ZmqMessage>,
+    cancel: Option<&CancellationToken>,
+) {
+    let batch = std::mem::replace(pending, Vec::with_capacity(ctx.batch_max));
     let tx = &ctx.senders[w];
     let refused = match ctx.overflow {
-        Overflow::DropNewest => match tx.try_send(msg) {
+        Overflow::DropNewest => match tx.try_send(batch) {
             Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => m,
+            Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => b,
         },
         Overflow::Block => match tx.try_reserve() {
-            Ok(permit) => return permit.send(msg),
-            Err(_) => tokio::select! {
-                biased;
-                permit = tx.reserve() => match permit {
-                    Ok(p) => return p.send(msg),
-                    Err(_) => msg,
-                },
-                () = cancel.cancelled() => msg,
-            },
+            Ok(permit) => return permit.send(batch),
+            Err(_) => {
+                let cancelled = async {
+                    match cancel {
+                        Some(c) => c.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    permit = tx.reserve() => match permit {
+                        Ok(p) => return p.send(batch),
+                        Err(_) => batch,
+                    },
+                    () = cancelled => batch,
+                }
+            }
         },
     };
-    ctx.counters.dropped[w].add(1);
+    ctx.counters.dropped[w].add(refused.len() as u64);
     if let Some(hook) = &ctx.on_drop {
-        hook(w, &refused);
+        for msg in &refused {
+            hook(w, msg);
+        }
     }
 }

@@ -1,0 +1,95 @@
+//! Hot paths of the Black Box: the shard hash, shard selection on a
+//! market-data message, and the hand-off to a worker over a bounded tokio
+//! channel (what the I/O task pays per message besides the socket).
+//!
+//! `cargo bench --bench blackbox`. `fnv1a` is the byte-at-a-time hash the
+//! first version used, kept here to show why it was replaced.
+
+use std::hash::{BuildHasher, Hasher};
+use std::hint::black_box;
+use std::num::NonZeroUsize;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use zeromq::ZmqMessage;
+use zpatterns::blackbox::{shard_hash, ShardKey, Sharder};
+
+fn fnv1a(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn hashes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("shard_hash");
+    let sip = std::collections::hash_map::RandomState::new();
+    for len in [8usize, 16, 32] {
+        let key: Vec<u8> = (0..len as u8).map(|i| b'A' + i % 26).collect();
+        g.bench_with_input(BenchmarkId::new("shard_hash", len), &key, |b, k| {
+            b.iter(|| shard_hash(black_box(k)))
+        });
+        g.bench_with_input(BenchmarkId::new("fnv1a", len), &key, |b, k| {
+            b.iter(|| fnv1a(black_box(k)))
+        });
+        g.bench_with_input(BenchmarkId::new("siphash13_std", len), &key, |b, k| {
+            b.iter(|| {
+                let mut h = sip.build_hasher();
+                h.write(black_box(k));
+                h.finish()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn selection(c: &mut Criterion) {
+    let mut g = c.benchmark_group("worker_for");
+    let workers = NonZeroUsize::new(8).unwrap();
+    let mut body = b"K3-00042".to_vec();
+    body.resize(100, b'.');
+    let single = ZmqMessage::from(Bytes::from(body));
+    let prefix = Sharder::new(ShardKey::Prefix(8), workers);
+    g.bench_function("prefix8_100B", |b| {
+        b.iter(|| prefix.worker_for(black_box(&single)))
+    });
+    let multi = ZmqMessage::try_from(vec![
+        Bytes::from_static(b"AAPL.NASDAQ"),
+        Bytes::from(vec![0u8; 89]),
+    ])
+    .unwrap();
+    let topic = Sharder::new(ShardKey::Topic, workers);
+    g.bench_function("topic_2frames", |b| {
+        b.iter(|| topic.worker_for(black_box(&multi)))
+    });
+    g.finish();
+}
+
+fn hand_off(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hand_off");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ZmqMessage>(4096);
+    let msg = ZmqMessage::from(Bytes::from(vec![b'.'; 100]));
+    g.bench_function("mpsc_try_send_try_recv", |b| {
+        b.iter(|| {
+            tx.try_send(msg.clone()).unwrap();
+            black_box(rx.try_recv().unwrap())
+        })
+    });
+    let mut batch = Vec::with_capacity(256);
+    g.bench_function("mpsc_256_then_recv_many", |b| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        b.iter(|| {
+            for _ in 0..256 {
+                tx.try_send(msg.clone()).unwrap();
+            }
+            rt.block_on(rx.recv_many(&mut batch, 256));
+            black_box(batch.drain(..).count())
+        })
+    });
+    g.bench_function("clone_100B_message", |b| b.iter(|| black_box(msg.clone())));
+    g.finish();
+}
+
+criterion_group!(benches, hashes, selection, hand_off);
+criterion_main!(benches);
