@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use zpatterns::snail::envelope::{decode, encode_guide, Stamper, WireFormat};
+use zpatterns::snail::envelope::{decode, encode_guide, take_stamp, Stamper, WireFormat};
 use zpatterns::snail::{Detector, DetectorConfig};
 
 fn envelope(c: &mut Criterion) {
@@ -26,6 +26,21 @@ fn envelope(c: &mut Criterion) {
     });
     g.bench_function("decode_auto_toolkit", |b| {
         b.iter(|| black_box(decode(black_box(&frames), WireFormat::Auto).unwrap()))
+    });
+    // What the subscriber does: frames as the zeromq codec hands them out
+    // (slices of one receive buffer), stamp popped without refcounting.
+    let mut buf = bytes::BytesMut::new();
+    for f in &frames {
+        buf.extend_from_slice(f);
+    }
+    let mut buf = buf.freeze();
+    let wire: Vec<Bytes> = frames.iter().map(|f| buf.split_to(f.len())).collect();
+    g.bench_function("take_stamp_toolkit", |b| {
+        b.iter_batched(
+            || wire.clone(),
+            |mut f| black_box(take_stamp(&mut f, WireFormat::Auto).unwrap()),
+            criterion::BatchSize::SmallInput,
+        )
     });
     g.bench_function("encode_guide", |b| {
         b.iter(|| black_box(encode_guide(black_box(now))))

@@ -32,13 +32,13 @@
 //!   by design (set [`DetectorConfig::max_lost`] to `None`, or give each
 //!   topic its own publisher id and stamper).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
 use super::envelope::{unix_micros, Stamp};
+use super::table::Table;
 
 /// Number of sub-windows the base-delay window is split into.
 const BUCKETS: usize = 10;
@@ -247,10 +247,11 @@ pub enum Verdict {
         lag: Duration,
     },
     /// Over a limit but tolerated: lag not yet sustained, or a loss when
-    /// losses do not croak.
-    Warning(Alarm),
+    /// losses do not croak. (Boxed: alarms are rare, and a small verdict
+    /// keeps the healthy path cheap.)
+    Warning(Box<Alarm>),
     /// Too slow or too lossy: apply the policy (abort or recover).
-    Croak(Alarm),
+    Croak(Box<Alarm>),
 }
 
 impl Verdict {
@@ -293,7 +294,7 @@ pub struct PublisherStatus {
 #[derive(Debug, Clone)]
 pub struct Detector {
     config: DetectorConfig,
-    publishers: HashMap<Bytes, PubState>,
+    publishers: Table<PubState>,
 }
 
 #[derive(Debug, Clone)]
@@ -312,7 +313,7 @@ impl Detector {
     pub fn new(config: DetectorConfig) -> Self {
         Self {
             config,
-            publishers: HashMap::new(),
+            publishers: Table::default(),
         }
     }
 
@@ -325,16 +326,16 @@ impl Detector {
     pub fn handle_message(&mut self, stamp: &Stamp, now: SystemTime) -> Verdict {
         let now_us = unix_micros(now) as i64;
         let delay = now_us.saturating_sub(stamp.sent_at_micros() as i64);
-        if !self.publishers.contains_key(stamp.publisher()) {
-            self.make_room();
-            let fresh = PubState::new(stamp.epoch(), now_us);
-            self.publishers.insert(stamp.publisher().clone(), fresh);
-        }
+        let slot = match self.publishers.find(stamp.publisher()) {
+            Some(i) => i,
+            None => {
+                self.make_room();
+                let fresh = PubState::new(stamp.epoch(), now_us);
+                self.publishers.insert(stamp.publisher().clone(), fresh)
+            }
+        };
         let cfg = &self.config;
-        let st = self
-            .publishers
-            .get_mut(stamp.publisher())
-            .expect("inserted above");
+        let (publisher, st) = self.publishers.slot_mut(slot);
         st.last_seen = now_us;
         st.status.received += 1;
         let gap = stamp.seq().and_then(|seq| st.track_seq(stamp.epoch(), seq));
@@ -352,7 +353,7 @@ impl Detector {
         let lag = Duration::from_micros(delay.saturating_sub(offset).max(0) as u64);
         st.status.last_lag = lag;
         st.status.max_lag = st.status.max_lag.max(lag);
-        st.judge(cfg, stamp.publisher(), lag, now_us, gap)
+        st.judge(cfg, publisher, lag, now_us, gap)
     }
 
     /// Clears the alarm state of one publisher after a recovery: the
@@ -361,17 +362,14 @@ impl Detector {
     /// estimate are kept.
     pub fn reset(&mut self, publisher: &[u8]) {
         if let Some(st) = self.publishers.get_mut(publisher) {
-            st.over_since = None;
-            st.lost_since_reset = 0;
-            st.next_seq = None;
+            st.reset();
         }
     }
 
     /// [`reset`](Self::reset) for every publisher.
     pub fn reset_all(&mut self) {
-        let ids: Vec<Bytes> = self.publishers.keys().cloned().collect();
-        for id in ids {
-            self.reset(&id);
+        for st in self.publishers.iter_mut() {
+            st.reset();
         }
     }
 
@@ -406,6 +404,12 @@ impl Detector {
 }
 
 impl PubState {
+    fn reset(&mut self) {
+        self.over_since = None;
+        self.lost_since_reset = 0;
+        self.next_seq = None;
+    }
+
     fn new(epoch: u32, now_us: i64) -> Self {
         Self {
             epoch,
@@ -478,7 +482,7 @@ impl PubState {
         if lagging_for.is_none() && gap.is_none() && !loss_croak {
             return Verdict::Healthy { lag };
         }
-        let alarm = Alarm {
+        let alarm = Box::new(Alarm {
             publisher: publisher.clone(),
             cause: if lag_croak || !loss_croak && lagging_for.is_some() {
                 Cause::Lag
@@ -491,7 +495,7 @@ impl PubState {
             clock_offset_us: self.status.clock_offset_micros,
             gap,
             lost: self.lost_since_reset,
-        };
+        });
         if lag_croak || loss_croak {
             Verdict::Croak(alarm)
         } else {

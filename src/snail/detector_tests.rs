@@ -46,7 +46,7 @@ fn run(
         free_at = now + work_us;
         let v = det.handle_message(&stamp("p", 1, seq, sent, skew_us), local(now));
         if let Verdict::Croak(a) = v {
-            return Some((seq, a));
+            return Some((seq, *a));
         }
     }
     None

@@ -195,7 +195,13 @@ pub fn encode_stamp(stamp: &Stamp) -> Result<Bytes, EnvelopeError> {
 
 /// Decodes a stamp frame. The publisher id is a zero-copy slice of `frame`.
 pub fn decode_stamp(frame: &Bytes) -> Result<Stamp, EnvelopeError> {
-    let b = frame.as_ref();
+    let mut stamp = parse_stamp(frame)?;
+    stamp.publisher = frame.slice(STAMP_FIXED_LEN..);
+    Ok(stamp)
+}
+
+/// Checks and parses a stamp frame, leaving the publisher id empty.
+fn parse_stamp(b: &[u8]) -> Result<Stamp, EnvelopeError> {
     if b.len() < 4 || b[..3] != MAGIC {
         return Err(EnvelopeError::NoStamp);
     }
@@ -217,7 +223,7 @@ pub fn decode_stamp(frame: &Bytes) -> Result<Stamp, EnvelopeError> {
     }
     let be64 = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
     Ok(Stamp {
-        publisher: frame.slice(STAMP_FIXED_LEN..),
+        publisher: Bytes::new(),
         epoch: u32::from_be_bytes(b[4..8].try_into().expect("4 bytes")),
         seq: Some(be64(8)),
         sent_at_us: be64(16),
@@ -259,6 +265,34 @@ pub fn decode(frames: &[Bytes], format: WireFormat) -> Result<Stamp, EnvelopeErr
         WireFormat::GuideC => decode_single_guide(frames),
         WireFormat::Auto => decode_toolkit(frames, last)
             .or_else(|toolkit_err| decode_single_guide(frames).map_err(|_| toolkit_err)),
+    }
+}
+
+/// Like [`decode`], but on success removes a toolkit stamp frame from
+/// `frames` (leaving the user's frames) without copying or reference
+/// counting: the cheapest path for a subscriber. On error `frames` is
+/// untouched.
+pub fn take_stamp(frames: &mut Vec<Bytes>, format: WireFormat) -> Result<Stamp, EnvelopeError> {
+    let last = frames.last().ok_or(EnvelopeError::Empty)?;
+    let toolkit = match format {
+        WireFormat::GuideC => return decode_single_guide(frames),
+        WireFormat::Toolkit | WireFormat::Auto => parse_stamp(last).and_then(|s| {
+            if frames.len() < 2 {
+                Err(EnvelopeError::NoUserFrame)
+            } else {
+                Ok(s)
+            }
+        }),
+    };
+    match toolkit {
+        Ok(mut stamp) => {
+            let mut frame = frames.pop().expect("checked non-empty");
+            bytes::Buf::advance(&mut frame, STAMP_FIXED_LEN);
+            stamp.publisher = frame;
+            Ok(stamp)
+        }
+        Err(e) if format == WireFormat::Auto => decode_single_guide(frames).map_err(|_| e),
+        Err(e) => Err(e),
     }
 }
 
@@ -383,6 +417,27 @@ mod tests {
         assert_eq!(st.sent_at(), at(1_700_000_000_123));
         s.stamp(&mut frames, at(1));
         assert_eq!(decode_stamp(&frames[3]).unwrap().seq(), Some(1));
+    }
+
+    #[test]
+    fn take_stamp_pops_the_stamp_and_agrees_with_decode() {
+        let mut s = Stamper::with_epoch("pub-9", 3).unwrap();
+        for format in [WireFormat::Toolkit, WireFormat::Auto] {
+            let mut frames = vec![Bytes::from("t"), Bytes::from("b")];
+            s.stamp(&mut frames, at(42));
+            let want = decode(&frames, format).unwrap();
+            assert_eq!(take_stamp(&mut frames, format).unwrap(), want);
+            assert_eq!(frames, [Bytes::from("t"), Bytes::from("b")]);
+        }
+        let mut bad = vec![Bytes::from("t"), Bytes::from("SNL\x01x")];
+        assert!(take_stamp(&mut bad, WireFormat::Auto).is_err());
+        assert_eq!(bad.len(), 2, "untouched on error");
+        let mut guide = vec![Bytes::from("17")];
+        assert_eq!(
+            take_stamp(&mut guide, WireFormat::Auto).unwrap().kind(),
+            StampKind::GuideC
+        );
+        assert_eq!(guide.len(), 1, "the Guide's frame stays: it is the message");
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod envelope;
 mod error;
 mod publisher;
 mod subscriber;
+mod table;
 
 pub use detector::{
     Alarm, Cause, ClockSync, Detector, DetectorConfig, Gap, PublisherStatus, Verdict,

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use zeromq::{Socket, SocketRecv, SubSocket};
 
 use super::detector::{Alarm, Detector, DetectorConfig, Verdict};
-use super::envelope::{self, Stamp, StampKind, WireFormat};
+use super::envelope::{self, Stamp, WireFormat};
 use super::error::SnailError;
 use crate::endpoint::EndpointSpec;
 
@@ -252,7 +252,7 @@ impl SnailSubscriber {
         now: SystemTime,
     ) -> Result<Option<Delivery>, SnailError> {
         self.stats.received += 1;
-        let stamp = match envelope::decode(&frames, self.format) {
+        let stamp = match envelope::take_stamp(&mut frames, self.format) {
             Ok(stamp) => stamp,
             Err(cause) => {
                 self.stats.unstamped += 1;
@@ -267,18 +267,8 @@ impl SnailSubscriber {
                 }));
             }
         };
-        if stamp.kind() == StampKind::Toolkit {
-            frames.pop();
-        }
         let verdict = self.detector.handle_message(&stamp, now);
         let lag = verdict.lag();
-        let deliver = |frames| {
-            Ok(Some(Delivery {
-                frames,
-                stamp: Some(stamp.clone()),
-                lag: Some(lag),
-            }))
-        };
         if let Some(threshold) = self.skipping {
             if lag >= threshold {
                 self.stats.skipped += 1;
@@ -291,31 +281,31 @@ impl SnailSubscriber {
             );
             self.skipping = None;
             self.detector.reset(stamp.publisher());
-            return deliver(frames);
-        }
-        match verdict {
-            Verdict::Healthy { .. } => {
-                self.lagging = false;
-                deliver(frames)
-            }
-            Verdict::Warning(alarm) => {
-                if !std::mem::replace(&mut self.lagging, true) || alarm.gap().is_some() {
-                    tracing::warn!(%alarm, "subscriber falling behind");
+        } else {
+            match verdict {
+                Verdict::Healthy { .. } => self.lagging = false,
+                Verdict::Warning(alarm) => {
+                    if !std::mem::replace(&mut self.lagging, true) || alarm.gap().is_some() {
+                        tracing::warn!(%alarm, "subscriber falling behind");
+                    }
                 }
-                deliver(frames)
-            }
-            Verdict::Croak(alarm) => {
-                self.stats.croaks += 1;
-                let recovery = self.apply_policy(alarm).await?;
-                self.detector.reset(stamp.publisher());
-                if let Recovery::SkipUntilLagBelow(t) = recovery {
-                    self.skipping = Some(t);
-                    self.stats.skipped += 1;
-                    return Ok(None);
+                Verdict::Croak(alarm) => {
+                    self.stats.croaks += 1;
+                    let recovery = self.apply_policy(*alarm).await?;
+                    self.detector.reset(stamp.publisher());
+                    if let Recovery::SkipUntilLagBelow(t) = recovery {
+                        self.skipping = Some(t);
+                        self.stats.skipped += 1;
+                        return Ok(None);
+                    }
                 }
-                deliver(frames)
             }
         }
+        Ok(Some(Delivery {
+            frames,
+            stamp: Some(stamp),
+            lag: Some(lag),
+        }))
     }
 
     /// Runs the policy: `Err` to abort, `Ok(r)` to go on as `r` says.
