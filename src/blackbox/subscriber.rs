@@ -266,7 +266,7 @@ async fn io_task(idx: usize, mut sub: SubSocket, ctx: Arc<IoCtx>, cancel: Cancel
         let received = match sub.recv().now_or_never() {
             Some(r) => r,
             None => {
-                flush_all(&ctx, &mut pending, Some(&cancel)).await;
+                flush_all(&ctx, &mut pending).await;
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => break,
@@ -280,7 +280,7 @@ async fn io_task(idx: usize, mut sub: SubSocket, ctx: Arc<IoCtx>, cancel: Cancel
                 let w = ctx.sharder.worker_for(&msg);
                 pending[w].push(msg);
                 if pending[w].len() >= ctx.batch_max {
-                    flush(&ctx, w, &mut pending[w], Some(&cancel)).await;
+                    flush(&ctx, w, &mut pending[w]).await;
                 }
             }
             Err(e) => {
@@ -294,31 +294,22 @@ async fn io_task(idx: usize, mut sub: SubSocket, ctx: Arc<IoCtx>, cancel: Cancel
         }
     }
     // Shutting down: hand over what was read; the workers drain it.
-    flush_all(&ctx, &mut pending, None).await;
+    flush_all(&ctx, &mut pending).await;
     tracing::debug!("black box I/O task stopped");
 }
 
-async fn flush_all(
-    ctx: &IoCtx,
-    pending: &mut [Vec<ZmqMessage>],
-    cancel: Option<&CancellationToken>,
-) {
+async fn flush_all(ctx: &IoCtx, pending: &mut [Vec<ZmqMessage>]) {
     for (w, batch) in pending.iter_mut().enumerate() {
         if !batch.is_empty() {
-            flush(ctx, w, batch, cancel).await;
+            flush(ctx, w, batch).await;
         }
     }
 }
 
 /// Hands worker `w`'s pending batch over. Messages that cannot be queued
-/// (full queue with `DropNewest`, worker gone, or shutdown while blocked)
-/// are counted as dropped, so every received message is accounted for.
-async fn flush(
-    ctx: &IoCtx,
-    w: usize,
-    pending: &mut Vec<ZmqMessage>,
-    cancel: Option<&CancellationToken>,
-) {
+/// (full queue with `DropNewest`, or the worker is gone) are counted as
+/// dropped, so every received message is accounted for.
+async fn flush(ctx: &IoCtx, w: usize, pending: &mut Vec<ZmqMessage>) {
     let batch = std::mem::replace(pending, Vec::with_capacity(ctx.batch_max));
     let tx = &ctx.senders[w];
     let refused = match ctx.overflow {
@@ -326,24 +317,10 @@ async fn flush(
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => b,
         },
-        Overflow::Block => match tx.try_reserve() {
-            Ok(permit) => return permit.send(batch),
-            Err(_) => {
-                let cancelled = async {
-                    match cancel {
-                        Some(c) => c.cancelled().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    permit = tx.reserve() => match permit {
-                        Ok(p) => return p.send(batch),
-                        Err(_) => batch,
-                    },
-                    () = cancelled => batch,
-                }
-            }
+        // Wait for room even while shutting down: the workers are draining.
+        Overflow::Block => match tx.send(batch).await {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(b)) => b,
         },
     };
     ctx.counters.dropped[w].add(refused.len() as u64);

@@ -17,16 +17,14 @@
 //! dropped (the `zeromq` PUB drops silently past 100k queued) show up as
 //! "lost upstream".
 
+mod feed;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use zeromq::prelude::*;
-use zeromq::{PubSocket, ZmqMessage};
 use zpatterns::blackbox::{
     BlackBox, BlackBoxConfig, BlackBoxStats, Overflow, ShardKey, WorkerThreads,
 };
@@ -102,8 +100,6 @@ enum ThreadsArg {
     Runtime,
 }
 
-const MSG_LEN: usize = 100;
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -116,10 +112,13 @@ fn main() -> anyhow::Result<()> {
     let mut endpoint = EndpointSpec::parse(&args.connect, Attach::Connect)?;
     let mut publisher = None;
     if !args.subscriber_only {
-        let (thread, resolved) = start_publisher(&args, stop.clone(), sent.clone())?;
+        let bind = EndpointSpec::parse(&args.bind, Attach::Bind)?;
+        let (thread, resolved) =
+            feed::start_publisher(bind, args.keys, stop.clone(), sent.clone())?;
         println!(
-            "publisher: {resolved}, {} keys, {MSG_LEN}-byte messages, as fast as it can",
-            args.keys
+            "publisher: {resolved}, {} keys, {}-byte messages, as fast as it can",
+            args.keys,
+            feed::MSG_LEN
         );
         endpoint = EndpointSpec::connect(&resolved.replace("0.0.0.0", "127.0.0.1"))?;
         publisher = Some(thread);
@@ -160,77 +159,6 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-/// The publisher: its own OS thread and `current_thread` runtime (where
-/// the `zeromq` PUB is fastest), yielding every 256 sends.
-fn start_publisher(
-    args: &Args,
-    stop: CancellationToken,
-    sent: Arc<AtomicU64>,
-) -> anyhow::Result<(std::thread::JoinHandle<anyhow::Result<()>>, String)> {
-    let bind = EndpointSpec::parse(&args.bind, Attach::Bind)?;
-    let keys = args.keys;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("publisher".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let mut socket = PubSocket::new();
-                let resolved = bind.attach_to(&mut socket).await;
-                let failed = resolved.is_err();
-                let _ = tx.send(resolved);
-                if failed {
-                    return Ok(());
-                }
-                let mut seqs = vec![0u64; keys as usize];
-                let mut rng = fastrand::Rng::with_seed(7);
-                let mut n = 0u64;
-                while !stop.is_cancelled() {
-                    let k = rng.u64(0..keys);
-                    let seq = &mut seqs[k as usize];
-                    socket.send(ZmqMessage::from(market_data(k, *seq))).await?;
-                    *seq += 1;
-                    n += 1;
-                    if n % 256 == 0 {
-                        sent.store(n, Ordering::Relaxed);
-                        tokio::task::yield_now().await;
-                    }
-                }
-                sent.store(n, Ordering::Relaxed);
-                Ok(())
-            })
-        })?;
-    let resolved = rx.recv().context("publisher thread died")??;
-    Ok((thread, resolved))
-}
-
-/// One 100-byte message: key, the key's sequence number, padding.
-fn market_data(k: u64, seq: u64) -> Bytes {
-    let mut b = BytesMut::with_capacity(MSG_LEN);
-    b.put_slice(format!("K{}-{:05}", k % 10, k / 10).as_bytes());
-    b.put_u64(seq);
-    b.put_bytes(b'.', MSG_LEN - 16);
-    b.freeze()
-}
-
-/// The key index and sequence number of a message, if it has the layout.
-fn parse(frame: &[u8]) -> Option<(usize, u64)> {
-    if frame.len() < 16 || frame[0] != b'K' || frame[2] != b'-' {
-        return None;
-    }
-    let d = usize::from(frame[1].wrapping_sub(b'0'));
-    let n = std::str::from_utf8(&frame[3..8])
-        .ok()?
-        .parse::<usize>()
-        .ok()?;
-    Some((
-        n * 10 + d,
-        u64::from_be_bytes(frame[8..16].try_into().ok()?),
-    ))
-}
-
 async fn subscribe(
     args: &Args,
     endpoint: EndpointSpec,
@@ -257,29 +185,11 @@ async fn subscribe(
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         config = config.socket(vec![endpoint.clone()], &topics);
     }
-    let lost: Arc<Vec<AtomicU64>> =
-        Arc::new((0..args.workers).map(|_| AtomicU64::new(0)).collect());
+    let lost = feed::LossCounters::new(args.workers as usize);
     let (keys, work) = (args.keys as usize, Duration::from_nanos(args.work_ns));
     let l = lost.clone();
     let bb = BlackBox::start(config, move |w| {
-        let lost = l.clone();
-        let mut next = vec![u64::MAX; keys];
-        move |msg: ZmqMessage| {
-            if let Some((k, seq)) = msg.get(0).and_then(|f| parse(f)) {
-                if let Some(expected) = next.get_mut(k) {
-                    if *expected != u64::MAX && seq > *expected {
-                        lost[w].fetch_add(seq - *expected, Ordering::Relaxed);
-                    }
-                    *expected = seq + 1;
-                }
-            }
-            if !work.is_zero() {
-                let t = Instant::now();
-                while t.elapsed() < work {
-                    std::hint::spin_loop();
-                }
-            }
-        }
+        feed::checking_worker(w, keys, work, l.clone())
     })
     .await?;
     print_threads(args);
@@ -312,7 +222,7 @@ async fn subscribe(
         }
     }
     let stats = bb.shutdown().await?;
-    let lost: Vec<u64> = lost.iter().map(|l| l.load(Ordering::Relaxed)).collect();
+    let lost = lost.snapshot();
     summary(
         &stats,
         &lost,
