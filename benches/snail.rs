@@ -80,7 +80,7 @@ fn detector(c: &mut Criterion) {
         g.bench_function(format!("handle_message/{publishers}_publishers"), |b| {
             b.iter(|| {
                 let s = &input[i % input.len()];
-                if i % input.len() == 0 {
+                if i.is_multiple_of(input.len()) {
                     // Keep the sequence numbers valid across wrap-arounds.
                     det = Detector::new(DetectorConfig::default());
                 }

@@ -82,7 +82,7 @@ async fn publish(p: &mut PubSocket, keys: usize, per_key: u64) {
         for k in 0..keys {
             p.send(data(&format!("K{k:04}"), seq)).await.unwrap();
             n += 1;
-            if n % 256 == 0 {
+            if n.is_multiple_of(256) {
                 tokio::task::yield_now().await;
             }
         }

@@ -53,7 +53,7 @@ pub(crate) fn start_publisher(
                     socket.send(ZmqMessage::from(market_data(k, *seq))).await?;
                     *seq += 1;
                     n += 1;
-                    if n % 256 == 0 {
+                    if n.is_multiple_of(256) {
                         sent.store(n, Ordering::Relaxed);
                         tokio::task::yield_now().await;
                     }

@@ -260,7 +260,7 @@ async fn io_task(idx: usize, mut sub: SubSocket, ctx: Arc<IoCtx>, cancel: Cancel
         // `is_cancelled` takes a lock: look every 64 messages on the fast
         // path (the slow path below waits on the token anyway).
         n = n.wrapping_add(1);
-        if n % 64 == 0 && cancel.is_cancelled() {
+        if n.is_multiple_of(64) && cancel.is_cancelled() {
             break;
         }
         let received = match sub.recv().now_or_never() {
