@@ -91,7 +91,11 @@ fn parse(frame: &[u8]) -> Option<(usize, u64)> {
     ))
 }
 
-/// Messages lost upstream (per-key sequence gaps), per worker.
+/// Per-key sequence gaps seen by each worker: messages lost upstream
+/// (dropped by the publisher) plus those dropped at the worker's own
+/// queue (subtract [`BlackBoxStats::dropped`] for the upstream part).
+///
+/// [`BlackBoxStats::dropped`]: zpatterns::blackbox::BlackBoxStats::dropped
 #[derive(Debug, Clone)]
 pub(crate) struct LossCounters(Arc<Vec<AtomicU64>>);
 

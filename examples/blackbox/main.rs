@@ -271,7 +271,7 @@ fn summary(stats: &BlackBoxStats, lost: &[u64], sent: Option<u64>) {
             "  worker {w}: {d} delivered ({:.0}k msg/s), {} dropped at its queue, {} lost upstream",
             *d as f64 / secs / 1e3,
             stats.dropped[w],
-            lost[w]
+            lost[w].saturating_sub(stats.dropped[w])
         );
     }
     println!(

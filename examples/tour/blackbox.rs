@@ -65,7 +65,7 @@ fn once(workers: usize) -> anyhow::Result<()> {
             per.join(", "),
             stats.total_delivered(),
             stats.total_dropped(),
-            lost.snapshot().iter().sum::<u64>()
+            lost.snapshot().iter().sum::<u64>().saturating_sub(stats.total_dropped())
         );
         anyhow::Ok(())
     });
