@@ -87,16 +87,18 @@ async fn a_slow_subscriber_croaks_with_the_numbers() {
 
 #[tokio::test]
 async fn a_fast_subscriber_never_croaks_and_loses_nothing() {
+    // The Guide's 1 s limit: a subscriber doing no work never gets near
+    // it, even on a loaded test machine.
     trace_init();
     let stop = CancellationToken::new();
     let ep = ticking_publisher(ms(1), stop.clone()).await;
-    let mut sub = subscriber(&ep, SnailConfig::new().detector(max_lag(200))).await;
+    let mut sub = subscriber(&ep, SnailConfig::new().detector(max_lag(1000))).await;
     let mut seqs = Vec::new();
     within(secs(20), "300 messages", async {
         while seqs.len() < 300 {
             let d = sub.recv().await.expect("no croak");
             assert_eq!(d.frames(), [Bytes::from_static(b"tick")], "stamp removed");
-            assert!(d.lag().unwrap() < ms(200));
+            assert!(d.lag().unwrap() < ms(1000));
             seqs.push(d.stamp().unwrap().seq().unwrap());
         }
     })
@@ -206,7 +208,15 @@ async fn lost_messages_croak_with_the_gap_and_garbage_is_delivered_unchecked() {
             .send(zpatterns::frames::message(frames).unwrap())
             .await
             .unwrap();
-        let d = within(secs(5), "garbage", sub.recv()).await.unwrap();
+        let d = within(secs(5), "garbage", async {
+            loop {
+                let d = sub.recv().await.unwrap();
+                if d.frames() != [Bytes::from("warm-up")] {
+                    break d; // late warm-ups are skipped
+                }
+            }
+        })
+        .await;
         assert!(d.stamp().is_none());
     }
     assert_eq!(sub.stats().unstamped, 2);
