@@ -178,11 +178,10 @@ async fn recovery_may_resume_or_abort() {
 async fn lost_messages_croak_with_the_gap_and_garbage_is_delivered_unchecked() {
     trace_init();
     let mut publisher = PubSocket::new();
-    let ep = publisher
-        .bind("tcp://127.0.0.1:0")
+    let ep = EndpointSpec::loopback()
+        .attach_to(&mut publisher)
         .await
-        .unwrap()
-        .to_string();
+        .unwrap();
     let mut sub = subscriber(&ep, SnailConfig::new()).await;
     let mut stamper = Stamper::with_epoch("p", 1).unwrap();
     // Publish seq 0 until the subscription is through.

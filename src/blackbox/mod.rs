@@ -24,23 +24,26 @@
 //! use zpatterns::blackbox::{BlackBox, BlackBoxConfig, Overflow, ShardKey};
 //! use zpatterns::endpoint::EndpointSpec;
 //!
-//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! let feed = EndpointSpec::connect("tcp://localhost:5556")?;
-//! let config = BlackBoxConfig::new()
-//!     .socket(vec![feed], &[""])
-//!     .workers(4)
-//!     .key(ShardKey::Prefix(8))
-//!     .overflow(Overflow::DropNewest);
-//! let bb = BlackBox::start(config, |_worker| |msg: zeromq::ZmqMessage| {
-//!     // per-message work; messages of one key arrive here, in order
-//!     drop(msg);
-//! })
-//! .await?;
-//! // ...
-//! let stats = bb.shutdown().await?;
-//! println!("{} delivered, {} dropped", stats.total_delivered(), stats.total_dropped());
-//! # Ok(())
-//! # }
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let feed = EndpointSpec::connect("tcp://localhost:5556")?;
+//!     let config = BlackBoxConfig::new()
+//!         .socket(vec![feed], &[""])
+//!         .workers(4)
+//!         .key(ShardKey::Prefix(8))
+//!         .overflow(Overflow::DropNewest);
+//!     let bb = BlackBox::start(config, |_worker| {
+//!         |msg: zeromq::ZmqMessage| {
+//!             // per-message work; messages of one key arrive here, in order
+//!             drop(msg);
+//!         }
+//!     })
+//!     .await?;
+//!     tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+//!     let stats = bb.shutdown().await?;
+//!     println!("{} delivered, {} dropped", stats.total_delivered(), stats.total_dropped());
+//!     Ok(())
+//! }
 //! ```
 
 mod config;

@@ -20,17 +20,17 @@
 //!
 //! ```no_run
 //! use zpatterns::endpoint::{Attach, EndpointSpec};
-//! use zpatterns::snail::{SnailConfig, SnailSubscriber};
+//! use zpatterns::snail::{SnailConfig, SnailError, SnailSubscriber};
 //!
-//! # async fn f() -> Result<(), zpatterns::snail::SnailError> {
-//! let ep = EndpointSpec::parse("tcp://localhost:5556", Attach::Connect)?;
-//! let mut sub = SnailSubscriber::attach(&[ep], &[""], SnailConfig::new()).await?;
-//! loop {
-//!     let msg = sub.recv().await?; // Err(CannotKeepUp) once > 1 s behind
-//!     // ... work on msg.frames() ...
-//! #   let _ = msg;
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), SnailError> {
+//!     let ep = EndpointSpec::parse("tcp://localhost:5556", Attach::Connect)?;
+//!     let mut sub = SnailSubscriber::attach(&[ep], &[""], SnailConfig::new()).await?;
+//!     loop {
+//!         let msg = sub.recv().await?; // Err(CannotKeepUp) once > 1 s behind
+//!         println!("{} frame(s), lag {:?}", msg.frames().len(), msg.lag());
+//!     }
 //! }
-//! # }
 //! ```
 //!
 //! See `patterns/snail.md` for the wire contract frame by frame.
