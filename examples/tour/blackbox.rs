@@ -55,8 +55,8 @@ fn once(workers: usize) -> anyhow::Result<()> {
         let before = bb.stats();
         tokio::time::sleep(RUN).await;
         let after = bb.stats();
-        stop.cancel();
         let stats = bb.shutdown().await?;
+        stop.cancel(); // after the subscriber, so it sees no disconnect
         let rates = after.rates_since(&before);
         let per: Vec<String> = rates.iter().map(|r| format!("{:.0}k", r / 1e3)).collect();
         println!(

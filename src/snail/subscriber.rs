@@ -25,9 +25,10 @@ pub enum Recovery {
     /// state is reset (e.g. after resyncing from a Last Value Cache or a
     /// Clone snapshot).
     Resume,
-    /// Discard messages (counted in [`SubscriberStats::skipped`]) until one
-    /// arrives with a lag below this, then reset and carry on: drop the
-    /// backlog instead of working through it.
+    /// Discard this publisher's messages (counted in
+    /// [`SubscriberStats::skipped`]) until one arrives with a lag below
+    /// this, then reset and carry on: drop the backlog instead of working
+    /// through it. Other publishers' messages are checked as usual.
     SkipUntilLagBelow(Duration),
     /// Give up: `recv` returns [`SnailError::CannotKeepUp`].
     Abort,
@@ -168,7 +169,8 @@ pub struct SnailSubscriber {
     format: WireFormat,
     policy: Policy,
     stats: SubscriberStats,
-    skipping: Option<Duration>,
+    /// The publisher whose backlog is being skipped, and until what lag.
+    skipping: Option<(Bytes, Duration)>,
     lagging: bool,
 }
 
@@ -269,7 +271,11 @@ impl SnailSubscriber {
         };
         let verdict = self.detector.handle_message(&stamp, now);
         let lag = verdict.lag();
-        if let Some(threshold) = self.skipping {
+        let skip_until = match &self.skipping {
+            Some((p, t)) if p == stamp.publisher() => Some(*t),
+            _ => None,
+        };
+        if let Some(threshold) = skip_until {
             if lag >= threshold {
                 self.stats.skipped += 1;
                 return Ok(None);
@@ -294,7 +300,7 @@ impl SnailSubscriber {
                     let recovery = self.apply_policy(*alarm).await?;
                     self.detector.reset(stamp.publisher());
                     if let Recovery::SkipUntilLagBelow(t) = recovery {
-                        self.skipping = Some(t);
+                        self.skipping = Some((stamp.publisher().clone(), t));
                         self.stats.skipped += 1;
                         return Ok(None);
                     }
