@@ -12,6 +12,7 @@
 //!
 //! - [`endpoint`]: `@bind` / `>connect` endpoint strings and attaching sockets.
 //! - [`frames`]: helpers between `ZmqMessage` and frame lists.
+//! - [`clone`]: the Clone pattern (CHP key-value server and client agent).
 //!
 //! # Limits of the underlying `zeromq` crate
 //!
@@ -21,5 +22,6 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+pub mod clone;
 pub mod endpoint;
 pub mod frames;
