@@ -23,3 +23,5 @@ pub mod store;
 
 pub use error::{CloneError, DecodeError, PropertyError};
 pub use kvmsg::{KvMsg, Properties};
+pub mod server;
+pub use server::{CloneServer, ServerConfig, ServerEndpoints, ServerStats};
