@@ -15,6 +15,7 @@
 //! [`agent`] the pure client state machine; [`client`] the client handle
 //! and task. See `patterns/clone.md` for the wire contract and guarantees.
 
+pub mod agent;
 pub mod error;
 pub mod kvmsg;
 pub mod proto;

@@ -124,7 +124,10 @@ pub struct CloneServer {
 impl CloneServer {
     /// Binds the three sockets and starts the server task under a child of
     /// `parent`.
-    pub async fn start(config: ServerConfig, parent: &CancellationToken) -> Result<Self, CloneError> {
+    pub async fn start(
+        config: ServerConfig,
+        parent: &CancellationToken,
+    ) -> Result<Self, CloneError> {
         let mut router = RouterSocket::new();
         let mut publisher = PubSocket::new();
         let mut collector = SubSocket::new();
@@ -311,7 +314,8 @@ struct SnapshotStreams {
 
 impl SnapshotStreams {
     fn spawn(&self, cursor: SnapshotCursor) {
-        let span = tracing::info_span!("snapshot", peer = ?cursor.peer(), subtree = ?cursor.subtree());
+        let span =
+            tracing::info_span!("snapshot", peer = ?cursor.peer(), subtree = ?cursor.subtree());
         let task = stream(
             cursor,
             self.router.clone(),
