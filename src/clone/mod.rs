@@ -26,3 +26,8 @@ pub use error::{CloneError, DecodeError, PropertyError};
 pub use kvmsg::{KvMsg, Properties};
 pub mod server;
 pub use server::{CloneServer, ServerConfig, ServerEndpoints, ServerStats};
+pub mod client;
+pub mod link;
+pub use agent::{Cause, Change, Phase};
+pub use client::{ClientConfig, ClientStats, CloneClient};
+pub use link::ServerAddr;
