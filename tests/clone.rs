@@ -10,9 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use zpatterns::clone::agent::AgentConfig;
-use zpatterns::clone::{
-    ClientConfig, CloneClient, CloneServer, Phase, ServerAddr, ServerConfig,
-};
+use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, Phase, ServerAddr, ServerConfig};
 
 fn fast_client() -> ClientConfig {
     let mut c = ClientConfig::default();
@@ -71,7 +69,9 @@ async fn two_clients_converge_and_ephemeral_values_expire_everywhere() {
     })
     .await;
     for i in 0..50 {
-        a.set(format!("/k/{i}"), format!("a{i}"), None).await.unwrap();
+        a.set(format!("/k/{i}"), format!("a{i}"), None)
+            .await
+            .unwrap();
     }
     b.set("/eph", "soon gone", Some(secs(1))).await.unwrap();
     wait_value(&b, "/k/49", Some("a49")).await;
@@ -104,7 +104,13 @@ async fn a_subtree_client_sees_only_its_subtree() {
     writer.set("/b/after", "2", None).await.unwrap();
     wait_value(&sub, "/a/after", Some("2")).await;
     wait_value(&writer, "/b/after", Some("2")).await;
-    let keys: Vec<Bytes> = sub.entries().await.unwrap().into_iter().map(|(k, _)| k).collect();
+    let keys: Vec<Bytes> = sub
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(keys, [Bytes::from("/a/after"), Bytes::from("/a/before")]);
     token.cancel();
 }
@@ -126,7 +132,10 @@ async fn a_client_keeps_retrying_a_server_that_comes_back() {
     c.connect(addr.clone()).await.unwrap();
     tokio::time::sleep(secs(3)).await;
     let failed = c.stats().await.unwrap().agent.failovers;
-    assert!(failed >= 3, "only {failed} attempts while the server was down");
+    assert!(
+        failed >= 3,
+        "only {failed} attempts while the server was down"
+    );
     let spec = |e: &str| zpatterns::endpoint::EndpointSpec::bind(e).unwrap();
     let config = ServerConfig::new(
         spec(&endpoints.snapshot),
@@ -217,6 +226,9 @@ async fn a_restarted_server_is_detected_and_resynced() {
     wait_value(&c, "fresh", Some("new")).await;
     wait_value(&c, "k0", None).await;
     let stats = c.stats().await.unwrap();
-    assert!(stats.agent.restarts + stats.agent.gaps + stats.agent.failovers >= 1, "{stats:?}");
+    assert!(
+        stats.agent.restarts + stats.agent.gaps + stats.agent.failovers >= 1,
+        "{stats:?}"
+    );
     token.cancel();
 }

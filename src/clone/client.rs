@@ -325,7 +325,14 @@ impl Task {
                     let subtree = String::from_utf8_lossy(agent.subtree()).into_owned();
                     let addr = servers.addrs[server].clone();
                     let settle = self.config.subscribe_settle;
-                    spawn_link(addr, attempt, subtree, settle, link_tx.clone(), token.clone());
+                    spawn_link(
+                        addr,
+                        attempt,
+                        subtree,
+                        settle,
+                        link_tx.clone(),
+                        token.clone(),
+                    );
                     servers.link = Some(token);
                 }
                 AgentAction::Publish(msg) => {

@@ -57,7 +57,11 @@ impl ServerAddr {
     /// (with `0.0.0.0` binds reached over loopback).
     pub fn from_endpoints(ep: &ServerEndpoints) -> Result<Self, EndpointError> {
         let local = |s: &str| s.replace("0.0.0.0", "127.0.0.1");
-        Self::new(&local(&ep.snapshot), &local(&ep.publisher), &local(&ep.collector))
+        Self::new(
+            &local(&ep.snapshot),
+            &local(&ep.publisher),
+            &local(&ep.collector),
+        )
     }
 
     /// The snapshot endpoint (`P`).
@@ -80,7 +84,10 @@ impl FromStr for ServerAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let spec = EndpointSpec::connect(s.trim().trim_start_matches('>'))?;
         let malformed = || EndpointError::Malformed(s.to_owned());
-        let addr = spec.endpoint().strip_prefix("tcp://").ok_or_else(malformed)?;
+        let addr = spec
+            .endpoint()
+            .strip_prefix("tcp://")
+            .ok_or_else(malformed)?;
         let (host, port) = addr.rsplit_once(':').ok_or_else(malformed)?;
         Self::from_port(host, port.parse().map_err(|_| malformed())?)
     }
@@ -172,7 +179,9 @@ async fn forward_update(
 }
 
 async fn send(tx: &LinkTx, attempt: u64, ev: LinkEvent) -> Result<(), CloneError> {
-    tx.send((attempt, ev)).await.map_err(|_| CloneError::Stopped)
+    tx.send((attempt, ev))
+        .await
+        .map_err(|_| CloneError::Stopped)
 }
 
 async fn connect_patiently<S: Socket>(socket: &mut S, endpoint: &str) -> Result<(), CloneError> {

@@ -128,6 +128,17 @@ impl CloneServer {
         config: ServerConfig,
         parent: &CancellationToken,
     ) -> Result<Self, CloneError> {
+        let store = Store::new(config.store.clone(), Instant::now().into_std());
+        Self::start_with_store(config, store, parent).await
+    }
+
+    /// Like [`start`](Self::start), serving an existing state (e.g. one
+    /// restored from elsewhere, or preloaded for a benchmark).
+    pub async fn start_with_store(
+        config: ServerConfig,
+        store: Store,
+        parent: &CancellationToken,
+    ) -> Result<Self, CloneError> {
         let mut router = RouterSocket::new();
         let mut publisher = PubSocket::new();
         let mut collector = SubSocket::new();
@@ -146,7 +157,7 @@ impl CloneServer {
             publisher,
             collector,
         };
-        let run = run(config, sockets, stats.clone(), token.clone());
+        let run = run(config, store, sockets, stats.clone(), token.clone());
         let span = tracing::info_span!("clone_server", snapshot = %endpoints.snapshot);
         let task = tokio::spawn(run.instrument(span));
         Ok(Self {
@@ -201,6 +212,7 @@ struct Finished {
 
 async fn run(
     config: ServerConfig,
+    mut store: Store,
     sockets: Sockets,
     stats: Arc<Mutex<ServerStats>>,
     token: CancellationToken,
@@ -212,7 +224,6 @@ async fn run(
     } = sockets;
     let (router_tx, mut router_rx) = router.split();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-    let mut store = Store::new(config.store.clone(), Instant::now().into_std());
     let mut io = ServerStats::default();
     let mut published: u64 = 0;
     let streams = SnapshotStreams {
