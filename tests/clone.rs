@@ -10,6 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use zpatterns::clone::agent::AgentConfig;
+use zpatterns::clone::kvmsg::KvMsg;
+use zpatterns::clone::store::{Store, StoreConfig};
 use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, Phase, ServerAddr, ServerConfig};
 
 fn fast_client() -> ClientConfig {
@@ -230,5 +232,53 @@ async fn a_restarted_server_is_detected_and_resynced() {
         stats.agent.restarts + stats.agent.gaps + stats.agent.failovers >= 1,
         "{stats:?}"
     );
+    token.cancel();
+}
+
+/// Reference bug 5: the Guide's client leaves live updates in its SUB queue
+/// while a snapshot streams, where they can overflow and vanish. Here a
+/// client syncing a 1,000,000-key map while another client keeps writing
+/// ends with every key, without a gap or a second sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_during_a_million_key_snapshot_are_not_lost() {
+    trace_init();
+    let n = 1_000_000;
+    let token = CancellationToken::new();
+    let now = std::time::Instant::now();
+    let mut store = Store::new(StoreConfig::default(), now);
+    for i in 0..n {
+        store.handle_kvset(KvMsg::new(format!("/k/{i:07}"), "v").unwrap(), now);
+    }
+    let srv = CloneServer::start_with_store(ServerConfig::loopback(), store, &token)
+        .await
+        .unwrap();
+    let addr = ServerAddr::from_endpoints(srv.endpoints()).unwrap();
+    let writer = client("/w/", &[&addr], &token).await;
+    writer.wait_active().await.unwrap();
+    let reader = client("", &[&addr], &token).await;
+    let mut written = 0;
+    within(secs(120), "reader synced while writes go on", async {
+        while !matches!(reader.phase(), Phase::Active { .. }) {
+            writer
+                .set(format!("/w/{written}"), "x", None)
+                .await
+                .unwrap();
+            written += 1;
+            tokio::time::sleep(ms(2)).await;
+        }
+    })
+    .await;
+    eprintln!("{written} writes while the reader synced");
+    writer.set("/w/last", "x", None).await.unwrap();
+    wait_value(&reader, "/w/last", Some("x")).await;
+    let stats = reader.stats().await.unwrap();
+    assert_eq!(stats.keys, n + written + 1, "{stats:?}");
+    assert_eq!(stats.agent.syncs, 1, "{stats:?}");
+    assert_eq!(
+        stats.agent.gaps + stats.agent.buffer_overflows,
+        0,
+        "{stats:?}"
+    );
+    assert!(written > 0);
     token.cancel();
 }

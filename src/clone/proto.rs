@@ -224,3 +224,64 @@ mod tests {
         assert!(decode_kvset(&ok).is_ok());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::clone::kvmsg::KvMsg;
+    use proptest::prelude::*;
+
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..40),
+            prop::collection::vec(any::<u8>(), 8..=8),
+            prop::collection::vec(any::<u8>(), 16..=16),
+            Just(b"HUGZ".to_vec()),
+            Just(b"KTHXBAI".to_vec()),
+            Just(b"ICANHAZ?".to_vec()),
+            Just(b"ttl=5\n".to_vec()),
+        ]
+    }
+
+    fn msg() -> impl Strategy<Value = KvMsg> {
+        let props = prop::collection::btree_map("[a-z]{1,8}", "[^\n]{0,16}", 0..4);
+        (
+            prop::collection::vec(any::<u8>(), 1..=255),
+            any::<u64>(),
+            prop::option::of(any::<[u8; 16]>()),
+            props,
+            prop::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(key, seq, uuid, props, body)| {
+                let mut m = KvMsg::new(key, body).unwrap();
+                m.set_seq(seq);
+                m.set_uuid(uuid);
+                for (n, v) in props {
+                    m.props_mut().set(&n, &v).unwrap();
+                }
+                m
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn kvmsg_round_trips(m in msg()) {
+            prop_assert_eq!(KvMsg::decode(&m.encode()).unwrap(), m);
+        }
+
+        #[test]
+        fn decoding_arbitrary_frames_never_panics_and_accepted_input_round_trips(
+            frames in prop::collection::vec(frame(), 0..7)
+        ) {
+            let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+            if let Ok(m) = KvMsg::decode(&frames) {
+                prop_assert_eq!(KvMsg::decode(&m.encode()).unwrap(), m);
+            }
+            let _ = KvMsg::decode_kvsimple(&frames);
+            let _ = Icanhaz::decode(&frames);
+            let _ = SnapshotReply::decode(&frames);
+            let _ = Update::decode(&frames);
+            let _ = decode_kvset(&frames);
+        }
+    }
+}
