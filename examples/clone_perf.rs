@@ -44,13 +44,14 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let args = Args::parse();
     let rt = if args.multi_thread {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -93,7 +94,8 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
         let n = args.updates;
         tasks.spawn(async move {
             for i in 0..n {
-                c.set(format!("/w{w}/{}", i % 10_000), i.to_string(), None).await?;
+                c.set(format!("/w{w}/{}", i % 10_000), i.to_string(), None)
+                    .await?;
                 if i % 256 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -112,7 +114,11 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
     let mut last = u64::MAX;
     while Instant::now() < deadline {
         let seq = server.stats().sequence;
-        if seq == last && subs.iter().all(|s| matches!(s.phase(), Phase::Active { seq: s2, .. } if s2 >= seq)) {
+        if seq == last
+            && subs
+                .iter()
+                .all(|s| matches!(s.phase(), Phase::Active { seq: s2, .. } if s2 >= seq))
+        {
             break;
         }
         last = seq;

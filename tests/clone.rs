@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use zpatterns::clone::agent::AgentConfig;
 use zpatterns::clone::kvmsg::KvMsg;
 use zpatterns::clone::store::{Store, StoreConfig};
-use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, Phase, ServerAddr, ServerConfig};
+use zpatterns::clone::{
+    ClientConfig, CloneClient, CloneServer, Phase, ServerAddr, ServerConfig, ServerEndpoints,
+};
 
 fn fast_client() -> ClientConfig {
     let mut c = ClientConfig::default();
@@ -34,6 +36,27 @@ async fn server(token: &CancellationToken) -> (CloneServer, ServerAddr) {
         .unwrap();
     let addr = ServerAddr::from_endpoints(s.endpoints()).unwrap();
     (s, addr)
+}
+
+/// Starts a server on the endpoints a stopped one used (retrying while the
+/// old listeners close).
+async fn restart_on(endpoints: &ServerEndpoints, token: &CancellationToken) -> CloneServer {
+    let spec = |e: &str| zpatterns::endpoint::EndpointSpec::bind(e).unwrap();
+    within(secs(10), "rebind the same ports", async {
+        loop {
+            let config = ServerConfig::new(
+                spec(&endpoints.snapshot),
+                spec(&endpoints.publisher),
+                spec(&endpoints.collector),
+            );
+            match CloneServer::start(config, token).await {
+                Ok(s) => return s,
+                Err(e) => eprintln!("rebind: {e}"),
+            }
+            tokio::time::sleep(ms(100)).await;
+        }
+    })
+    .await
 }
 
 async fn client(subtree: &str, servers: &[&ServerAddr], token: &CancellationToken) -> CloneClient {
@@ -138,13 +161,7 @@ async fn a_client_keeps_retrying_a_server_that_comes_back() {
         failed >= 3,
         "only {failed} attempts while the server was down"
     );
-    let spec = |e: &str| zpatterns::endpoint::EndpointSpec::bind(e).unwrap();
-    let config = ServerConfig::new(
-        spec(&endpoints.snapshot),
-        spec(&endpoints.publisher),
-        spec(&endpoints.collector),
-    );
-    let _srv = CloneServer::start(config, &token).await.unwrap();
+    let _srv = restart_on(&endpoints, &token).await;
     within(secs(20), "sync after the server came back", c.wait_active())
         .await
         .unwrap();
@@ -212,15 +229,9 @@ async fn a_restarted_server_is_detected_and_resynced() {
     for i in 0..20 {
         c.set(format!("k{i}"), "old", None).await.unwrap();
     }
-    wait_value(&c, "k19", Some("old")).await;
+    eventually(secs(20), "server 1 has every key", || s1.stats().keys == 20).await;
     s1.stop().await.unwrap();
-    let spec = |e: &str| zpatterns::endpoint::EndpointSpec::bind(e).unwrap();
-    let config = ServerConfig::new(
-        spec(&endpoints.snapshot),
-        spec(&endpoints.publisher),
-        spec(&endpoints.collector),
-    );
-    let _s2 = CloneServer::start(config, &token).await.unwrap();
+    let _s2 = restart_on(&endpoints, &token).await;
     // Another writer gives the new server a few updates.
     let w = client("/w/", &[&addr], &token).await;
     w.wait_active().await.unwrap();

@@ -31,11 +31,15 @@ async fn tour() -> anyhow::Result<()> {
     println!("   clients A and B synced in {:.2?}", started.elapsed());
 
     for i in 0..100 {
-        a.set(format!("/tour/a/{i}"), format!("{}", i * i), None).await?;
-        b.set(format!("/tour/b/{i}"), format!("{}", i * 3), None).await?;
+        a.set(format!("/tour/a/{i}"), format!("{}", i * i), None)
+            .await?;
+        b.set(format!("/tour/b/{i}"), format!("{}", i * 3), None)
+            .await?;
     }
     let ttl = Duration::from_secs(1);
-    a.set("/tour/ephemeral", "here for a second", Some(ttl)).await?;
+    let set_at = Instant::now();
+    a.set("/tour/ephemeral", "here for a second", Some(ttl))
+        .await?;
     println!("   A and B each set 100 keys; A set one ephemeral key (ttl 1 s)");
     let both = async |n: usize| -> anyhow::Result<()> {
         wait(|| async { Ok(a.entries().await?.len() == n && b.entries().await?.len() == n) }).await
@@ -47,10 +51,9 @@ async fn tour() -> anyhow::Result<()> {
         if da == db { "(equal)" } else { "(DIFFERENT)" }
     );
     anyhow::ensure!(da == db, "clients did not converge");
-    let set_at = Instant::now();
     both(200).await?;
     println!(
-        "   ephemeral key gone from A and B {:.1?} later",
+        "   ephemeral key gone from A and B {:.1?} after it was set",
         set_at.elapsed()
     );
     let s = server.stats();

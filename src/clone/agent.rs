@@ -185,6 +185,7 @@ pub struct Agent {
     expiry: Instant,
     failures: u32,
     hugz_carry_seq: bool,
+    instance: Option<u64>,
     state: State,
     map: HashMap<Bytes, Item>,
     actions: VecDeque<AgentAction>,
@@ -204,6 +205,7 @@ impl Agent {
             expiry: now,
             failures: 0,
             hugz_carry_seq: false,
+            instance: None,
             state: State::Idle,
             map: HashMap::new(),
             actions: VecDeque::new(),
@@ -333,7 +335,10 @@ impl Agent {
                     fresh.insert(msg.key().clone(), item);
                 }
             }
-            SnapshotReply::Kthxbai { seq, .. } => self.finish_sync(seq, now),
+            SnapshotReply::Kthxbai { seq, instance, .. } => {
+                self.instance = instance;
+                self.finish_sync(seq, now);
+            }
         }
     }
 
@@ -361,11 +366,18 @@ impl Agent {
                 self.expiry = now + self.config.server_ttl;
                 self.apply_live(msg, now);
             }
-            (State::Active { seq }, Update::Hugz { seq: hugz }) => {
+            (
+                State::Active { seq },
+                Update::Hugz {
+                    seq: hugz,
+                    instance,
+                },
+            ) => {
                 let last = *seq;
                 self.expiry = now + self.config.server_ttl;
                 self.hugz_carry_seq |= hugz > 0;
-                if self.hugz_carry_seq && hugz < last {
+                let restarted = instance.is_some() && instance != self.instance;
+                if restarted || (self.hugz_carry_seq && hugz < last) {
                     self.stats.restarts += 1;
                     warn!(
                         last,
@@ -427,6 +439,8 @@ impl Agent {
 
     fn open(&mut self, server: usize, now: Instant) {
         self.current = server;
+        self.hugz_carry_seq = false;
+        self.instance = None;
         self.attempt += 1;
         self.expiry = now + self.config.server_ttl;
         self.state = State::Syncing {

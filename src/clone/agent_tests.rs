@@ -43,6 +43,7 @@ impl H {
         let end = SnapshotReply::Kthxbai {
             seq,
             subtree: Bytes::new(),
+            instance: None,
         };
         self.a.handle_snapshot(att, end, self.now);
     }
@@ -53,7 +54,14 @@ impl H {
     }
     fn hugz(&mut self, seq: u64) {
         let att = self.a.attempt();
-        self.a.handle_update(att, Update::Hugz { seq }, self.now);
+        self.a.handle_update(
+            att,
+            Update::Hugz {
+                seq,
+                instance: None,
+            },
+            self.now,
+        );
     }
     fn advance(&mut self, d: Duration) {
         self.now += d;
@@ -240,6 +248,7 @@ fn messages_from_a_stale_link_are_ignored() {
         SnapshotReply::Kthxbai {
             seq: 1,
             subtree: Bytes::new(),
+            instance: None,
         },
         h.now,
     );
@@ -299,4 +308,32 @@ fn set_publishes_a_kvset_with_uuid_and_ttl_and_applies_in_subtree_only() {
         .a
         .handle_set(Bytes::new(), Bytes::from("x"), None, [0; 16])
         .is_err());
+}
+
+#[test]
+fn a_new_server_instance_in_the_heartbeat_means_a_restart() {
+    let mut h = H::new("/s/", 1);
+    h.opened();
+    let att = h.a.attempt();
+    let end = SnapshotReply::Kthxbai {
+        seq: 6,
+        subtree: Bytes::new(),
+        instance: Some(1),
+    };
+    h.a.handle_snapshot(att, end, h.now);
+    let same = Update::Hugz {
+        seq: 9,
+        instance: Some(1),
+    };
+    h.a.handle_update(att, same, h.now);
+    assert!(h.opened().is_empty());
+    // Same sequence region, different instance: it restarted and was fed
+    // exactly as many updates as before, which the sequence cannot show.
+    let other = Update::Hugz {
+        seq: 9,
+        instance: Some(2),
+    };
+    h.a.handle_update(att, other, h.now);
+    assert_eq!(h.a.stats().restarts, 1);
+    assert_eq!(h.opened().len(), 1);
 }

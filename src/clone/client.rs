@@ -31,7 +31,9 @@ pub struct ClientConfig {
     /// The state machine's timers and bounds.
     pub agent: AgentConfig,
     /// The longest wait for the first message on a new subscription before
-    /// asking for a snapshot (a HUGZ normally arrives within a second).
+    /// asking for a snapshot. The subscription travels ahead of the
+    /// DEALER's own handshake, so this is a margin, not a guarantee; without
+    /// a subtree a missed update is caught by gap detection anyway.
     pub subscribe_settle: Duration,
     /// Pause after a PUB connects before sending KVSETs, so the collector's
     /// subscription has arrived.
@@ -47,7 +49,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             agent: AgentConfig::default(),
-            subscribe_settle: Duration::from_millis(1500),
+            subscribe_settle: Duration::from_millis(250),
             publish_settle: Duration::from_millis(100),
             publish_queue: 10_000,
             change_capacity: 65_536,

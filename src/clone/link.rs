@@ -145,8 +145,8 @@ async fn run_link(
         sub.subscribe("HUGZ").await?;
     }
     // Subscriptions reach the server asynchronously: wait for the first
-    // message (a HUGZ at most a heartbeat away) before asking, bounded by
-    // `settle` for servers that send no heartbeats (Guide models 3-5).
+    // message (proof that it is in place) before asking, bounded by
+    // `settle` (HUGZ come only once a second, and models 3-5 send none).
     if let Ok(first) = tokio::time::timeout(settle, sub.recv()).await {
         forward_update(first?, attempt, tx).await?;
     }

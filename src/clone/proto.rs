@@ -14,7 +14,7 @@
 use bytes::Bytes;
 
 use super::error::DecodeError;
-use super::kvmsg::{decode_seq, decode_uuid, KvMsg, KEY_MAX};
+use super::kvmsg::{decode_seq, decode_uuid, KvMsg, Properties, KEY_MAX};
 
 /// The snapshot request command.
 pub const ICANHAZ: &[u8] = b"ICANHAZ?";
@@ -22,6 +22,11 @@ pub const ICANHAZ: &[u8] = b"ICANHAZ?";
 pub const KTHXBAI: &[u8] = b"KTHXBAI";
 /// The heartbeat command.
 pub const HUGZ: &[u8] = b"HUGZ";
+/// Property on this crate's HUGZ and KTHXBAI naming the server instance (16
+/// hex digits, random per server start). An extension: CHP leaves these
+/// properties empty and the Guide's programs ignore them; a client that
+/// sees the instance change knows the server restarted and lost its state.
+pub const INSTANCE: &str = "instance";
 
 /// A snapshot request as the server's ROUTER sees it (identity removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +74,8 @@ pub enum SnapshotReply {
         seq: u64,
         /// The subtree, or empty (the C servers send it empty).
         subtree: Bytes,
+        /// The server instance, if the server names it ([`INSTANCE`]).
+        instance: Option<u64>,
     },
 }
 
@@ -76,15 +83,20 @@ impl SnapshotReply {
     /// Parses five frames: KTHXBAI if the key is `KTHXBAI`, else KVSYNC.
     pub fn decode(frames: &[Bytes]) -> Result<Self, DecodeError> {
         if frames.first().is_some_and(|k| k == KTHXBAI) {
-            let (seq, subtree) = decode_marker(frames)?;
-            return Ok(Self::Kthxbai { seq, subtree });
+            let (seq, subtree, instance) = decode_marker(frames)?;
+            return Ok(Self::Kthxbai {
+                seq,
+                subtree,
+                instance,
+            });
         }
         KvMsg::decode(frames).map(Self::Kvsync)
     }
 
-    /// `["KTHXBAI"][seq][""][""][subtree]`, as CHP specifies.
-    pub fn encode_kthxbai(seq: u64, subtree: &Bytes) -> [Bytes; 5] {
-        marker(KTHXBAI, seq, subtree.clone())
+    /// `["KTHXBAI"][seq][""][props][subtree]`, as CHP specifies (props
+    /// empty unless `instance` is given).
+    pub fn encode_kthxbai(seq: u64, subtree: &Bytes, instance: Option<u64>) -> [Bytes; 5] {
+        marker(KTHXBAI, seq, instance, subtree.clone())
     }
 }
 
@@ -97,6 +109,8 @@ pub enum Update {
     Hugz {
         /// The sequence the heartbeat carried.
         seq: u64,
+        /// The server instance, if the server names it ([`INSTANCE`]).
+        instance: Option<u64>,
     },
 }
 
@@ -104,8 +118,8 @@ impl Update {
     /// Parses five frames: HUGZ if the key is `HUGZ`, else KVPUB.
     pub fn decode(frames: &[Bytes]) -> Result<Self, DecodeError> {
         if frames.first().is_some_and(|k| k == HUGZ) {
-            let (seq, _) = decode_marker(frames)?;
-            return Ok(Self::Hugz { seq });
+            let (seq, _, instance) = decode_marker(frames)?;
+            return Ok(Self::Hugz { seq, instance });
         }
         KvMsg::decode(frames).map(Self::Kvpub)
     }
@@ -113,8 +127,8 @@ impl Update {
     /// `["HUGZ"][seq][""][""][""]`. CHP says `seq` 0; the reference servers
     /// (and this crate's) send their current sequence, which lets clients
     /// detect restarts and gaps.
-    pub fn encode_hugz(seq: u64) -> [Bytes; 5] {
-        marker(HUGZ, seq, Bytes::new())
+    pub fn encode_hugz(seq: u64, instance: Option<u64>) -> [Bytes; 5] {
+        marker(HUGZ, seq, instance, Bytes::new())
     }
 }
 
@@ -136,27 +150,35 @@ pub fn in_subtree(key: &[u8], subtree: &[u8]) -> bool {
     key.starts_with(subtree)
 }
 
-fn marker(name: &'static [u8], seq: u64, body: Bytes) -> [Bytes; 5] {
+fn marker(name: &'static [u8], seq: u64, instance: Option<u64>, body: Bytes) -> [Bytes; 5] {
+    let props = instance.map_or_else(Bytes::new, |id| {
+        Bytes::from(format!("{INSTANCE}={id:016x}\n"))
+    });
     [
         Bytes::from_static(name),
         Bytes::copy_from_slice(&seq.to_be_bytes()),
         Bytes::new(),
-        Bytes::new(),
+        props,
         body,
     ]
 }
 
-/// A KTHXBAI or HUGZ: five frames, a valid sequence and UUID frame;
-/// properties are ignored.
-fn decode_marker(frames: &[Bytes]) -> Result<(u64, Bytes), DecodeError> {
-    let [_, seq, uuid, _, body] = frames else {
+/// A KTHXBAI or HUGZ: five frames, a valid sequence and UUID frame; of the
+/// properties only a well-formed [`INSTANCE`] is read, anything else there
+/// is ignored (lenient).
+fn decode_marker(frames: &[Bytes]) -> Result<(u64, Bytes, Option<u64>), DecodeError> {
+    let [_, seq, uuid, props, body] = frames else {
         return Err(DecodeError::FrameCount {
             expected: "5",
             got: frames.len(),
         });
     };
     decode_uuid(uuid)?;
-    Ok((decode_seq(seq)?, body.clone()))
+    let instance = Properties::decode(props).ok().and_then(|p| {
+        p.get(INSTANCE)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+    });
+    Ok((decode_seq(seq)?, body.clone(), instance))
 }
 
 fn unknown(cmd: &[u8]) -> DecodeError {
@@ -194,17 +216,25 @@ mod tests {
 
     #[test]
     fn kthxbai_with_subtree_or_empty_body_and_hugz_with_any_seq() {
-        let k = SnapshotReply::encode_kthxbai(42, &Bytes::from("/a/"));
+        let k = SnapshotReply::encode_kthxbai(42, &Bytes::from("/a/"), Some(0xabc));
+        assert_eq!(&k[3][..], b"instance=0000000000000abc\n");
         assert_eq!(
             SnapshotReply::decode(&k).unwrap(),
             SnapshotReply::Kthxbai {
                 seq: 42,
-                subtree: Bytes::from("/a/")
+                subtree: Bytes::from("/a/"),
+                instance: Some(0xabc),
             }
         );
         // Python's HUGZ carries a random UUID: accepted.
         let h = f(&[b"HUGZ", &7u64.to_be_bytes(), &[9; 16], b"", b""]);
-        assert_eq!(Update::decode(&h).unwrap(), Update::Hugz { seq: 7 });
+        let hugz = Update::Hugz {
+            seq: 7,
+            instance: None,
+        };
+        assert_eq!(Update::decode(&h).unwrap(), hugz);
+        let h = f(&[b"HUGZ", &7u64.to_be_bytes(), b"", b"\xff", b""]);
+        assert_eq!(Update::decode(&h).unwrap(), hugz, "bad props ignored");
         assert!(Update::decode(&f(&[b"HUGZ", &[0; 8]])).is_err());
         let kv = f(&[b"/a/1", &[0, 0, 0, 0, 0, 0, 0, 3], b"", b"ttl=5\n", b"v"]);
         assert!(

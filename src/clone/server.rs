@@ -274,7 +274,7 @@ async fn run(
                     publisher.send(msg).await?;
                     published += 1;
                     // The zeromq PUB's fan-out task must get to run.
-                    if published % 256 == 0 {
+                    if published.is_multiple_of(256) {
                         tokio::task::yield_now().await;
                     }
                 }
@@ -289,6 +289,11 @@ async fn run(
             ..io.clone()
         };
     }
+    // Release the ports now (a restart may bind them again at once).
+    drop(streams);
+    drop(router_rx);
+    publisher.close().await;
+    collector.close().await;
     info!("clone server stopped");
     Ok(())
 }

@@ -25,6 +25,7 @@ pub struct SnapshotCursor {
     sent: u64,
     finished: bool,
     started: Instant,
+    instance: Option<u64>,
 }
 
 impl SnapshotCursor {
@@ -40,7 +41,15 @@ impl SnapshotCursor {
             sent: 0,
             finished: false,
             started: now,
+            instance: None,
         }
+    }
+
+    /// Names the server instance in KTHXBAI (see
+    /// [`INSTANCE`](super::proto::INSTANCE)).
+    pub fn with_instance(mut self, instance: Option<u64>) -> Self {
+        self.instance = instance;
+        self
     }
 
     /// The ROUTER identity of the requester.
@@ -75,8 +84,8 @@ impl SnapshotCursor {
             Some(k) => Bound::Excluded(k.clone()),
             None => Bound::Included(self.subtree.clone()),
         };
-        let mut taken = 0;
-        for (key, entry) in self.map.range((lower, Bound::Unbounded)) {
+        let range = self.map.range((lower, Bound::Unbounded));
+        for (taken, (key, entry)) in range.enumerate() {
             if !in_subtree(key, &self.subtree) {
                 break;
             }
@@ -85,13 +94,16 @@ impl SnapshotCursor {
             }
             out.push(entry.to_kvsync(key, now).encode());
             self.after = Some(key.clone());
-            taken += 1;
             self.sent += 1;
         }
         // Nothing left: release the copy and close the stream.
         self.map = Map::new();
         self.finished = true;
-        out.push(SnapshotReply::encode_kthxbai(self.seq, &self.subtree));
+        out.push(SnapshotReply::encode_kthxbai(
+            self.seq,
+            &self.subtree,
+            self.instance,
+        ));
         true
     }
 }

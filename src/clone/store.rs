@@ -98,6 +98,9 @@ pub struct StoreConfig {
     pub max_snapshots_per_peer: usize,
     /// Longest accepted ttl (longer ones are clamped).
     pub max_ttl: Duration,
+    /// This server's instance id, sent in HUGZ and KTHXBAI (random by
+    /// default; `None` sends CHP's empty properties).
+    pub instance: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -108,6 +111,7 @@ impl Default for StoreConfig {
             max_queued_snapshots: 1024,
             max_snapshots_per_peer: 2,
             max_ttl: Duration::from_secs(365 * 24 * 3600),
+            instance: Some(uuid::Uuid::new_v4().as_u64_pair().0),
         }
     }
 }
@@ -276,7 +280,10 @@ impl Store {
         }
         if now >= self.next_hugz {
             self.stats.hugz += 1;
-            actions.push(Action::Publish(Update::encode_hugz(self.sequence)));
+            actions.push(Action::Publish(Update::encode_hugz(
+                self.sequence,
+                self.config.instance,
+            )));
             self.next_hugz = now + self.config.hugz_interval;
         }
         actions
@@ -290,13 +297,10 @@ impl Store {
             };
             self.active_snapshots += 1;
             info!(peer = ?peer, seq = self.sequence, "sending snapshot");
-            actions.push(Action::StartSnapshot(SnapshotCursor::new(
-                peer,
-                subtree,
-                self.map.clone(),
-                self.sequence,
-                now,
-            )));
+            actions.push(Action::StartSnapshot(
+                SnapshotCursor::new(peer, subtree, self.map.clone(), self.sequence, now)
+                    .with_instance(self.config.instance),
+            ));
         }
         actions
     }
@@ -440,7 +444,13 @@ mod tests {
         let Action::Publish(frames) = &out[0] else {
             panic!()
         };
-        assert_eq!(Update::decode(frames).unwrap(), Update::Hugz { seq: 1 });
+        assert!(matches!(
+            Update::decode(frames).unwrap(),
+            Update::Hugz {
+                seq: 1,
+                instance: Some(_)
+            }
+        ));
         assert_eq!(s.poll_timeout(), t1 + Duration::from_secs(1));
     }
 
