@@ -239,10 +239,7 @@ async fn a_restarted_server_is_detected_and_resynced() {
     wait_value(&c, "fresh", Some("new")).await;
     wait_value(&c, "k0", None).await;
     let stats = c.stats().await.unwrap();
-    assert!(
-        stats.agent.restarts + stats.agent.gaps + stats.agent.failovers >= 1,
-        "{stats:?}"
-    );
+    assert!(stats.agent.restarts >= 1, "{stats:?}");
     token.cancel();
 }
 
