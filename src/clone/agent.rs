@@ -186,6 +186,7 @@ pub struct Agent {
     failures: u32,
     hugz_carry_seq: bool,
     instance: Option<u64>,
+    report: bool,
     state: State,
     map: HashMap<Bytes, Item>,
     actions: VecDeque<AgentAction>,
@@ -206,6 +207,7 @@ impl Agent {
             failures: 0,
             hugz_carry_seq: false,
             instance: None,
+            report: true,
             state: State::Idle,
             map: HashMap::new(),
             actions: VecDeque::new(),
@@ -267,6 +269,16 @@ impl Agent {
     pub fn poll_action(&mut self) -> Option<AgentAction> {
         self.actions.pop_front()
     }
+    /// Whether to queue [`Change`]s (on by default). The task turns it off
+    /// while nobody listens, which spares a million-key sync a million
+    /// events.
+    pub fn set_report_changes(&mut self, report: bool) {
+        self.report = report;
+        if !report {
+            self.changes.clear();
+        }
+    }
+
     /// The next change of the local map, if any.
     pub fn poll_change(&mut self) -> Option<Change> {
         self.changes.pop_front()
@@ -282,33 +294,15 @@ impl Agent {
         }
     }
 
-    /// The application sets `key` (empty `value` deletes; `ttl` makes it
-    /// ephemeral, whole seconds rounded up). The KVSET carries `uuid`. It is
-    /// applied locally at once if the key is in the subtree.
-    pub fn handle_set(
-        &mut self,
-        key: Bytes,
-        value: Bytes,
-        ttl: Option<Duration>,
-        uuid: [u8; 16],
-    ) -> Result<(), DecodeError> {
-        if key == HUGZ || key == KTHXBAI || key == ICANHAZ {
-            return Err(DecodeError::ReservedKey(
-                String::from_utf8_lossy(&key).into(),
-            ));
-        }
-        let mut msg = KvMsg::new(key.clone(), value.clone())?;
-        msg.set_uuid(Some(uuid));
-        if let Some(ttl) = ttl.filter(|t| !t.is_zero()) {
-            let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-            msg.props_mut().set(TTL, &secs.to_string()).expect("valid");
-        }
+    /// The application sets a key (a message from [`kvset`]): publish it
+    /// and, if the key is in the subtree, apply it locally at once.
+    pub fn handle_set(&mut self, msg: KvMsg) {
+        let (key, value) = (msg.key().clone(), msg.body().clone());
         self.actions.push_back(AgentAction::Publish(msg));
         if in_subtree(&key, &self.subtree) {
             let item = (!value.is_empty()).then_some(Item { value, seq: 0 });
             self.store(key, item, None, Cause::Local);
         }
-        Ok(())
     }
 
     /// A message from the link's snapshot DEALER.
@@ -478,6 +472,9 @@ impl Agent {
     }
 
     fn report_differences(&mut self, old: HashMap<Bytes, Item>) {
+        if !self.report {
+            return;
+        }
         for (key, item) in &self.map {
             if old.get(key).is_none_or(|o| o.value != item.value) {
                 self.changes.push_back(Change {
@@ -534,7 +531,7 @@ impl Agent {
                 .is_none_or(|old| old.value != new.value),
             None => self.map.remove(&key).is_some(),
         };
-        if changed {
+        if changed && self.report {
             self.changes.push_back(Change {
                 key,
                 value: item.map(|i| i.value),
@@ -543,6 +540,29 @@ impl Agent {
             });
         }
     }
+}
+
+/// Builds a client's KVSET: `key` (not a CHP command name) set to `value`
+/// (empty deletes), `ttl` as whole seconds rounded up (none or zero: not
+/// ephemeral), carrying `uuid`.
+pub fn kvset(
+    key: Bytes,
+    value: Bytes,
+    ttl: Option<Duration>,
+    uuid: [u8; 16],
+) -> Result<KvMsg, DecodeError> {
+    if key == HUGZ || key == KTHXBAI || key == ICANHAZ {
+        return Err(DecodeError::ReservedKey(
+            String::from_utf8_lossy(&key).into(),
+        ));
+    }
+    let mut msg = KvMsg::new(key, value)?;
+    msg.set_uuid(Some(uuid));
+    if let Some(ttl) = ttl.filter(|t| !t.is_zero()) {
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        msg.props_mut().set(TTL, &secs.to_string()).expect("valid");
+    }
+    Ok(msg)
 }
 
 #[cfg(test)]

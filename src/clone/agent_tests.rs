@@ -279,10 +279,11 @@ fn set_publishes_a_kvset_with_uuid_and_ttl_and_applies_in_subtree_only() {
     h.opened();
     h.sync(&[], 0);
     let ttl = Some(Duration::from_millis(1500));
-    h.a.handle_set(Bytes::from("/a/k"), Bytes::from("v"), ttl, [3; 16])
-        .unwrap();
-    h.a.handle_set(Bytes::from("/b/k"), Bytes::from("w"), None, [4; 16])
-        .unwrap();
+    let set = |k: &str, v: &str, ttl, u| {
+        kvset(Bytes::from(k.to_owned()), Bytes::from(v.to_owned()), ttl, u)
+    };
+    h.a.handle_set(set("/a/k", "v", ttl, [3; 16]).unwrap());
+    h.a.handle_set(set("/b/k", "w", None, [4; 16]).unwrap());
     let sent: Vec<KvMsg> = h
         .actions()
         .into_iter()
@@ -301,13 +302,10 @@ fn set_publishes_a_kvset_with_uuid_and_ttl_and_applies_in_subtree_only() {
     h.kvpub("/a/k", "v", 1);
     assert!(h.changes().is_empty());
     assert!(matches!(
-        h.a.handle_set(Bytes::from("HUGZ"), Bytes::from("x"), None, [0; 16]),
+        set("HUGZ", "x", None, [0; 16]),
         Err(DecodeError::ReservedKey(_))
     ));
-    assert!(h
-        .a
-        .handle_set(Bytes::new(), Bytes::from("x"), None, [0; 16])
-        .is_err());
+    assert!(set("", "x", None, [0; 16]).is_err());
 }
 
 #[test]

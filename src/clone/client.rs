@@ -17,8 +17,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use super::agent::{Agent, AgentAction, AgentConfig, AgentStats, Change, Phase};
+use super::agent::{kvset, Agent, AgentAction, AgentConfig, AgentStats, Change, Phase};
 use super::error::CloneError;
+use super::kvmsg::KvMsg;
 use super::link::{spawn_link, spawn_publisher, LinkEvent, ServerAddr};
 
 /// Most servers a client talks to (a Binary Star pair).
@@ -74,12 +75,7 @@ pub struct ClientStats {
 enum Cmd {
     Subtree(String, oneshot::Sender<Result<(), CloneError>>),
     Connect(ServerAddr, oneshot::Sender<Result<(), CloneError>>),
-    Set {
-        key: Bytes,
-        value: Bytes,
-        ttl: Option<Duration>,
-        reply: oneshot::Sender<Result<(), CloneError>>,
-    },
+    Set(KvMsg),
     Get(Bytes, oneshot::Sender<Option<Bytes>>),
     Entries(oneshot::Sender<Vec<(Bytes, Bytes)>>),
     Stats(oneshot::Sender<ClientStats>),
@@ -142,14 +138,14 @@ impl CloneClient {
         value: impl Into<Bytes>,
         ttl: Option<Duration>,
     ) -> Result<(), CloneError> {
-        let (key, value) = (key.into(), value.into());
-        self.ask(|reply| Cmd::Set {
-            key,
-            value,
-            ttl,
-            reply,
-        })
-        .await?
+        let uuid = *uuid::Uuid::new_v4().as_bytes();
+        let msg = kvset(key.into(), value.into(), ttl, uuid)?;
+        // Fire and forget, like the Guide's agent: only the command queue's
+        // capacity pushes back.
+        self.cmds
+            .send(Cmd::Set(msg))
+            .await
+            .map_err(|_| CloneError::Stopped)
     }
 
     /// The current value of `key`, or `None`.
@@ -212,7 +208,7 @@ struct Task {
 
 struct Servers {
     addrs: Vec<ServerAddr>,
-    publishers: Vec<mpsc::Sender<super::kvmsg::KvMsg>>,
+    publishers: Vec<mpsc::Sender<KvMsg>>,
     link: Option<CancellationToken>,
     sent: Arc<AtomicU64>,
     dropped: u64,
@@ -243,6 +239,7 @@ impl Task {
                 }
                 () = sleep_until(timeout) => agent.handle_timeout(now()),
             }
+            agent.set_report_changes(self.changes.receiver_count() > 0);
             for (attempt, ev) in batch.drain(..) {
                 match ev {
                     LinkEvent::Snapshot(r) => agent.handle_snapshot(attempt, r, now()),
@@ -284,16 +281,7 @@ impl Task {
                 agent.handle_server_added(now());
                 let _ = reply.send(Ok(()));
             }
-            Cmd::Set {
-                key,
-                value,
-                ttl,
-                reply,
-            } => {
-                let uuid = *uuid::Uuid::new_v4().as_bytes();
-                let r = agent.handle_set(key, value, ttl, uuid);
-                let _ = reply.send(r.map_err(CloneError::from));
-            }
+            Cmd::Set(msg) => agent.handle_set(msg),
             Cmd::Get(key, reply) => {
                 let _ = reply.send(agent.get(&key).cloned());
             }
