@@ -23,9 +23,10 @@
 //! use tokio_util::sync::CancellationToken;
 //! use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, ServerAddr, ServerConfig};
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let token = CancellationToken::new();
-//! let server = CloneServer::start(ServerConfig::on_port("*", 5556)?, &token).await?;
+//! let _server = CloneServer::start(ServerConfig::on_port("*", 5556)?, &token).await?;
 //! let client = CloneClient::new(ClientConfig::default(), &token);
 //! client.subtree("/client/").await?;
 //! client.connect("tcp://localhost:5556".parse::<ServerAddr>()?).await?;
