@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, PubSocket, SocketEvent, SubSocket};
 
@@ -115,17 +115,28 @@ pub(crate) fn spawn_link(
     token: CancellationToken,
 ) {
     let span = tracing::info_span!("clone_link", server = %addr.snapshot, attempt);
-    let task = async move {
+    spawn_until_cancelled(span, token, async move {
+        run_link(&addr, attempt, &subtree, settle, &tx).await
+    });
+}
+
+/// Spawns `task` in `span`, dropping it when `token` is cancelled; an error
+/// ending it early is logged (the agent's timers take it from there).
+fn spawn_until_cancelled<F>(span: tracing::Span, token: CancellationToken, task: F)
+where
+    F: std::future::Future<Output = Result<(), CloneError>> + Send + 'static,
+{
+    let run = async move {
         tokio::select! {
             () = token.cancelled() => {}
-            r = run_link(&addr, attempt, &subtree, settle, &tx) => {
+            r = task => {
                 if let Err(e) = r {
-                    debug!(cause = %e, "link ended");
+                    debug!(cause = %e, "task ended");
                 }
             }
         }
     };
-    tokio::spawn(task.instrument(span));
+    tokio::spawn(run.instrument(span));
 }
 
 async fn run_link(
@@ -202,17 +213,9 @@ pub(crate) fn spawn_publisher(
     token: CancellationToken,
 ) {
     let span = tracing::info_span!("clone_publisher", collector = %addr.collector);
-    let task = async move {
-        tokio::select! {
-            () = token.cancelled() => {}
-            r = run_publisher(&addr, settle, rx, &sent) => {
-                if let Err(e) = r {
-                    warn!(cause = %e, "publisher stopped");
-                }
-            }
-        }
-    };
-    tokio::spawn(task.instrument(span));
+    spawn_until_cancelled(span, token, async move {
+        run_publisher(&addr, settle, rx, &sent).await
+    });
 }
 
 async fn run_publisher(

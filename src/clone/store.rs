@@ -98,6 +98,11 @@ pub struct StoreConfig {
     pub max_snapshots_per_peer: usize,
     /// Longest accepted ttl (longer ones are clamped).
     pub max_ttl: Duration,
+    /// Most keys stored; a KVSET adding a key beyond it is refused (updates
+    /// and deletes of existing keys still pass).
+    pub max_keys: usize,
+    /// Largest value stored; a larger KVSET is refused.
+    pub max_value_len: usize,
     /// This server's instance id, sent in HUGZ and KTHXBAI (random by
     /// default; `None` sends CHP's empty properties).
     pub instance: Option<u64>,
@@ -111,6 +116,8 @@ impl Default for StoreConfig {
             max_queued_snapshots: 1024,
             max_snapshots_per_peer: 2,
             max_ttl: Duration::from_secs(365 * 24 * 3600),
+            max_keys: 50_000_000,
+            max_value_len: 16 * 1024 * 1024,
             instance: Some(uuid::Uuid::new_v4().as_u64_pair().0),
         }
     }
@@ -130,6 +137,8 @@ pub struct StoreStats {
     pub snapshot_requests: u64,
     /// Snapshot requests refused because a queue bound was reached.
     pub snapshots_refused: u64,
+    /// KVSETs refused by `max_keys` or `max_value_len`.
+    pub kvsets_refused: u64,
 }
 
 /// What the server task must do.
@@ -211,6 +220,15 @@ impl Store {
     /// A client's KVSET (already validated by the codec): sequence it,
     /// publish it (with the client's relative `ttl`, as received), store it.
     pub fn handle_kvset(&mut self, mut msg: KvMsg, now: Instant) -> Vec<Action> {
+        let too_many = !msg.is_delete()
+            && self.map.len() >= self.config.max_keys
+            && !self.map.contains_key(msg.key());
+        if too_many || msg.body().len() > self.config.max_value_len {
+            self.stats.kvsets_refused += 1;
+            warn!(key = ?msg.key(), size = msg.body().len(), keys = self.map.len(),
+                  "KVSET refused: store limits reached");
+            return Vec::new();
+        }
         match self.role {
             Role::Active => {
                 self.sequence += 1;
@@ -485,6 +503,31 @@ mod tests {
         let (entries, _) = drain(cursor, t0 + Duration::from_millis(2500));
         assert_eq!(entries[0].props().get(TTL), Some("8"));
         assert_eq!(entries[0].props().get("owner"), Some("me"));
+    }
+
+    #[test]
+    fn store_limits_refuse_new_keys_and_huge_values_but_not_updates() {
+        let t0 = Instant::now();
+        let config = StoreConfig {
+            max_keys: 2,
+            max_value_len: 4,
+            ..StoreConfig::default()
+        };
+        let mut s = Store::new(config, t0);
+        s.handle_kvset(kvset("a", "1", None), t0);
+        s.handle_kvset(kvset("b", "1", None), t0);
+        assert!(s.handle_kvset(kvset("c", "1", None), t0).is_empty());
+        assert!(s.handle_kvset(kvset("a", "toolong", None), t0).is_empty());
+        assert_eq!(
+            published(&s.handle_kvset(kvset("a", "2", None), t0)).len(),
+            1
+        );
+        assert_eq!(
+            published(&s.handle_kvset(kvset("b", "", None), t0)).len(),
+            1
+        );
+        assert_eq!(s.stats().kvsets_refused, 2);
+        assert_eq!(s.sequence(), 4);
     }
 
     #[test]
