@@ -12,6 +12,10 @@
 //!
 //! - [`endpoint`]: `@bind` / `>connect` endpoint strings and attaching sockets.
 //! - [`frames`]: helpers between `ZmqMessage` and frame lists.
+//! - [`pubsub`]: the XSUB/XPUB proxy machinery (subscription registry, slow-subscriber
+//!   policy, counters, hooks) that Espresso and the Last Value Cache build on.
+//! - [`zmtp`]: a minimal ZMTP 3.0 XPUB server with per-subscriber queues, the
+//!   proxies' backend (the `zeromq` crate's XPUB blocks on one slow subscriber).
 //!
 //! # Limits of the underlying `zeromq` crate
 //!
@@ -23,3 +27,5 @@
 
 pub mod endpoint;
 pub mod frames;
+pub mod pubsub;
+pub mod zmtp;
