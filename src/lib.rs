@@ -14,6 +14,7 @@
 //! - [`frames`]: helpers between `ZmqMessage` and frame lists.
 //! - [`pubsub`]: the XSUB/XPUB proxy machinery (subscription registry, slow-subscriber
 //!   policy, counters, hooks) that Espresso and the Last Value Cache build on.
+//! - [`espresso`]: the tracing proxy (Guide: "Pub-Sub Tracing"), capture events and filters.
 //! - [`zmtp`]: a minimal ZMTP 3.0 XPUB server with per-subscriber queues, the
 //!   proxies' backend (the `zeromq` crate's XPUB blocks on one slow subscriber).
 //!
@@ -26,6 +27,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod endpoint;
+pub mod espresso;
 pub mod frames;
 pub mod pubsub;
 pub mod zmtp;

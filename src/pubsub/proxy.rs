@@ -329,6 +329,16 @@ impl<H: Hooks> Run<H> {
 
     async fn on_backend_event(&mut self, ev: XPubEvent) {
         let now = Instant::now();
+        let up_bytes = match &ev {
+            XPubEvent::Subscription { event, .. } => 1 + event.topic().len(),
+            XPubEvent::UnmatchedUnsubscribe { topic, .. } => 1 + topic.len(),
+            XPubEvent::Malformed { frames, .. } => frames.iter().map(Bytes::len).sum(),
+            _ => 0,
+        };
+        if up_bytes > 0 || matches!(ev, XPubEvent::Malformed { .. }) {
+            Counters::add(&self.counters.up_messages, 1);
+            Counters::add(&self.counters.up_bytes, up_bytes as u64);
+        }
         match ev {
             XPubEvent::Connected { .. } => Counters::add(&self.counters.connects, 1),
             XPubEvent::Subscription { peer, event } => self.subscription(peer, event, now).await,

@@ -47,6 +47,10 @@ counters! {
     connects,
     /// Subscribers that disconnected (their subscriptions were cancelled).
     disconnects,
+    /// Messages received from subscribers (subscriptions and garbage).
+    up_messages,
+    /// Payload bytes received from subscribers.
+    up_bytes,
     /// Subscribe frames received from subscribers.
     subscribes,
     /// Unsubscribes, explicit or implied by a subscriber disconnecting.
