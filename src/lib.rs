@@ -15,6 +15,7 @@
 //! - [`pubsub`]: the XSUB/XPUB proxy machinery (subscription registry, slow-subscriber
 //!   policy, counters, hooks) that Espresso and the Last Value Cache build on.
 //! - [`espresso`]: the tracing proxy (Guide: "Pub-Sub Tracing"), capture events and filters.
+//! - [`lvc`]: the Last Value Cache proxy (prefix replay, bounded memory).
 //! - [`zmtp`]: a minimal ZMTP 3.0 XPUB server with per-subscriber queues, the
 //!   proxies' backend (the `zeromq` crate's XPUB blocks on one slow subscriber).
 //!
@@ -29,5 +30,6 @@
 pub mod endpoint;
 pub mod espresso;
 pub mod frames;
+pub mod lvc;
 pub mod pubsub;
 pub mod zmtp;

@@ -325,6 +325,9 @@ impl<H: Hooks> Run<H> {
         Counters::add(&self.counters.bytes_out, len as u64);
         Counters::add(&self.counters.deliveries, d.queued as u64);
         Counters::add(&self.counters.slow_drops, d.dropped as u64);
+        // The frontend can always have more to read; let the subscribers'
+        // writer tasks (and new connections) run between batches.
+        tokio::task::consume_budget().await;
     }
 
     async fn on_backend_event(&mut self, ev: XPubEvent) {
