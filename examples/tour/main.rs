@@ -7,6 +7,9 @@
 
 use clap::Parser;
 
+mod espresso;
+mod lvc;
+
 /// A tour of the toolkit: every pattern, on loopback, in one process.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -22,7 +25,18 @@ struct Args {
 type Section = (&'static str, &'static str, fn() -> anyhow::Result<()>);
 
 /// The sections, in the order of the Guide's chapter 5.
-const SECTIONS: &[Section] = &[];
+const SECTIONS: &[Section] = &[
+    (
+        "espresso",
+        "Espresso: tracing a pub-sub proxy",
+        espresso::run,
+    ),
+    (
+        "lvc",
+        "Last Value Cache: late joiners get the last value at once",
+        lvc::run,
+    ),
+];
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
