@@ -166,17 +166,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
     pong: &mpsc::Sender<Out>,
 ) -> Result<(), String> {
     let mut frames = Vec::new();
+    let mut size = 0;
     loop {
         while let Some(f) = codec::decode_frame(buf, limits.max_frame).map_err(|e| e.to_string())? {
             if f.command {
                 handle_command(&f.body, peer, up, pong).await?;
                 continue;
             }
+            size += f.body.len();
             frames.push(f.body);
-            if frames.len() > limits.max_frames {
-                return Err(format!("message of more than {} frames", limits.max_frames));
+            // Subscribers only send subscriptions: bound what one message may hold.
+            if frames.len() > limits.max_frames || size > limits.max_frame {
+                return Err(format!(
+                    "message over the limits ({} frames / {} bytes)",
+                    limits.max_frames, limits.max_frame
+                ));
             }
             if !f.more {
+                size = 0;
                 let msg = std::mem::take(&mut frames);
                 if up.send(Up::Message { peer, frames: msg }).await.is_err() {
                     return Ok(());

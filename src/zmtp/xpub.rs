@@ -37,8 +37,9 @@ pub struct XPubOptions {
     /// Messages queued per subscriber before its new messages are dropped
     /// (libzmq's SNDHWM; its default is 1000).
     pub hwm: usize,
-    /// Largest frame accepted from a subscriber; larger ones end the
-    /// connection (subscriptions are small; this bounds memory).
+    /// Largest message (all frames together) accepted from a subscriber;
+    /// larger ones end the connection. Subscriptions are small: this bounds
+    /// what a misbehaving peer can make the server hold.
     pub max_frame: usize,
     /// Time allowed for a new connection's ZMTP handshake.
     pub handshake_timeout: Duration,
@@ -138,7 +139,7 @@ impl XPubServer {
         let limits = Limits {
             hwm: options.hwm,
             max_frame: options.max_frame,
-            max_frames: 64,
+            max_frames: 16,
             handshake_timeout: options.handshake_timeout,
         };
         let endpoint = match spec.attach() {
