@@ -188,11 +188,11 @@ impl XPubServer {
     /// Waits for the next upstream event. Cancel-safe.
     pub async fn recv(&mut self) -> XPubEvent {
         loop {
-            let up = self
-                .up
-                .recv()
-                .await
-                .expect("the accept task holds a sender while we live");
+            // The accept (or connect) task holds a sender for as long as this
+            // server lives, so the channel cannot close under us.
+            let Some(up) = self.up.recv().await else {
+                return std::future::pending().await;
+            };
             if let Some(ev) = self.apply(up) {
                 return ev;
             }
