@@ -12,6 +12,12 @@
 //!
 //! - [`endpoint`]: `@bind` / `>connect` endpoint strings and attaching sockets.
 //! - [`frames`]: helpers between `ZmqMessage` and frame lists.
+//! - [`pubsub`]: the XSUB/XPUB proxy machinery (subscription registry, slow-subscriber
+//!   policy, counters, hooks) that Espresso and the Last Value Cache build on.
+//! - [`espresso`]: the tracing proxy (Guide: "Pub-Sub Tracing"), capture events and filters.
+//! - [`lvc`]: the Last Value Cache proxy (prefix replay, bounded memory).
+//! - [`zmtp`]: a minimal ZMTP 3.0 XPUB server with per-subscriber queues, the
+//!   proxies' backend (the `zeromq` crate's XPUB blocks on one slow subscriber).
 //! - [`clone`]: the Clone pattern (CHP key-value server and client agent).
 //!
 //! # Limits of the underlying `zeromq` crate
@@ -24,4 +30,8 @@
 
 pub mod clone;
 pub mod endpoint;
+pub mod espresso;
 pub mod frames;
+pub mod lvc;
+pub mod pubsub;
+pub mod zmtp;

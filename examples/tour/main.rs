@@ -8,6 +8,8 @@
 use clap::Parser;
 
 mod clone;
+mod espresso;
+mod lvc;
 
 /// A tour of the toolkit: every pattern, on loopback, in one process.
 #[derive(Parser, Debug)]
@@ -24,11 +26,23 @@ struct Args {
 type Section = (&'static str, &'static str, fn() -> anyhow::Result<()>);
 
 /// The sections, in the order of the Guide's chapter 5.
-const SECTIONS: &[Section] = &[(
-    "clone",
-    "Clone: shared key-value state (CHP server + client agents)",
-    clone::run,
-)];
+const SECTIONS: &[Section] = &[
+    (
+        "espresso",
+        "Espresso: tracing a pub-sub proxy",
+        espresso::run,
+    ),
+    (
+        "lvc",
+        "Last Value Cache: late joiners get the last value at once",
+        lvc::run,
+    ),
+    (
+        "clone",
+        "Clone: shared key-value state (CHP server + client agents)",
+        clone::run,
+    ),
+];
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
