@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use zpatterns::clone::{ClientConfig, CloneClient, ServerAddr};
@@ -28,6 +29,9 @@ struct Args {
     /// Seconds between random updates (0 = only watch).
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
+    /// Exit after printing this many changes (default: until ctrl-c).
+    #[arg(long)]
+    count: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,11 +41,15 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let usage = |kind, msg: &str| Args::command().error(kind, msg).exit();
     if args.servers.len() > 2 {
-        anyhow::bail!("too many servers (max. 2)");
+        usage(ErrorKind::TooManyValues, "too many servers (max. 2)");
     }
     if !(args.interval.is_finite() && args.interval >= 0.0) {
-        anyhow::bail!("--interval must be a non-negative number of seconds");
+        usage(
+            ErrorKind::ValueValidation,
+            "--interval must be a non-negative number of seconds",
+        );
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -58,7 +66,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut changes = client.changes();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval.max(0.001)));
-    loop {
+    let mut left = args.count.unwrap_or(u64::MAX);
+    while left > 0 {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick(), if args.interval > 0.0 => {
@@ -69,6 +78,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             change = changes.recv() => match change {
                 Ok(c) => {
+                    left -= 1;
                     let key = String::from_utf8_lossy(c.key());
                     let seq = c.seq().map_or("local".to_owned(), |s| s.to_string());
                     match c.value() {
@@ -82,6 +92,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let stats = client.stats().await?;
-    println!(" Interrupted\n{} keys, {:?}", stats.keys, stats.agent);
+    println!("{} keys, {:?}", stats.keys, stats.agent);
     Ok(())
 }

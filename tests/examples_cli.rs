@@ -84,6 +84,20 @@ fn bad_arguments_are_clear_errors_with_status_2() {
         ("espresso", &["--frontend", "tcp://*:5"], "wildcard"),
         ("pathosub", &["--count", "many"], "invalid value"),
         ("pathopub", &["inproc://x"], "unsupported transport"),
+        ("clonesrv", &["--port", "65535"], "invalid value"),
+        ("clonecli", &["--server", "tcp://*:5556"], "wildcard"),
+        (
+            "clonecli",
+            &[
+                "--server",
+                "tcp://a:1",
+                "--server",
+                "tcp://b:1",
+                "--server",
+                "tcp://c:1",
+            ],
+            "max. 2",
+        ),
     ];
     for (name, args, says) in cases {
         let out = run(name, args, Duration::from_secs(30));
@@ -175,4 +189,40 @@ fn espresso_demo_shows_subscribes_data_and_unsubscribes() {
         "{stdout}"
     );
     assert_eq!(kinds.last(), Some(&"unsubscribe"), "{stdout}");
+}
+
+/// The Guide's run: `clonesrv`, a `clonecli` writing random keys under
+/// `/client/`, and a second `clonecli` that only watches and prints what
+/// the server sends it (snapshot and live updates, with their sequences).
+#[test]
+fn clonecli_watcher_sees_another_clonecli_writes_through_clonesrv() {
+    let port = loop {
+        let p = free_port();
+        if p < 65533 && (1..=2).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            break p;
+        }
+    };
+    let _server = spawn(
+        "clonesrv",
+        &["--host", "127.0.0.1", "--port", &port.to_string()],
+    );
+    let server = format!("tcp://127.0.0.1:{port}");
+    let _writer = spawn("clonecli", &["--server", &server, "--interval", "0.05"]);
+    let out = run(
+        "clonecli",
+        &["--server", &server, "--interval", "0", "--count", "5"],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_server = stdout
+        .lines()
+        .filter(|l| l.starts_with("I: Sync update=") || l.starts_with("I: Live update="))
+        .count();
+    assert_eq!(from_server, 5, "{stdout}");
+    assert!(stdout.contains("/client/"), "{stdout}");
 }
