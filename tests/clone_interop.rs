@@ -283,10 +283,15 @@ async fn this_client_against_a_libzmq_chp_server() {
 }
 
 fn preloaded(n: usize) -> Store {
+    preloaded_with(n, 0)
+}
+
+fn preloaded_with(n: usize, pad: usize) -> Store {
     let now = std::time::Instant::now();
     let mut store = Store::new(StoreConfig::default(), now);
+    let padding = "x".repeat(pad);
     for i in 0..n {
-        let m = KvMsg::new(format!("/k/{i:07}"), format!("v{i}")).unwrap();
+        let m = KvMsg::new(format!("/k/{i:07}"), format!("v{i}{padding}")).unwrap();
         store.handle_kvset(m, now);
     }
     store
@@ -421,4 +426,57 @@ fn read_snapshot_and_updates(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_key_snapshot_with_concurrent_updates_reaches_libzmq_whole() {
     large_snapshot_reaches_libzmq_whole(1_000_000).await;
+}
+
+/// Reference bug 6's other half: a snapshot must not stall the server. A
+/// libzmq client asks for 200,000 keys of 200 bytes (more than every queue
+/// and socket buffer on the way holds) and never reads them; meanwhile
+/// updates flow and another client gets its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_snapshot_reader_does_not_hold_up_others() {
+    trace_init();
+    let token = CancellationToken::new();
+    let server = CloneServer::start_with_store(
+        ServerConfig::loopback(),
+        preloaded_with(200_000, 200),
+        &token,
+    )
+    .await
+    .unwrap();
+    let ep = server.endpoints().clone();
+    let stalled = Lz::new(zmq::DEALER);
+    stalled.connect(&ep.snapshot);
+    stalled.send(&[b"ICANHAZ?", b""]).await;
+    // Let the stalled stream fill every buffer on the way.
+    tokio::time::sleep(secs(3)).await;
+    let sub = Lz::new(zmq::SUB);
+    sub.subscribe(b"");
+    sub.connect(&ep.publisher);
+    let _publisher = live_publisher(&ep.collector, &sub).await;
+    let other = Lz::new(zmq::DEALER);
+    other.connect(&ep.snapshot);
+    other.send(&[b"ICANHAZ?", b"/client/"]).await;
+    let got = within(secs(10), "second snapshot", async {
+        let mut n = 0;
+        loop {
+            let m = other.recv(secs(10)).await.expect("snapshot");
+            if m[0] == b"KTHXBAI" {
+                return n;
+            }
+            n += 1;
+        }
+    })
+    .await;
+    assert_eq!(got, 1, "only /client/probe");
+    eventually(secs(10), "second snapshot counted", || {
+        server.stats().snapshots_completed == 1
+    })
+    .await;
+    let stats = server.stats();
+    assert_eq!(
+        stats.snapshots_streaming, 1,
+        "the stalled one is still waiting"
+    );
+    drop(stalled);
+    token.cancel();
 }

@@ -108,6 +108,10 @@ pub struct ServerStats {
     pub kvsyncs_sent: u64,
     /// Connections dropped on a receive error (a peer's protocol error).
     pub recv_errors: u64,
+    /// Snapshots streaming now.
+    pub snapshots_streaming: usize,
+    /// Snapshot requests waiting for a streaming slot.
+    pub snapshots_queued: usize,
 }
 
 /// A running Clone server; stops when [`stop`](Self::stop) is called or the
@@ -281,8 +285,11 @@ async fn run(
                 Action::StartSnapshot(cursor) => streams.spawn(cursor),
             }
         }
+        let (streaming, queued) = store.snapshot_load();
         let mut shared = stats.lock().expect("stats lock");
         *shared = ServerStats {
+            snapshots_streaming: streaming,
+            snapshots_queued: queued,
             store: store.stats().clone(),
             keys: store.len(),
             sequence: store.sequence(),
