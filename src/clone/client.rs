@@ -228,18 +228,27 @@ impl Task {
         let mut batch = Vec::with_capacity(256);
         loop {
             let timeout = agent.poll_timeout().map(Instant::from_std);
-            tokio::select! {
+            let cmd = tokio::select! {
                 () = self.token.cancelled() => break,
                 cmd = cmds.recv() => match cmd {
-                    Some(cmd) => self.command(cmd, &mut agent, &mut servers),
+                    Some(cmd) => Some(cmd),
                     None => break,
                 },
                 n = link_rx.recv_many(&mut batch, 256) => {
                     if n == 0 { break }
+                    None
                 }
-                () = sleep_until(timeout) => agent.handle_timeout(now()),
-            }
+                () = sleep_until(timeout) => {
+                    agent.handle_timeout(now());
+                    None
+                }
+            };
+            // Checked after the wait: a receiver taken just before a `set`
+            // must see that set's change.
             agent.set_report_changes(self.changes.receiver_count() > 0);
+            if let Some(cmd) = cmd {
+                self.command(cmd, &mut agent, &mut servers);
+            }
             for (attempt, ev) in batch.drain(..) {
                 match ev {
                     LinkEvent::Snapshot(r) => agent.handle_snapshot(attempt, r, now()),
