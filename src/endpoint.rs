@@ -227,6 +227,18 @@ impl FromStr for EndpointSpec {
     }
 }
 
+/// Parses an endpoint that binds unless prefixed with `>`; usable directly
+/// as a clap `value_parser`, so a bad endpoint is a clear CLI error.
+pub fn bind_by_default(s: &str) -> Result<EndpointSpec, EndpointError> {
+    EndpointSpec::parse(s, Attach::Bind)
+}
+
+/// Parses an endpoint that connects unless prefixed with `@`; usable
+/// directly as a clap `value_parser`.
+pub fn connect_by_default(s: &str) -> Result<EndpointSpec, EndpointError> {
+    EndpointSpec::parse(s, Attach::Connect)
+}
+
 fn normalize_tcp(attach: Attach, whole: &str, addr: &str) -> Result<String, EndpointError> {
     let malformed = || EndpointError::Malformed(whole.to_owned());
     let (host, port) = addr.rsplit_once(':').ok_or_else(malformed)?;

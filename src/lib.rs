@@ -11,11 +11,18 @@
 //! # Layout
 //!
 //! - [`endpoint`]: `@bind` / `>connect` endpoint strings and attaching sockets.
-//! - [`blackbox`]: Black Box, a high-speed subscriber sharding messages by
-//!   key over worker threads (per-key order kept, drops counted).
 //! - [`frames`]: helpers between `ZmqMessage` and frame lists.
+//! - [`pubsub`]: the XSUB/XPUB proxy machinery (subscription registry, slow-subscriber
+//!   policy, counters, hooks) that Espresso and the Last Value Cache build on.
+//! - [`espresso`]: the tracing proxy (Guide: "Pub-Sub Tracing"), capture events and filters.
+//! - [`lvc`]: the Last Value Cache proxy (prefix replay, bounded memory).
 //! - [`snail`]: Suicidal Snail, slow-subscriber detection (lag with clock-skew
 //!   estimation, sequence gaps) and the abort / recover policies.
+//! - [`blackbox`]: Black Box, a high-speed subscriber sharding messages by
+//!   key over worker threads (per-key order kept, drops counted).
+//! - [`zmtp`]: a minimal ZMTP 3.0 XPUB server with per-subscriber queues, the
+//!   proxies' backend (the `zeromq` crate's XPUB blocks on one slow subscriber).
+//! - [`clone`]: the Clone pattern (CHP key-value server and client agent).
 //!
 //! # Limits of the underlying `zeromq` crate
 //!
@@ -26,6 +33,11 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod blackbox;
+pub mod clone;
 pub mod endpoint;
+pub mod espresso;
 pub mod frames;
+pub mod lvc;
+pub mod pubsub;
 pub mod snail;
+pub mod zmtp;

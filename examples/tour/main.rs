@@ -8,6 +8,9 @@
 use clap::Parser;
 
 mod blackbox;
+mod clone;
+mod espresso;
+mod lvc;
 mod snail;
 
 /// A tour of the toolkit: every pattern, on loopback, in one process.
@@ -27,6 +30,16 @@ type Section = (&'static str, &'static str, fn() -> anyhow::Result<()>);
 /// The sections, in the order of the Guide's chapter 5.
 const SECTIONS: &[Section] = &[
     (
+        "espresso",
+        "Espresso: tracing a pub-sub proxy",
+        espresso::run,
+    ),
+    (
+        "lvc",
+        "Last Value Cache: late joiners get the last value at once",
+        lvc::run,
+    ),
+    (
         "snail",
         "Suicidal Snail: slow-subscriber detection",
         snail::run,
@@ -35,6 +48,11 @@ const SECTIONS: &[Section] = &[
         "blackbox",
         "Black Box: sharded high-speed subscriber",
         blackbox::run,
+    ),
+    (
+        "clone",
+        "Clone: shared key-value state (CHP server + client agents)",
+        clone::run,
     ),
 ];
 

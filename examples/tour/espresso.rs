@@ -1,0 +1,80 @@
+//! Tour: Espresso traces a publisher and a subscriber through a proxy.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use zeromq::prelude::*;
+use zpatterns::endpoint::EndpointSpec;
+use zpatterns::espresso::{self, CaptureFilter, EventKind};
+use zpatterns::frames::render;
+use zpatterns::pubsub::ProxyConfig;
+
+pub(crate) fn run() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(tour())
+}
+
+async fn tour() -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let mut publisher = zeromq::PubSocket::new();
+    let pub_ep = publisher.bind("tcp://127.0.0.1:0").await?.to_string();
+    let pub_cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while !pub_cancel.is_cancelled() {
+            tick.tick().await;
+            let msg = format!(
+                "{}-{:05}",
+                (b'A' + fastrand::u8(0..10)) as char,
+                fastrand::u32(0..100_000)
+            );
+            let _ = publisher.send(msg.into()).await;
+        }
+    });
+    let config = ProxyConfig::new(EndpointSpec::connect(&pub_ep)?, EndpointSpec::loopback());
+    let (proxy, mut events) =
+        espresso::start(config, CaptureFilter::all(), 1024, cancel.clone()).await?;
+    println!(
+        "   publisher {pub_ep} -> espresso -> subscriber on {}",
+        proxy.backend_endpoint()
+    );
+    println!("   a subscriber takes 5 messages on A and B, then disconnects; the capture shows:");
+    let backend = proxy.backend_endpoint().to_owned();
+    let started = Instant::now();
+    let subscriber = tokio::spawn(async move {
+        let mut sub = zeromq::SubSocket::new();
+        sub.connect(&backend).await?;
+        sub.subscribe("A").await?;
+        sub.subscribe("B").await?;
+        for _ in 0..5 {
+            sub.recv().await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    let mut unsubscribes = 0;
+    while unsubscribes < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("capture closed"))?;
+        unsubscribes += usize::from(ev.kind == EventKind::Unsubscribe);
+        let frames: Vec<_> = ev.frames.iter().map(|f| render(f)).collect();
+        println!(
+            "   {:>6.1} ms  {:<4} {:<11} {}",
+            started.elapsed().as_secs_f64() * 1e3,
+            ev.dir,
+            ev.kind,
+            frames.join(" ")
+        );
+    }
+    subscriber.await??;
+    let s = proxy.stats();
+    println!(
+        "   proxy counters: {} messages in, {} delivered, {} subscribes, {} unsubscribes (the disconnect cancelled them), {} capture drops",
+        s.messages_in, s.deliveries, s.subscribes, s.unsubscribes, s.capture_drops
+    );
+    proxy.shutdown().await?;
+    cancel.cancel();
+    Ok(())
+}

@@ -1,0 +1,570 @@
+//! The Clone client's state machine (the Guide's clone agent): which server
+//! it talks to, snapshot-then-live synchronisation, failover, gap and
+//! restart detection, and the local map.
+//!
+//! This module contains no networking code and reads no clock. The client
+//! task opens a "link" (a DEALER and a SUB to one server) when told to with
+//! [`AgentAction::Open`], feeds everything the link receives back tagged
+//! with the link's `attempt` (stale links are ignored), and publishes the
+//! KVSETs it is given.
+//!
+//! Per attempt: `Syncing` (KVSYNCs go into a fresh map, live updates are
+//! buffered in memory up to a bound) until KTHXBAI, then `Active`. A
+//! resync replaces the map (it never mixes old and new state) and reports
+//! the differences as changes. Silence for `server_ttl` moves to the next
+//! server; servers are retried forever, with a backoff after a whole round
+//! of them failed.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use super::error::DecodeError;
+use super::kvmsg::{KvMsg, TTL};
+use super::proto::{in_subtree, SnapshotReply, Update, HUGZ, ICANHAZ, KTHXBAI};
+
+/// Timers and bounds of the client state machine.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AgentConfig {
+    /// Silence (no HUGZ, update or snapshot data) after which the server is
+    /// considered dead (the Guide's `SERVER_TTL`, 5 s).
+    pub server_ttl: Duration,
+    /// Live updates held in memory while a snapshot streams; beyond this
+    /// the sync starts again.
+    pub max_buffered: usize,
+    /// First pause after a whole round of servers failed (doubles, up to
+    /// `max_backoff`).
+    pub min_backoff: Duration,
+    /// Longest pause between rounds.
+    pub max_backoff: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            server_ttl: Duration::from_secs(5),
+            max_buffered: 1_000_000,
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a key changed in the local map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Cause {
+    /// This client set it (applied at once, before the server confirms).
+    Local,
+    /// A (re)synchronisation from a snapshot.
+    Sync,
+    /// A live update from the server.
+    Live,
+}
+
+/// One change of the local map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    key: Bytes,
+    value: Option<Bytes>,
+    seq: Option<u64>,
+    cause: Cause,
+}
+
+impl Change {
+    /// The key.
+    pub fn key(&self) -> &Bytes {
+        &self.key
+    }
+    /// The new value; `None` if the key was deleted (or expired).
+    pub fn value(&self) -> Option<&Bytes> {
+        self.value.as_ref()
+    }
+    /// The server sequence of the change (`None` for local writes).
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
+    }
+    /// Why it changed.
+    pub fn cause(&self) -> Cause {
+        self.cause
+    }
+}
+
+/// What the client task must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAction {
+    /// Drop the current link and open a new one to server `server` (index
+    /// in connect order), tagged `attempt`; it subscribes, then sends
+    /// `ICANHAZ?`.
+    Open {
+        /// Which server.
+        server: usize,
+        /// Tag for everything the link reports.
+        attempt: u64,
+    },
+    /// Send this KVSET to every server.
+    Publish(KvMsg),
+}
+
+/// Where the state machine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// No server yet.
+    Idle,
+    /// Waiting between rounds of failed servers.
+    Backoff,
+    /// Receiving a snapshot from `server`.
+    Syncing {
+        /// Which server.
+        server: usize,
+    },
+    /// Applying live updates from `server`.
+    Active {
+        /// Which server.
+        server: usize,
+        /// The last sequence applied.
+        seq: u64,
+    },
+}
+
+/// Counters of the state machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AgentStats {
+    /// Completed synchronisations (first sync and resyncs).
+    pub syncs: u64,
+    /// Servers abandoned after silence.
+    pub failovers: u64,
+    /// Resyncs because a sequence gap was detected.
+    pub gaps: u64,
+    /// Resyncs because the server's sequence went backwards (restart).
+    pub restarts: u64,
+    /// Syncs restarted because too many live updates were buffered.
+    pub buffer_overflows: u64,
+    /// Live updates discarded as already applied (`seq <=` last).
+    pub stale: u64,
+    /// Updates outside the subtree, ignored.
+    pub filtered: u64,
+    /// Messages that did not decode.
+    pub malformed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Item {
+    value: Bytes,
+    seq: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Idle,
+    Backoff {
+        until: Instant,
+    },
+    Syncing {
+        fresh: HashMap<Bytes, Item>,
+        buffer: VecDeque<KvMsg>,
+    },
+    Active {
+        seq: u64,
+    },
+}
+
+/// The client state machine.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    subtree: Bytes,
+    servers: usize,
+    current: usize,
+    attempt: u64,
+    expiry: Instant,
+    failures: u32,
+    hugz_carry_seq: bool,
+    instance: Option<u64>,
+    report: bool,
+    state: State,
+    map: HashMap<Bytes, Item>,
+    actions: VecDeque<AgentAction>,
+    changes: VecDeque<Change>,
+    stats: AgentStats,
+}
+
+impl Agent {
+    /// A client for keys under `subtree` (empty: all keys), with no server.
+    pub fn new(config: AgentConfig, subtree: Bytes, now: Instant) -> Self {
+        Self {
+            config,
+            subtree,
+            servers: 0,
+            current: 0,
+            attempt: 0,
+            expiry: now,
+            failures: 0,
+            hugz_carry_seq: false,
+            instance: None,
+            report: true,
+            state: State::Idle,
+            map: HashMap::new(),
+            actions: VecDeque::new(),
+            changes: VecDeque::new(),
+            stats: AgentStats::default(),
+        }
+    }
+
+    /// The subtree.
+    pub fn subtree(&self) -> &Bytes {
+        &self.subtree
+    }
+    /// The value of `key` in the local map.
+    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+        self.map.get(key).map(|i| &i.value)
+    }
+    /// Number of keys in the local map.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// `true` if the local map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    /// The local map's entries, sorted by key.
+    pub fn entries(&self) -> Vec<(Bytes, Bytes)> {
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .map(|(k, i)| (k.clone(), i.value.clone()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+    /// The counters.
+    pub fn stats(&self) -> &AgentStats {
+        &self.stats
+    }
+    /// The current attempt tag (events with another tag are stale).
+    pub fn attempt(&self) -> u64 {
+        self.attempt
+    }
+    /// Where the machine is.
+    pub fn phase(&self) -> Phase {
+        match &self.state {
+            State::Idle => Phase::Idle,
+            State::Backoff { .. } => Phase::Backoff,
+            State::Syncing { .. } => Phase::Syncing {
+                server: self.current,
+            },
+            State::Active { seq } => Phase::Active {
+                server: self.current,
+                seq: *seq,
+            },
+        }
+    }
+
+    /// The next action for the task, if any.
+    pub fn poll_action(&mut self) -> Option<AgentAction> {
+        self.actions.pop_front()
+    }
+    /// Whether to queue [`Change`]s (on by default). The task turns it off
+    /// while nobody listens, which spares a million-key sync a million
+    /// events.
+    pub fn set_report_changes(&mut self, report: bool) {
+        self.report = report;
+        if !report {
+            self.changes.clear();
+        }
+    }
+
+    /// The next change of the local map, if any.
+    pub fn poll_change(&mut self) -> Option<Change> {
+        self.changes.pop_front()
+    }
+
+    /// A server was added (the task keeps the address list); the first one
+    /// starts synchronisation.
+    pub fn handle_server_added(&mut self, now: Instant) {
+        self.servers += 1;
+        if matches!(self.state, State::Idle) {
+            info!(server = 0, "waiting for server");
+            self.open(0, now);
+        }
+    }
+
+    /// The application sets a key (a message from [`kvset`]): publish it
+    /// and, if the key is in the subtree, apply it locally at once.
+    pub fn handle_set(&mut self, msg: KvMsg) {
+        let (key, value) = (msg.key().clone(), msg.body().clone());
+        self.actions.push_back(AgentAction::Publish(msg));
+        if in_subtree(&key, &self.subtree) {
+            let item = (!value.is_empty()).then_some(Item { value, seq: 0 });
+            self.store(key, item, None, Cause::Local);
+        }
+    }
+
+    /// A message from the link's snapshot DEALER.
+    pub fn handle_snapshot(&mut self, attempt: u64, reply: SnapshotReply, now: Instant) {
+        if attempt != self.attempt {
+            return;
+        }
+        let State::Syncing { fresh, .. } = &mut self.state else {
+            debug!("snapshot data outside a sync ignored");
+            return;
+        };
+        self.expiry = now + self.config.server_ttl;
+        match reply {
+            SnapshotReply::Kvsync(msg) => {
+                if !in_subtree(msg.key(), &self.subtree) {
+                    self.stats.filtered += 1;
+                } else if msg.is_delete() {
+                    fresh.remove(msg.key());
+                } else {
+                    let item = Item {
+                        value: msg.body().clone(),
+                        seq: msg.seq(),
+                    };
+                    fresh.insert(msg.key().clone(), item);
+                }
+            }
+            SnapshotReply::Kthxbai { seq, instance, .. } => {
+                self.instance = instance;
+                self.finish_sync(seq, now);
+            }
+        }
+    }
+
+    /// A message from the link's SUB.
+    pub fn handle_update(&mut self, attempt: u64, update: Update, now: Instant) {
+        if attempt != self.attempt {
+            return;
+        }
+        match (&mut self.state, update) {
+            (State::Syncing { buffer, .. }, Update::Kvpub(msg)) => {
+                // Buffered in memory, not left in a socket queue.
+                if buffer.len() >= self.config.max_buffered {
+                    self.stats.buffer_overflows += 1;
+                    warn!(
+                        max = self.config.max_buffered,
+                        "too many updates during sync; restarting sync"
+                    );
+                    self.open(self.current, now);
+                    return;
+                }
+                buffer.push_back(msg);
+            }
+            (State::Syncing { .. }, Update::Hugz { .. }) => {}
+            (State::Active { .. }, Update::Kvpub(msg)) => {
+                self.expiry = now + self.config.server_ttl;
+                self.apply_live(msg, now);
+            }
+            (
+                State::Active { seq },
+                Update::Hugz {
+                    seq: hugz,
+                    instance,
+                },
+            ) => {
+                let last = *seq;
+                self.expiry = now + self.config.server_ttl;
+                self.hugz_carry_seq |= hugz > 0;
+                let restarted = instance.is_some() && instance != self.instance;
+                if restarted || (self.hugz_carry_seq && hugz < last) {
+                    self.stats.restarts += 1;
+                    warn!(
+                        last,
+                        hugz, "server sequence went backwards (restart?); resyncing"
+                    );
+                    self.open(self.current, now);
+                } else if self.subtree.is_empty() && hugz > last {
+                    self.stats.gaps += 1;
+                    warn!(last, hugz, "missed updates before heartbeat; resyncing");
+                    self.open(self.current, now);
+                }
+            }
+            (State::Idle | State::Backoff { .. }, _) => {}
+        }
+    }
+
+    /// A message from the link that did not decode.
+    pub fn handle_malformed(&mut self, attempt: u64, cause: &DecodeError) {
+        if attempt == self.attempt {
+            self.stats.malformed += 1;
+            warn!(cause = %cause, "malformed message from server dropped");
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Idle => None,
+            State::Backoff { until } => Some(*until),
+            State::Syncing { .. } | State::Active { .. } => Some(self.expiry),
+        }
+    }
+
+    /// Silence or backoff expiry: move to the next server.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Idle => {}
+            State::Backoff { until } if now >= until => self.open(self.current, now),
+            State::Syncing { .. } | State::Active { .. } if now >= self.expiry => {
+                info!(
+                    server = self.current,
+                    "server didn't give HUGZ; failing over"
+                );
+                self.stats.failovers += 1;
+                self.failures += 1;
+                self.current = (self.current + 1) % self.servers.max(1);
+                let rounds = self.failures / self.servers.max(1) as u32;
+                if rounds == 0 {
+                    self.open(self.current, now);
+                } else {
+                    let backoff = self.config.min_backoff * 2u32.saturating_pow(rounds - 1);
+                    let until = now + backoff.min(self.config.max_backoff);
+                    self.state = State::Backoff { until };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn open(&mut self, server: usize, now: Instant) {
+        self.current = server;
+        self.hugz_carry_seq = false;
+        self.instance = None;
+        self.attempt += 1;
+        self.expiry = now + self.config.server_ttl;
+        self.state = State::Syncing {
+            fresh: HashMap::new(),
+            buffer: VecDeque::new(),
+        };
+        self.actions.push_back(AgentAction::Open {
+            server,
+            attempt: self.attempt,
+        });
+    }
+
+    fn finish_sync(&mut self, snapshot_seq: u64, now: Instant) {
+        let State::Syncing { fresh, buffer } = std::mem::replace(&mut self.state, State::Idle)
+        else {
+            unreachable!("checked by the caller");
+        };
+        self.failures = 0;
+        self.stats.syncs += 1;
+        info!(
+            server = self.current,
+            seq = snapshot_seq,
+            keys = fresh.len(),
+            "received snapshot"
+        );
+        let old = std::mem::replace(&mut self.map, fresh);
+        self.report_differences(old);
+        self.state = State::Active { seq: snapshot_seq };
+        for msg in buffer {
+            self.apply_live(msg, now);
+            if !matches!(self.state, State::Active { .. }) {
+                return; // a gap: a new sync has started
+            }
+        }
+    }
+
+    fn report_differences(&mut self, old: HashMap<Bytes, Item>) {
+        if !self.report {
+            return;
+        }
+        for (key, item) in &self.map {
+            if old.get(key).is_none_or(|o| o.value != item.value) {
+                self.changes.push_back(Change {
+                    key: key.clone(),
+                    value: Some(item.value.clone()),
+                    seq: Some(item.seq),
+                    cause: Cause::Sync,
+                });
+            }
+        }
+        for (key, _) in old.into_iter().filter(|(k, _)| !self.map.contains_key(k)) {
+            self.changes.push_back(Change {
+                key,
+                value: None,
+                seq: None,
+                cause: Cause::Sync,
+            });
+        }
+    }
+
+    fn apply_live(&mut self, msg: KvMsg, now: Instant) {
+        let State::Active { seq: last } = &mut self.state else {
+            return;
+        };
+        let seq = msg.seq();
+        if seq <= *last {
+            self.stats.stale += 1;
+            return;
+        }
+        if self.subtree.is_empty() && seq > *last + 1 {
+            self.stats.gaps += 1;
+            warn!(last = *last, seq, "sequence gap; resyncing");
+            self.open(self.current, now);
+            return;
+        }
+        *last = seq;
+        if !in_subtree(msg.key(), &self.subtree) {
+            self.stats.filtered += 1;
+            return;
+        }
+        let item = (!msg.is_delete()).then(|| Item {
+            value: msg.body().clone(),
+            seq,
+        });
+        self.store(msg.key().clone(), item, Some(seq), Cause::Live);
+    }
+
+    /// Applies one change; reports it only if the value changed.
+    fn store(&mut self, key: Bytes, item: Option<Item>, seq: Option<u64>, cause: Cause) {
+        let changed = match &item {
+            Some(new) => self
+                .map
+                .insert(key.clone(), new.clone())
+                .is_none_or(|old| old.value != new.value),
+            None => self.map.remove(&key).is_some(),
+        };
+        if changed && self.report {
+            self.changes.push_back(Change {
+                key,
+                value: item.map(|i| i.value),
+                seq,
+                cause,
+            });
+        }
+    }
+}
+
+/// Builds a client's KVSET: `key` (not a CHP command name) set to `value`
+/// (empty deletes), `ttl` as whole seconds rounded up (none or zero: not
+/// ephemeral), carrying `uuid`.
+pub fn kvset(
+    key: Bytes,
+    value: Bytes,
+    ttl: Option<Duration>,
+    uuid: [u8; 16],
+) -> Result<KvMsg, DecodeError> {
+    if key == HUGZ || key == KTHXBAI || key == ICANHAZ {
+        return Err(DecodeError::ReservedKey(
+            String::from_utf8_lossy(&key).into(),
+        ));
+    }
+    let mut msg = KvMsg::new(key, value)?;
+    msg.set_uuid(Some(uuid));
+    if let Some(ttl) = ttl.filter(|t| !t.is_zero()) {
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        msg.props_mut().set(TTL, &secs.to_string()).expect("valid");
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+#[path = "agent_tests.rs"]
+mod tests;

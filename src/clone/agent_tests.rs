@@ -1,0 +1,337 @@
+//! Deterministic tests of the client state machine, in virtual time.
+
+use super::*;
+
+const TTL5: Duration = Duration::from_secs(5);
+
+struct H {
+    a: Agent,
+    now: Instant,
+}
+
+impl H {
+    fn new(subtree: &str, servers: usize) -> Self {
+        let now = Instant::now();
+        let mut a = Agent::new(AgentConfig::default(), Bytes::from(subtree.to_owned()), now);
+        for _ in 0..servers {
+            a.handle_server_added(now);
+        }
+        Self { a, now }
+    }
+    fn actions(&mut self) -> Vec<AgentAction> {
+        std::iter::from_fn(|| self.a.poll_action()).collect()
+    }
+    fn changes(&mut self) -> Vec<Change> {
+        std::iter::from_fn(|| self.a.poll_change()).collect()
+    }
+    fn opened(&mut self) -> Vec<(usize, u64)> {
+        self.actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                AgentAction::Open { server, attempt } => Some((server, attempt)),
+                AgentAction::Publish(_) => None,
+            })
+            .collect()
+    }
+    fn kvsync(&mut self, key: &str, value: &str, seq: u64) {
+        let att = self.a.attempt();
+        self.a
+            .handle_snapshot(att, SnapshotReply::Kvsync(kv(key, value, seq)), self.now);
+    }
+    fn kthxbai(&mut self, seq: u64) {
+        let att = self.a.attempt();
+        let end = SnapshotReply::Kthxbai {
+            seq,
+            subtree: Bytes::new(),
+            instance: None,
+        };
+        self.a.handle_snapshot(att, end, self.now);
+    }
+    fn kvpub(&mut self, key: &str, value: &str, seq: u64) {
+        let att = self.a.attempt();
+        self.a
+            .handle_update(att, Update::Kvpub(kv(key, value, seq)), self.now);
+    }
+    fn hugz(&mut self, seq: u64) {
+        let att = self.a.attempt();
+        self.a.handle_update(
+            att,
+            Update::Hugz {
+                seq,
+                instance: None,
+            },
+            self.now,
+        );
+    }
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        if self.a.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.a.handle_timeout(self.now);
+        }
+    }
+    fn sync(&mut self, entries: &[(&str, &str, u64)], seq: u64) {
+        for (k, v, s) in entries {
+            self.kvsync(k, v, *s);
+        }
+        self.kthxbai(seq);
+    }
+    fn map(&self) -> Vec<(String, String)> {
+        self.a
+            .entries()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn kv(key: &str, value: &str, seq: u64) -> KvMsg {
+    let mut m = KvMsg::new(key.to_owned(), value.to_owned()).unwrap();
+    m.set_seq(seq);
+    m
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn first_sync_reports_every_key_then_goes_live() {
+    let mut h = H::new("", 1);
+    assert_eq!(h.opened(), [(0, 1)]);
+    assert_eq!(h.a.phase(), Phase::Syncing { server: 0 });
+    h.sync(&[("a", "1", 1), ("b", "2", 2)], 2);
+    assert_eq!(h.a.phase(), Phase::Active { server: 0, seq: 2 });
+    let ch = h.changes();
+    assert_eq!(ch.len(), 2);
+    assert!(ch.iter().all(|c| c.cause() == Cause::Sync));
+    h.kvpub("a", "9", 3);
+    h.kvpub("b", "", 4);
+    assert_eq!(h.map(), pairs(&[("a", "9")]));
+    let ch = h.changes();
+    assert_eq!(ch[0].value().unwrap(), "9");
+    assert_eq!(ch[1].value(), None);
+    assert_eq!(ch[1].seq(), Some(4));
+}
+
+#[test]
+fn updates_during_the_snapshot_are_buffered_and_those_covered_are_dropped() {
+    let mut h = H::new("", 1);
+    h.opened();
+    h.kvsync("a", "1", 1);
+    h.kvpub("a", "2", 2); // also in the snapshot (seq <= 3)
+    h.kvsync("b", "x", 3);
+    h.kvpub("b", "x", 3);
+    h.kvpub("c", "new", 4); // after the snapshot
+    assert!(h.a.get(b"c").is_none(), "nothing applied while syncing");
+    h.kthxbai(3);
+    assert_eq!(h.map(), pairs(&[("a", "1"), ("b", "x"), ("c", "new")]));
+    assert_eq!(h.a.stats().stale, 2);
+    assert_eq!(h.a.phase(), Phase::Active { server: 0, seq: 4 });
+    h.kvpub("c", "new", 4);
+    assert_eq!(h.a.stats().stale, 3, "duplicates are discarded");
+}
+
+#[test]
+fn a_gap_without_subtree_triggers_a_resync_that_replaces_the_map() {
+    let mut h = H::new("", 1);
+    h.opened();
+    h.sync(&[("keep", "1", 1), ("gone", "1", 2)], 2);
+    h.changes();
+    h.kvpub("x", "1", 5); // 3 and 4 were lost
+    assert_eq!(h.a.stats().gaps, 1);
+    assert_eq!(h.opened(), [(0, 2)], "resync on the same server");
+    // Old state stays readable until the new snapshot completes.
+    assert_eq!(h.a.get(b"gone").unwrap(), "1");
+    h.sync(&[("keep", "1", 1), ("x", "1", 5)], 5);
+    assert_eq!(h.map(), pairs(&[("keep", "1"), ("x", "1")]));
+    let ch = h.changes();
+    assert_eq!(ch.len(), 2, "only the differences: {ch:?}");
+    assert!(ch.iter().any(|c| c.key() == "gone" && c.value().is_none()));
+    assert!(ch.iter().any(|c| c.key() == "x" && c.value().is_some()));
+}
+
+#[test]
+fn with_a_subtree_sequence_jumps_are_normal() {
+    let mut h = H::new("/a/", 1);
+    h.opened();
+    h.sync(&[("/a/1", "1", 1)], 10);
+    h.kvpub("/a/2", "2", 17);
+    h.hugz(30);
+    assert_eq!(h.a.stats().gaps, 0);
+    assert_eq!(h.map(), pairs(&[("/a/1", "1"), ("/a/2", "2")]));
+}
+
+#[test]
+fn heartbeats_expose_missed_updates_and_server_restarts() {
+    let mut h = H::new("", 1);
+    h.opened();
+    h.sync(&[], 4);
+    h.hugz(4);
+    assert!(h.opened().is_empty());
+    h.hugz(6);
+    assert_eq!(h.a.stats().gaps, 1);
+    assert_eq!(h.opened().len(), 1);
+
+    let mut h = H::new("/s/", 1);
+    h.opened();
+    h.sync(&[("/s/k", "v", 40)], 50);
+    h.hugz(50);
+    h.hugz(3); // the server restarted and lost its state
+    assert_eq!(h.a.stats().restarts, 1);
+    assert_eq!(h.opened().len(), 1);
+}
+
+#[test]
+fn a_chp_strict_server_sending_hugz_zero_is_not_a_restart() {
+    let mut h = H::new("/s/", 1);
+    h.opened();
+    h.sync(&[], 50);
+    h.hugz(0);
+    h.hugz(0);
+    assert_eq!(h.a.stats().restarts, 0);
+    assert!(h.opened().is_empty());
+}
+
+#[test]
+fn silence_fails_over_and_servers_are_retried_forever_with_backoff() {
+    let mut h = H::new("", 2);
+    assert_eq!(h.opened(), [(0, 1)]);
+    // Neither server ever answers: the client keeps asking both, forever.
+    let mut asked = vec![0usize; 2];
+    for _ in 0..200 {
+        h.advance(Duration::from_millis(500));
+        for (server, _) in h.opened() {
+            asked[server] += 1;
+        }
+    }
+    assert!(asked[0] >= 5 && asked[1] >= 5, "asked {asked:?}");
+    assert!(h.a.stats().failovers >= 10);
+    // Server 1 finally answers: synced, failures reset.
+    while h.a.phase() != (Phase::Syncing { server: 1 }) {
+        h.advance(Duration::from_millis(500));
+        h.opened();
+    }
+    h.sync(&[("k", "v", 1)], 1);
+    assert_eq!(h.a.phase(), Phase::Active { server: 1, seq: 1 });
+    h.advance(TTL5 - Duration::from_millis(1));
+    h.hugz(1);
+    h.advance(TTL5 - Duration::from_millis(1));
+    assert_eq!(
+        h.a.phase(),
+        Phase::Active { server: 1, seq: 1 },
+        "hugz keep it alive"
+    );
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.opened(),
+        [(0, h.a.attempt())],
+        "first failover is immediate"
+    );
+}
+
+#[test]
+fn messages_from_a_stale_link_are_ignored() {
+    let mut h = H::new("", 2);
+    h.opened();
+    h.advance(TTL5);
+    assert_eq!(h.opened(), [(1, 2)]);
+    h.a.handle_snapshot(1, SnapshotReply::Kvsync(kv("old", "x", 1)), h.now);
+    h.a.handle_snapshot(
+        1,
+        SnapshotReply::Kthxbai {
+            seq: 1,
+            subtree: Bytes::new(),
+            instance: None,
+        },
+        h.now,
+    );
+    assert_eq!(h.a.phase(), Phase::Syncing { server: 1 });
+    h.sync(&[], 0);
+    assert!(h.a.is_empty());
+}
+
+#[test]
+fn too_many_buffered_updates_restart_the_sync() {
+    let now = Instant::now();
+    let config = AgentConfig {
+        max_buffered: 3,
+        ..AgentConfig::default()
+    };
+    let mut a = Agent::new(config, Bytes::new(), now);
+    a.handle_server_added(now);
+    for seq in 1..=4 {
+        a.handle_update(1, Update::Kvpub(kv("k", "v", seq)), now);
+    }
+    assert_eq!(a.stats().buffer_overflows, 1);
+    assert_eq!(a.attempt(), 2);
+}
+
+#[test]
+fn set_publishes_a_kvset_with_uuid_and_ttl_and_applies_in_subtree_only() {
+    let mut h = H::new("/a/", 1);
+    h.opened();
+    h.sync(&[], 0);
+    let ttl = Some(Duration::from_millis(1500));
+    let set = |k: &str, v: &str, ttl, u| {
+        kvset(Bytes::from(k.to_owned()), Bytes::from(v.to_owned()), ttl, u)
+    };
+    h.a.handle_set(set("/a/k", "v", ttl, [3; 16]).unwrap());
+    h.a.handle_set(set("/b/k", "w", None, [4; 16]).unwrap());
+    let sent: Vec<KvMsg> = h
+        .actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            AgentAction::Publish(m) => Some(m),
+            AgentAction::Open { .. } => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].uuid(), Some(&[3; 16]));
+    assert_eq!(sent[0].props().get(TTL), Some("2"));
+    assert_eq!(sent[1].props().get(TTL), None);
+    assert_eq!(h.map(), pairs(&[("/a/k", "v")]));
+    assert_eq!(h.changes()[0].cause(), Cause::Local);
+    // The server's echo of the same value is not a second change.
+    h.kvpub("/a/k", "v", 1);
+    assert!(h.changes().is_empty());
+    assert!(matches!(
+        set("HUGZ", "x", None, [0; 16]),
+        Err(DecodeError::ReservedKey(_))
+    ));
+    assert!(set("", "x", None, [0; 16]).is_err());
+}
+
+#[test]
+fn a_new_server_instance_in_the_heartbeat_means_a_restart() {
+    let mut h = H::new("/s/", 1);
+    h.opened();
+    let att = h.a.attempt();
+    let end = SnapshotReply::Kthxbai {
+        seq: 6,
+        subtree: Bytes::new(),
+        instance: Some(1),
+    };
+    h.a.handle_snapshot(att, end, h.now);
+    let same = Update::Hugz {
+        seq: 9,
+        instance: Some(1),
+    };
+    h.a.handle_update(att, same, h.now);
+    assert!(h.opened().is_empty());
+    // Same sequence region, different instance: it restarted and was fed
+    // exactly as many updates as before, which the sequence cannot show.
+    let other = Update::Hugz {
+        seq: 9,
+        instance: Some(2),
+    };
+    h.a.handle_update(att, other, h.now);
+    assert_eq!(h.a.stats().restarts, 1);
+    assert_eq!(h.opened().len(), 1);
+}

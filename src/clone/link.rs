@@ -1,0 +1,270 @@
+//! The client's sockets to one server: a "link" (SUB to `P+1`, then DEALER
+//! to `P` with `ICANHAZ?`) per synchronisation attempt, and a supervised
+//! PUB to `P+2` per server for KVSETs.
+//!
+//! Guide pattern: the clone agent's per-server sockets (A.16). The `zeromq`
+//! crate's DEALER and PUB never reconnect once their peer restarts, so a
+//! link lives for one attempt only (the agent opens a new one on failover
+//! or resync) and each publisher recreates its PUB when it disconnects.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, Instrument};
+use zeromq::prelude::*;
+use zeromq::{DealerSocket, PubSocket, SocketEvent, SubSocket};
+
+use super::error::{CloneError, DecodeError};
+use super::kvmsg::KvMsg;
+use super::proto::{Icanhaz, SnapshotReply, Update};
+use super::server::ServerEndpoints;
+use crate::endpoint::{EndpointError, EndpointSpec};
+
+/// The three endpoints of one CHP server, as a client connects to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    snapshot: String,
+    updates: String,
+    collector: String,
+}
+
+impl ServerAddr {
+    /// Explicit endpoints: snapshot ROUTER, update PUB, collector SUB.
+    pub fn new(snapshot: &str, updates: &str, collector: &str) -> Result<Self, EndpointError> {
+        let c = |s: &str| EndpointSpec::connect(s).map(|e| e.endpoint().to_owned());
+        Ok(Self {
+            snapshot: c(snapshot)?,
+            updates: c(updates)?,
+            collector: c(collector)?,
+        })
+    }
+
+    /// The CHP convention: `tcp://HOST:P` means ports `P`, `P+1`, `P+2`.
+    pub fn from_port(host: &str, port: u16) -> Result<Self, EndpointError> {
+        let at = |p: u16| format!("tcp://{host}:{p}");
+        let bad = || EndpointError::Malformed(format!("tcp://{host}:{port}: P+2 exceeds 65535"));
+        let p1 = port.checked_add(1).ok_or_else(bad)?;
+        let p2 = port.checked_add(2).ok_or_else(bad)?;
+        Self::new(&at(port), &at(p1), &at(p2))
+    }
+
+    /// Where a local [`CloneServer`](super::server::CloneServer) listens
+    /// (with `0.0.0.0` binds reached over loopback).
+    pub fn from_endpoints(ep: &ServerEndpoints) -> Result<Self, EndpointError> {
+        let local = |s: &str| s.replace("0.0.0.0", "127.0.0.1");
+        Self::new(
+            &local(&ep.snapshot),
+            &local(&ep.publisher),
+            &local(&ep.collector),
+        )
+    }
+
+    /// The snapshot endpoint (`P`).
+    pub fn snapshot(&self) -> &str {
+        &self.snapshot
+    }
+    /// The update endpoint (`P+1`).
+    pub fn updates(&self) -> &str {
+        &self.updates
+    }
+    /// The collector endpoint (`P+2`).
+    pub fn collector(&self) -> &str {
+        &self.collector
+    }
+}
+
+/// Parses `tcp://HOST:P` (an optional `>` prefix is accepted).
+impl FromStr for ServerAddr {
+    type Err = EndpointError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let spec = EndpointSpec::connect(s.trim().trim_start_matches('>'))?;
+        let malformed = || EndpointError::Malformed(s.to_owned());
+        let addr = spec
+            .endpoint()
+            .strip_prefix("tcp://")
+            .ok_or_else(malformed)?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(malformed)?;
+        Self::from_port(host, port.parse().map_err(|_| malformed())?)
+    }
+}
+
+/// What a link reports to the agent.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    Snapshot(SnapshotReply),
+    Update(Update),
+    Malformed(DecodeError),
+}
+
+/// Tagged link events.
+pub(crate) type LinkTx = mpsc::Sender<(u64, LinkEvent)>;
+
+/// Starts a link for `attempt`; it runs until `token` is cancelled or a
+/// socket fails (the agent's silence timer then moves on).
+pub(crate) fn spawn_link(
+    addr: ServerAddr,
+    attempt: u64,
+    subtree: String,
+    settle: Duration,
+    tx: LinkTx,
+    token: CancellationToken,
+) {
+    let span = tracing::info_span!("clone_link", server = %addr.snapshot, attempt);
+    spawn_until_cancelled(span, token, async move {
+        run_link(&addr, attempt, &subtree, settle, &tx).await
+    });
+}
+
+/// Spawns `task` in `span`, dropping it when `token` is cancelled; an error
+/// ending it early is logged (the agent's timers take it from there).
+fn spawn_until_cancelled<F>(span: tracing::Span, token: CancellationToken, task: F)
+where
+    F: std::future::Future<Output = Result<(), CloneError>> + Send + 'static,
+{
+    let run = async move {
+        tokio::select! {
+            () = token.cancelled() => {}
+            r = task => {
+                if let Err(e) = r {
+                    debug!(cause = %e, "task ended");
+                }
+            }
+        }
+    };
+    tokio::spawn(run.instrument(span));
+}
+
+async fn run_link(
+    addr: &ServerAddr,
+    attempt: u64,
+    subtree: &str,
+    settle: Duration,
+    tx: &LinkTx,
+) -> Result<(), CloneError> {
+    // Subscribe first (CHP), so no update after the snapshot is missed.
+    let mut sub = SubSocket::new();
+    connect_patiently(&mut sub, &addr.updates).await?;
+    if subtree.is_empty() {
+        sub.subscribe("").await?;
+    } else {
+        sub.subscribe(subtree).await?;
+        sub.subscribe("HUGZ").await?;
+    }
+    // Subscriptions reach the server asynchronously: wait for the first
+    // message (proof that it is in place) before asking, bounded by
+    // `settle` (HUGZ come only once a second, and models 3-5 send none).
+    if let Ok(first) = tokio::time::timeout(settle, sub.recv()).await {
+        forward_update(first?, attempt, tx).await?;
+    }
+    let mut dealer = DealerSocket::new();
+    connect_patiently(&mut dealer, &addr.snapshot).await?;
+    let subtree_frame = bytes::Bytes::copy_from_slice(subtree.as_bytes());
+    let request = crate::frames::message(Icanhaz::encode(&subtree_frame)).expect("two frames");
+    dealer.send(request).await?;
+    info!(subtree, "waiting for server");
+    loop {
+        tokio::select! {
+            m = dealer.recv() => {
+                let frames = m?.into_vec();
+                let ev = SnapshotReply::decode(&frames).map_or_else(LinkEvent::Malformed, LinkEvent::Snapshot);
+                send(tx, attempt, ev).await?;
+            }
+            m = sub.recv() => forward_update(m?, attempt, tx).await?,
+        }
+    }
+}
+
+async fn forward_update(
+    msg: zeromq::ZmqMessage,
+    attempt: u64,
+    tx: &LinkTx,
+) -> Result<(), CloneError> {
+    let frames = msg.into_vec();
+    let ev = Update::decode(&frames).map_or_else(LinkEvent::Malformed, LinkEvent::Update);
+    send(tx, attempt, ev).await
+}
+
+async fn send(tx: &LinkTx, attempt: u64, ev: LinkEvent) -> Result<(), CloneError> {
+    tx.send((attempt, ev))
+        .await
+        .map_err(|_| CloneError::Stopped)
+}
+
+async fn connect_patiently<S: Socket>(socket: &mut S, endpoint: &str) -> Result<(), CloneError> {
+    let spec = EndpointSpec::connect(endpoint)?;
+    spec.attach_patiently(socket, Duration::from_millis(200))
+        .await?;
+    Ok(())
+}
+
+/// Starts the publisher of one server: a PUB connected to its collector,
+/// recreated whenever it disconnects. KVSETs wait in `rx` while it is
+/// (re)connecting.
+pub(crate) fn spawn_publisher(
+    addr: ServerAddr,
+    settle: Duration,
+    rx: mpsc::Receiver<KvMsg>,
+    sent: Arc<AtomicU64>,
+    token: CancellationToken,
+) {
+    let span = tracing::info_span!("clone_publisher", collector = %addr.collector);
+    spawn_until_cancelled(span, token, async move {
+        run_publisher(&addr, settle, rx, &sent).await
+    });
+}
+
+async fn run_publisher(
+    addr: &ServerAddr,
+    settle: Duration,
+    mut rx: mpsc::Receiver<KvMsg>,
+    sent: &AtomicU64,
+) -> Result<(), CloneError> {
+    loop {
+        let mut publisher = PubSocket::new();
+        let mut monitor = publisher.monitor();
+        connect_patiently(&mut publisher, &addr.collector).await?;
+        // The collector's subscription reaches this PUB just after the
+        // handshake; a KVSET sent before it would be dropped silently.
+        tokio::time::sleep(settle).await;
+        info!("publisher connected");
+        loop {
+            tokio::select! {
+                ev = monitor.next() => match ev {
+                    Some(SocketEvent::Disconnected(_)) | None => break,
+                    Some(_) => {}
+                },
+                m = rx.recv() => {
+                    let Some(msg) = m else { return Ok(()) };
+                    let out = crate::frames::message(msg.encode()).expect("five frames");
+                    publisher.send(out).await?;
+                    if sent.fetch_add(1, Ordering::Relaxed) % 256 == 255 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }
+        info!("collector disconnected; reconnecting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_chp_port_convention() {
+        let a: ServerAddr = "tcp://localhost:5556".parse().unwrap();
+        assert_eq!(a.snapshot(), "tcp://localhost:5556");
+        assert_eq!(a.updates(), "tcp://localhost:5557");
+        assert_eq!(a.collector(), "tcp://localhost:5558");
+        assert!("tcp://localhost:65535".parse::<ServerAddr>().is_err());
+        assert!("tcp://*:5556".parse::<ServerAddr>().is_err());
+        assert!("localhost".parse::<ServerAddr>().is_err());
+        assert!("ipc:///tmp/x".parse::<ServerAddr>().is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! The Last Value Cache proxy: the pub-sub proxy with a cache hook. It
+//! subscribes upstream to everything, remembers the last message of every
+//! topic, and answers each new subscription with the cached values that
+//! match it, sent to that subscriber only and before any live message.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::cache::{CacheLimits, CacheStats, LastValueCache, Stored};
+use crate::pubsub::{
+    self, Hooks, ProxyConfig, ProxyError, ProxyHandle, ProxyStats, SubEvent, UpstreamMode,
+};
+use crate::zmtp::{PeerId, Shared};
+
+/// The cache hook. Use it directly to combine a cache with other hooks
+/// (e.g. `(CacheHook::new(limits), espresso::Capture::new(..))`).
+#[derive(Debug)]
+pub struct CacheHook {
+    cache: LastValueCache,
+    shared: Arc<Mutex<LvcCounters>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct LvcCounters {
+    cache: CacheStats,
+    replays: u64,
+}
+
+impl CacheHook {
+    /// A hook with an empty cache bounded by `limits`.
+    pub fn new(limits: CacheLimits) -> Self {
+        Self {
+            cache: LastValueCache::new(limits),
+            shared: Arc::default(),
+        }
+    }
+
+    fn publish_stats(&self, replay: bool) {
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.cache = self.cache.stats();
+        s.replays += u64::from(replay);
+    }
+}
+
+impl Hooks for CacheHook {
+    fn on_message(&mut self, msg: &Shared, _now: Instant) {
+        if let Stored::TooLarge = self.cache.update(msg) {
+            debug!(topic = ?msg.first(), "message larger than the cache budget; not cached");
+        }
+        self.publish_stats(false);
+    }
+
+    fn on_subscription(
+        &mut self,
+        peer: PeerId,
+        event: &SubEvent,
+        _now: Instant,
+        reply: &mut Vec<Shared>,
+    ) {
+        // Unsubscribes are counted by the proxy and otherwise ignored.
+        let SubEvent::Subscribe(prefix) = event else {
+            return;
+        };
+        reply.extend(self.cache.matching(prefix).cloned());
+        info!(peer, prefix = %String::from_utf8_lossy(prefix), values = reply.len(), "sending cached values");
+        self.publish_stats(true);
+    }
+}
+
+/// How to run a Last Value Cache.
+#[derive(Debug, Clone)]
+pub struct LvcConfig {
+    proxy: ProxyConfig,
+    limits: CacheLimits,
+}
+
+impl LvcConfig {
+    /// A cache between publishers (frontend) and subscribers (backend). The
+    /// proxy always subscribes upstream to everything.
+    pub fn new(proxy: ProxyConfig) -> Self {
+        Self {
+            proxy: proxy.upstream(UpstreamMode::Everything),
+            limits: CacheLimits::default(),
+        }
+    }
+
+    /// Bounds the cache.
+    pub fn limits(mut self, limits: CacheLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// A snapshot of a Last Value Cache's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LvcStats {
+    /// The proxy's counters (traffic, subscriptions, drops, malformed).
+    pub proxy: ProxyStats,
+    /// The cache's counters (topics, bytes, evictions).
+    pub cache: CacheStats,
+    /// Subscriptions answered from the cache.
+    pub replays: u64,
+}
+
+/// A running Last Value Cache.
+#[derive(Debug)]
+#[must_use = "the cache runs until cancelled; keep the handle to stop it and read its counters"]
+pub struct LvcHandle {
+    proxy: ProxyHandle,
+    shared: Arc<Mutex<LvcCounters>>,
+}
+
+impl LvcHandle {
+    /// The frontend (publisher side) endpoint, resolved if bound.
+    pub fn frontend_endpoint(&self) -> &str {
+        self.proxy.frontend_endpoint()
+    }
+
+    /// The backend (subscriber side) endpoint, resolved if bound.
+    pub fn backend_endpoint(&self) -> &str {
+        self.proxy.backend_endpoint()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> LvcStats {
+        let s = *self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        LvcStats {
+            proxy: self.proxy.stats(),
+            cache: s.cache,
+            replays: s.replays,
+        }
+    }
+
+    /// Stops the cache and waits for it.
+    pub async fn shutdown(self) -> Result<(), ProxyError> {
+        self.proxy.shutdown().await
+    }
+}
+
+/// Starts a Last Value Cache; it runs until `cancel` fires.
+pub async fn start(config: LvcConfig, cancel: CancellationToken) -> Result<LvcHandle, ProxyError> {
+    let hook = CacheHook::new(config.limits);
+    let shared = hook.shared.clone();
+    let proxy = pubsub::start(config.proxy, hook, cancel).await?;
+    Ok(LvcHandle { proxy, shared })
+}

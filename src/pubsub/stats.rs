@@ -1,0 +1,79 @@
+//! Proxy counters: lock-free atomics updated by the proxy task and read as a
+//! consistent-enough [`ProxyStats`] snapshot from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
+        /// The live counters shared between a proxy task and its handles.
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $( pub(crate) $name: AtomicU64, )*
+        }
+
+        /// A snapshot of a proxy's counters.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct ProxyStats {
+            $( $(#[doc = $doc])* pub $name: u64, )*
+        }
+
+        impl Counters {
+            /// Reads every counter (each atomically; the set is not a
+            /// transaction, which is fine for monitoring).
+            pub(crate) fn snapshot(&self) -> ProxyStats {
+                ProxyStats { $( $name: self.$name.load(Relaxed), )* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Messages received from publishers (frontend).
+    messages_in,
+    /// Payload bytes received from publishers.
+    bytes_in,
+    /// Messages published on the backend (each counted once, however many
+    /// subscribers it reached).
+    messages_out,
+    /// Payload bytes published on the backend.
+    bytes_out,
+    /// Copies queued for individual subscribers.
+    deliveries,
+    /// Copies dropped because that subscriber's queue was full (a slow
+    /// subscriber loses its own messages; nobody else is affected).
+    slow_drops,
+    /// Subscribers that connected to the backend.
+    connects,
+    /// Subscribers that disconnected (their subscriptions were cancelled).
+    disconnects,
+    /// Messages received from subscribers (subscriptions and garbage).
+    up_messages,
+    /// Payload bytes received from subscribers.
+    up_bytes,
+    /// Subscribe frames received from subscribers.
+    subscribes,
+    /// Unsubscribes, explicit or implied by a subscriber disconnecting.
+    unsubscribes,
+    /// Subscription frames sent upstream to publishers.
+    upstream_sent,
+    /// Unsubscribes for prefixes the sender had not subscribed (ignored).
+    unmatched_unsubscribes,
+    /// Upstream messages that were not valid subscription frames (ignored).
+    malformed,
+    /// Messages sent to one subscriber by the proxy's hooks (e.g. Last
+    /// Value Cache replays).
+    replayed,
+    /// Receive errors on the frontend (a publisher sent garbage or
+    /// vanished); the proxy carried on.
+    recv_errors,
+    /// Capture events dropped because the capture listener was slower than
+    /// the traffic (Espresso).
+    capture_drops,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}

@@ -1,0 +1,482 @@
+//! Clone / CHP against real libzmq 4.3 peers: a libzmq CHP client against
+//! this crate's server, this crate's client against a minimal libzmq CHP
+//! server, and large snapshots arriving whole at a libzmq client. Frames are
+//! built by hand here (not with this crate's codec) so the wire format is
+//! checked independently.
+
+mod common;
+use common::*;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use zpatterns::clone::kvmsg::KvMsg;
+use zpatterns::clone::store::{Store, StoreConfig};
+use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, Phase, ServerAddr, ServerConfig};
+
+type Frames = Vec<Vec<u8>>;
+
+fn kvset(key: &str, value: &str, props: &str) -> Frames {
+    vec![
+        key.into(),
+        0u64.to_be_bytes().to_vec(),
+        vec![0xAB; 16],
+        props.into(),
+        value.into(),
+    ]
+}
+
+fn seq_of(m: &Frames) -> u64 {
+    assert_eq!(m[1].len(), 8, "8-byte sequence");
+    u64::from_be_bytes(m[1].as_slice().try_into().unwrap())
+}
+
+/// Receives from a libzmq SUB until `pred` matches (skipping others).
+async fn recv_until(sub: &Lz, what: &str, mut pred: impl FnMut(&Frames) -> bool) -> Frames {
+    within(secs(20), what, async {
+        loop {
+            if let Some(m) = sub.recv(ms(200)).await {
+                if pred(&m) {
+                    return m;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// A libzmq PUB connected to the collector, proven live: it repeats a probe
+/// KVSET until the server publishes it.
+async fn live_publisher(collector: &str, updates: &Lz) -> Lz {
+    let publisher = Lz::new(zmq::PUB);
+    publisher.connect(collector);
+    within(secs(20), "collector subscription", async {
+        loop {
+            publisher.send_owned(kvset("/client/probe", "p", "")).await;
+            if let Some(m) = updates.recv(ms(100)).await {
+                if m[0] == b"/client/probe" {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    publisher
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libzmq_chp_client_against_this_server() {
+    trace_init();
+    let token = CancellationToken::new();
+    let server = CloneServer::start(ServerConfig::loopback(), &token)
+        .await
+        .unwrap();
+    let ep = server.endpoints().clone();
+    // CHP client: SUB first (subtree + HUGZ), as clonecli4/5 should.
+    let sub = Lz::new(zmq::SUB);
+    sub.subscribe(b"/client/");
+    sub.subscribe(b"HUGZ");
+    sub.connect(&ep.publisher);
+    let hugz = recv_until(&sub, "HUGZ", |m| m[0] == b"HUGZ").await;
+    assert_eq!(hugz.len(), 5);
+    assert!(hugz[2].is_empty() && hugz[4].is_empty());
+    // Frame 3 names the server instance (an extension; CHP leaves it empty).
+    assert!(hugz[3].starts_with(b"instance=") && hugz[3].ends_with(b"\n"));
+    let publisher = live_publisher(&ep.collector, &sub).await;
+
+    publisher.send_owned(kvset("/other/x", "hidden", "")).await;
+    publisher.send_owned(kvset("/client/a", "1", "")).await;
+    publisher
+        .send_owned(kvset("/client/eph", "brief", "ttl=1\n"))
+        .await;
+    let a = recv_until(&sub, "/client/a", |m| m[0] == b"/client/a").await;
+    let eph = recv_until(&sub, "/client/eph", |m| m[0] == b"/client/eph").await;
+    assert_eq!(a[2], vec![0xAB; 16], "the writer's UUID is propagated");
+    assert_eq!(eph[3], b"ttl=1\n", "KVPUB carries the relative ttl");
+    assert_eq!(seq_of(&eph), seq_of(&a) + 1);
+    assert!(server.stats().sequence >= seq_of(&eph));
+
+    // Snapshot of the subtree only, KTHXBAI carrying the subtree.
+    let dealer = Lz::new(zmq::DEALER);
+    dealer.connect(&ep.snapshot);
+    dealer.send(&[b"ICANHAZ?", b"/client/"]).await;
+    let mut snapshot = HashMap::new();
+    let end = loop {
+        let m = dealer.recv(secs(10)).await.expect("snapshot");
+        assert_eq!(m.len(), 5);
+        if m[0] == b"KTHXBAI" {
+            break m;
+        }
+        snapshot.insert(String::from_utf8(m[0].clone()).unwrap(), m);
+    };
+    assert_eq!(end[4], b"/client/");
+    assert!(seq_of(&end) >= seq_of(&eph));
+    let mut keys: Vec<_> = snapshot.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["/client/a", "/client/eph", "/client/probe"]);
+    let ttl = String::from_utf8(snapshot["/client/eph"][3].clone()).unwrap();
+    assert_eq!(ttl, "ttl=1\n", "remaining seconds, not an epoch");
+
+    // Expiry: a delete (empty body) with a new sequence.
+    let del = recv_until(&sub, "expiry delete", |m| m[0] == b"/client/eph").await;
+    assert!(del[4].is_empty());
+    assert!(seq_of(&del) > seq_of(&eph));
+
+    // Garbage is counted, not fatal.
+    publisher.send(&[b"/client/bad", b"short"]).await;
+    dealer.send(&[b"GIMME", b""]).await;
+    publisher.send_owned(kvset("/client/after", "ok", "")).await;
+    recv_until(&sub, "server still works", |m| m[0] == b"/client/after").await;
+    eventually(secs(10), "bad input counted", || {
+        let s = server.stats();
+        s.bad_kvsets == 1 && s.bad_requests == 1
+    })
+    .await;
+    let others = sub.drain(ms(300)).await;
+    assert!(
+        others
+            .iter()
+            .all(|m| m[0].starts_with(b"/client/") || m[0] == b"HUGZ"),
+        "subtree filtering"
+    );
+    token.cancel();
+}
+
+/// A minimal CHP server on libzmq: ROUTER, PUB, SUB in one thread, C-style
+/// (KTHXBAI with an empty body, HUGZ with the current sequence).
+struct LzServer {
+    stop: Arc<AtomicBool>,
+    addr: ServerAddr,
+    thread: Option<std::thread::JoinHandle<HashMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl LzServer {
+    fn start(seed: &[(&str, &str)]) -> Self {
+        let router = lz_ctx().socket(zmq::ROUTER).unwrap();
+        let publisher = lz_ctx().socket(zmq::PUB).unwrap();
+        let collector = lz_ctx().socket(zmq::SUB).unwrap();
+        let mut eps = Vec::new();
+        for s in [&router, &publisher, &collector] {
+            s.set_linger(0).unwrap();
+            s.bind("tcp://127.0.0.1:*").unwrap();
+            eps.push(s.get_last_endpoint().unwrap().unwrap());
+        }
+        collector.set_subscribe(b"").unwrap();
+        let addr = ServerAddr::new(&eps[0], &eps[1], &eps[2]).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut map: HashMap<Vec<u8>, (u64, Vec<u8>)> = HashMap::new();
+        let mut seq = 0u64;
+        for (k, v) in seed {
+            seq += 1;
+            map.insert(k.as_bytes().to_vec(), (seq, v.as_bytes().to_vec()));
+        }
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut next_hugz = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                let mut items = [
+                    router.as_poll_item(zmq::POLLIN),
+                    collector.as_poll_item(zmq::POLLIN),
+                ];
+                zmq::poll(&mut items, 100).unwrap();
+                if items[0].is_readable() {
+                    let req = router.recv_multipart(0).unwrap();
+                    if req.len() == 3 && req[1] == b"ICANHAZ?" {
+                        for (k, (s, v)) in map.iter().filter(|(k, _)| k.starts_with(&req[2])) {
+                            let f: Frames = vec![
+                                req[0].clone(),
+                                k.clone(),
+                                s.to_be_bytes().to_vec(),
+                                vec![],
+                                vec![],
+                                v.clone(),
+                            ];
+                            router.send_multipart(f, 0).unwrap();
+                        }
+                        let end: Frames = vec![
+                            req[0].clone(),
+                            b"KTHXBAI".to_vec(),
+                            seq.to_be_bytes().to_vec(),
+                            vec![],
+                            vec![],
+                            vec![],
+                        ];
+                        router.send_multipart(end, 0).unwrap();
+                    }
+                }
+                if items[1].is_readable() {
+                    let mut m = collector.recv_multipart(0).unwrap();
+                    if m.len() == 5 {
+                        seq += 1;
+                        m[1] = seq.to_be_bytes().to_vec();
+                        publisher.send_multipart(m.clone(), 0).unwrap();
+                        if m[4].is_empty() {
+                            map.remove(&m[0]);
+                        } else {
+                            map.insert(m[0].clone(), (seq, m[4].clone()));
+                        }
+                    }
+                }
+                if Instant::now() >= next_hugz {
+                    let h: Frames = vec![
+                        b"HUGZ".to_vec(),
+                        seq.to_be_bytes().to_vec(),
+                        vec![],
+                        vec![],
+                        vec![],
+                    ];
+                    publisher.send_multipart(h, 0).unwrap();
+                    next_hugz = Instant::now() + Duration::from_secs(1);
+                }
+            }
+            map.into_iter().map(|(k, (_, v))| (k, v)).collect()
+        });
+        Self {
+            stop,
+            addr,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> HashMap<Vec<u8>, Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn this_client_against_a_libzmq_chp_server() {
+    trace_init();
+    let token = CancellationToken::new();
+    let server = LzServer::start(&[("/x/1", "one"), ("/x/2", "two"), ("/y/1", "other")]);
+    let client = CloneClient::new(ClientConfig::default(), &token);
+    client.subtree("/x/").await.unwrap();
+    client.connect(server.addr.clone()).await.unwrap();
+    within(secs(20), "synced from libzmq", client.wait_active())
+        .await
+        .unwrap();
+    let keys: Vec<_> = client.entries().await.unwrap();
+    assert_eq!(keys.len(), 2, "subtree only: {keys:?}");
+    client.set("/x/3", "three", None).await.unwrap();
+    client.set("/x/1", "", None).await.unwrap();
+    // The server's echoes carry its sequence: 3 seeded + 2 sets.
+    within(secs(20), "echoes applied", async {
+        while !matches!(client.phase(), Phase::Active { seq: 5.., .. }) {
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    let map = server.stop();
+    assert_eq!(
+        map.get(&b"/x/3"[..]).map(Vec::as_slice),
+        Some(&b"three"[..])
+    );
+    assert!(!map.contains_key(&b"/x/1"[..]));
+    assert_eq!(
+        client.get("/x/3").await.unwrap().as_deref(),
+        Some(&b"three"[..])
+    );
+    token.cancel();
+}
+
+fn preloaded(n: usize) -> Store {
+    preloaded_with(n, 0)
+}
+
+fn preloaded_with(n: usize, pad: usize) -> Store {
+    let now = std::time::Instant::now();
+    let mut store = Store::new(StoreConfig::default(), now);
+    let padding = "x".repeat(pad);
+    for i in 0..n {
+        let m = KvMsg::new(format!("/k/{i:07}"), format!("v{i}{padding}")).unwrap();
+        store.handle_kvset(m, now);
+    }
+    store
+}
+
+/// Reference bugs 5 and 6: a large snapshot sent in one burst can be dropped
+/// at the HWM, and updates during it can overflow the client's queue. Here
+/// a libzmq DEALER with default options gets every entry of an N-key
+/// snapshot plus KTHXBAI, and the updates published meanwhile are all
+/// there afterwards (the client buffers its SUB in memory while it reads).
+async fn large_snapshot_reaches_libzmq_whole(n: usize) {
+    trace_init();
+    let token = CancellationToken::new();
+    let started = Instant::now();
+    let server = CloneServer::start_with_store(ServerConfig::loopback(), preloaded(n), &token)
+        .await
+        .unwrap();
+    let ep = server.endpoints().clone();
+    let sub = Lz::new(zmq::SUB);
+    sub.subscribe(b"");
+    sub.connect(&ep.publisher);
+    recv_until(&sub, "HUGZ", |m| m[0] == b"HUGZ").await;
+    let publisher = live_publisher(&ep.collector, &sub).await;
+    let dealer = Lz::new(zmq::DEALER);
+    dealer.connect(&ep.snapshot);
+    dealer.send(&[b"ICANHAZ?", b""]).await;
+    // Updates while the snapshot streams.
+    let writer = tokio::spawn(async move {
+        for i in 0..1000 {
+            publisher
+                .send_owned(kvset(&format!("/live/{i}"), &format!("u{i}"), ""))
+                .await;
+        }
+        publisher
+            .send_owned(kvset("/k/0000000", "changed", ""))
+            .await;
+    });
+    let (d, s) = (dealer.clone(), sub.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        d.with(|dealer| s.with(|sub| read_snapshot_and_updates(dealer, sub)))
+    });
+    writer.await.unwrap();
+    let (map, kthxbai_seq, snapshot_len) = within(secs(170), "snapshot", read).await.unwrap();
+    assert!(snapshot_len > n, "every preloaded key (and the probe)");
+    assert!(kthxbai_seq >= n as u64);
+    eventually(secs(30), "server applied all updates", || {
+        server.stats().keys == n + 1001
+    })
+    .await;
+    // The live updates arrive after the snapshot: keep reading until the
+    // client's map matches the server's.
+    let sub_final = sub.clone();
+    let final_map = within(secs(60), "converge", async move {
+        let mut map = map;
+        let mut last = kthxbai_seq;
+        while map.len() < n + 1001
+            || map.get(&b"/k/0000000"[..]).map(Vec::as_slice) != Some(b"changed")
+        {
+            if let Some(m) = sub_final.recv(secs(1)).await {
+                apply(&mut map, &mut last, m);
+            }
+        }
+        map
+    })
+    .await;
+    assert_eq!(final_map.len(), n + 1001);
+    for i in (0..1000).step_by(97) {
+        assert_eq!(
+            final_map[format!("/live/{i}").as_bytes()],
+            format!("u{i}").into_bytes()
+        );
+    }
+    eprintln!(
+        "{n}-key snapshot + 1000 concurrent updates: {:?} total",
+        started.elapsed()
+    );
+    token.cancel();
+}
+
+/// Applies a KVPUB with `seq > last` (CHP), checking there is no gap.
+fn apply(map: &mut HashMap<Vec<u8>, Vec<u8>>, last: &mut u64, m: Frames) {
+    if m[0] == b"HUGZ" || seq_of(&m) <= *last {
+        return;
+    }
+    assert_eq!(seq_of(&m), *last + 1, "no update lost");
+    *last = seq_of(&m);
+    if m[4].is_empty() {
+        map.remove(&m[0]);
+    } else {
+        map.insert(m[0].clone(), m[4].clone());
+    }
+}
+
+/// Reads the DEALER to KTHXBAI while buffering the SUB in memory (poll on
+/// both), then applies the buffered updates above the snapshot sequence.
+fn read_snapshot_and_updates(
+    dealer: &zmq::Socket,
+    sub: &zmq::Socket,
+) -> (HashMap<Vec<u8>, Vec<u8>>, u64, usize) {
+    let mut map = HashMap::new();
+    let mut buffered = Vec::new();
+    let mut entries = 0;
+    let seq = loop {
+        let mut items = [
+            dealer.as_poll_item(zmq::POLLIN),
+            sub.as_poll_item(zmq::POLLIN),
+        ];
+        zmq::poll(&mut items, 30_000).unwrap();
+        assert!(
+            items[0].is_readable() || items[1].is_readable(),
+            "snapshot stalled"
+        );
+        if items[1].is_readable() {
+            buffered.push(sub.recv_multipart(0).unwrap());
+        }
+        if items[0].is_readable() {
+            let m = dealer.recv_multipart(0).unwrap();
+            if m[0] == b"KTHXBAI" {
+                break seq_of(&m);
+            }
+            entries += 1;
+            map.insert(m[0].clone(), m[4].clone());
+        }
+    };
+    let mut last = seq;
+    for m in buffered {
+        apply(&mut map, &mut last, m);
+    }
+    (map, seq, entries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_key_snapshot_with_concurrent_updates_reaches_libzmq_whole() {
+    large_snapshot_reaches_libzmq_whole(1_000_000).await;
+}
+
+/// Reference bug 6's other half: a snapshot must not stall the server. A
+/// libzmq client asks for 200,000 keys of 200 bytes (more than every queue
+/// and socket buffer on the way holds) and never reads them; meanwhile
+/// updates flow and another client gets its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_snapshot_reader_does_not_hold_up_others() {
+    trace_init();
+    let token = CancellationToken::new();
+    let server = CloneServer::start_with_store(
+        ServerConfig::loopback(),
+        preloaded_with(200_000, 200),
+        &token,
+    )
+    .await
+    .unwrap();
+    let ep = server.endpoints().clone();
+    let stalled = Lz::new(zmq::DEALER);
+    stalled.connect(&ep.snapshot);
+    stalled.send(&[b"ICANHAZ?", b""]).await;
+    // Let the stalled stream fill every buffer on the way.
+    tokio::time::sleep(secs(3)).await;
+    let sub = Lz::new(zmq::SUB);
+    sub.subscribe(b"");
+    sub.connect(&ep.publisher);
+    let _publisher = live_publisher(&ep.collector, &sub).await;
+    let other = Lz::new(zmq::DEALER);
+    other.connect(&ep.snapshot);
+    other.send(&[b"ICANHAZ?", b"/client/"]).await;
+    let got = within(secs(10), "second snapshot", async {
+        let mut n = 0;
+        loop {
+            let m = other.recv(secs(10)).await.expect("snapshot");
+            if m[0] == b"KTHXBAI" {
+                return n;
+            }
+            n += 1;
+        }
+    })
+    .await;
+    assert_eq!(got, 1, "only /client/probe");
+    eventually(secs(10), "second snapshot counted", || {
+        server.stats().snapshots_completed == 1
+    })
+    .await;
+    let stats = server.stats();
+    assert_eq!(
+        stats.snapshots_streaming, 1,
+        "the stalled one is still waiting"
+    );
+    drop(stalled);
+    token.cancel();
+}

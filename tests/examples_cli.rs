@@ -1,0 +1,228 @@
+//! The examples as users run them: separate processes, real flags.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of a built example, building the examples once if needed (a full
+/// `cargo test` has built them already; this makes `--test examples_cli`
+/// work on its own).
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--examples", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building the examples failed");
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().join("examples")
+    });
+    dir.join(name)
+}
+
+/// Kills the child when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(name: &str, args: &[&str]) -> Running {
+    Running(
+        Command::new(example(name))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn example"),
+    )
+}
+
+/// Runs to completion, killing it after `limit`.
+fn run(name: &str, args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(example(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn example");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("{name} {args:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn bad_arguments_are_clear_errors_with_status_2() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "lvcache",
+            &["--frontend", "tcp://*:x"],
+            "malformed endpoint",
+        ),
+        ("espresso", &["--frontend", "tcp://*:5"], "wildcard"),
+        ("pathosub", &["--count", "many"], "invalid value"),
+        ("pathopub", &["inproc://x"], "unsupported transport"),
+        ("clonesrv", &["--port", "65535"], "invalid value"),
+        ("clonecli", &["--server", "tcp://*:5556"], "wildcard"),
+        (
+            "clonecli",
+            &[
+                "--server",
+                "tcp://a:1",
+                "--server",
+                "tcp://b:1",
+                "--server",
+                "tcp://c:1",
+            ],
+            "max. 2",
+        ),
+    ];
+    for (name, args, says) in cases {
+        let out = run(name, args, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{name} {args:?} should say {says:?}: {stderr}"
+        );
+    }
+}
+
+/// The README's run: `lvcache & pathopub tcp://localhost:5557 & pathosub
+/// tcp://localhost:5558` prints "Save Roger" at once (on free ports here).
+#[test]
+fn lvcache_serves_a_late_pathosub_at_once() {
+    let (front, back) = (free_port(), free_port());
+    let _cache = spawn(
+        "lvcache",
+        &[
+            "--frontend",
+            &format!("tcp://127.0.0.1:{front}"),
+            "--backend",
+            &format!("tcp://127.0.0.1:{back}"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let _publisher = spawn(
+        "pathopub",
+        &[
+            &format!("tcp://127.0.0.1:{front}"),
+            "--settle-ms",
+            "300",
+            "--interval-ms",
+            "60000",
+        ],
+    );
+    let started = Instant::now();
+    loop {
+        let out = run(
+            "pathosub",
+            &[
+                &format!("tcp://127.0.0.1:{back}"),
+                "--topic",
+                "042",
+                "--count",
+                "1",
+            ],
+            Duration::from_secs(30),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && stdout.trim() == "Save Roger" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no cached value: {stdout:?} {:?}",
+            out.status
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn espresso_demo_shows_subscribes_data_and_unsubscribes() {
+    let out = run("espresso", &["--take", "2"], Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kinds: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "subscribe").count(),
+        2,
+        "{stdout}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "unsubscribe").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(
+        kinds.iter().filter(|k| **k == "message").count() >= 2,
+        "{stdout}"
+    );
+    assert_eq!(kinds.last(), Some(&"unsubscribe"), "{stdout}");
+}
+
+/// The Guide's run: `clonesrv`, a `clonecli` writing random keys under
+/// `/client/`, and a second `clonecli` that only watches and prints what
+/// the server sends it (snapshot and live updates, with their sequences).
+#[test]
+fn clonecli_watcher_sees_another_clonecli_writes_through_clonesrv() {
+    let port = loop {
+        let p = free_port();
+        if p < 65533 && (1..=2).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            break p;
+        }
+    };
+    let _server = spawn(
+        "clonesrv",
+        &["--host", "127.0.0.1", "--port", &port.to_string()],
+    );
+    let server = format!("tcp://127.0.0.1:{port}");
+    let _writer = spawn("clonecli", &["--server", &server, "--interval", "0.05"]);
+    let out = run(
+        "clonecli",
+        &["--server", &server, "--interval", "0", "--count", "5"],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_server = stdout
+        .lines()
+        .filter(|l| l.starts_with("I: Sync update=") || l.starts_with("I: Live update="))
+        .count();
+    assert_eq!(from_server, 5, "{stdout}");
+    assert!(stdout.contains("/client/"), "{stdout}");
+}
