@@ -240,3 +240,49 @@ async fn lost_messages_croak_with_the_gap_and_garbage_is_delivered_unchecked() {
     );
     assert_eq!(alarm.lost(), 1);
 }
+
+/// Guard on the `zeromq` 0.7 PUB, which the snail's docs rely on: it clones
+/// its per-subscriber queue's sender for every message (`pub.rs`,
+/// `send_to_subscriber`), and a fresh `futures` sender may always add one
+/// message, so that queue never fills. A stalled subscriber loses nothing;
+/// the publisher's memory grows instead, and only lag reveals the problem.
+/// A bounded queue would hold at most 100k messages plus the 2 × 4 MiB of
+/// socket buffers (~60k of these): this sends 400k. If this test fails,
+/// the crate now drops for slow subscribers: update `patterns/snail.md`.
+#[tokio::test]
+async fn zeromq_pub_queues_for_a_stalled_subscriber_without_bound() {
+    trace_init();
+    const N: u64 = 400_000;
+    let (mut p, ep) = SnailPublisher::attach(&EndpointSpec::loopback(), "guard")
+        .await
+        .unwrap();
+    let mut sub = zsub(&ep, &[""]).await;
+    let body = Bytes::from(vec![b'.'; 100]);
+    within(secs(10), "subscription", async {
+        loop {
+            p.send(vec![Bytes::from_static(b"warm-up")]).await.unwrap();
+            if zrecv(&mut sub, ms(20)).await.is_some() {
+                break;
+            }
+        }
+    })
+    .await;
+    while zrecv(&mut sub, ms(100)).await.is_some() {}
+    let first = p.stamper().next_seq();
+    for _ in 0..N {
+        p.send(vec![Bytes::from_static(b"data"), body.clone()])
+            .await
+            .unwrap();
+    }
+    // Only now does the subscriber read.
+    let mut next = first;
+    within(secs(120), "drain", async {
+        while next < first + N {
+            let frames = zrecv(&mut sub, secs(5)).await.expect("the rest never came");
+            let stamp = zpatterns::snail::envelope::decode(&frames, WireFormat::Toolkit).unwrap();
+            assert_eq!(stamp.seq(), Some(next), "a gap: the PUB dropped");
+            next += 1;
+        }
+    })
+    .await;
+}

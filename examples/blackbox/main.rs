@@ -13,9 +13,11 @@
 //! Message layout (one 100-byte frame): bytes 0..8 the key `K<d>-<nnnnn>`
 //! (the sharding key, and the SUB prefix: `K3` is a tenth of the keys),
 //! bytes 8..16 the key's own sequence number (u64 big-endian), then
-//! padding. Workers check each key's sequence, so messages the publisher
-//! dropped (the `zeromq` PUB drops silently past 100k queued) show up as
-//! "lost upstream".
+//! padding. Workers check each key's sequence, so messages a publisher
+//! dropped show up as "lost upstream" (a libzmq PUB drops at its HWM; the
+//! `zeromq` PUB queues without bound for a slow subscriber and drops only
+//! when its own fan-out falls behind, so expect the publisher's memory to
+//! grow instead when the workers are slower than the feed).
 
 mod feed;
 
@@ -283,7 +285,7 @@ fn summary(stats: &BlackBoxStats, lost: &[u64], sent: Option<u64>) {
     );
     if let Some(sent) = sent {
         println!(
-            "  publisher: {sent} sent; {} not received (sent before the subscription took effect, or dropped silently by the PUB)",
+            "  publisher: {sent} sent; {} not received (sent before the subscription took effect, still queued in the publisher, or dropped by it)",
             sent.saturating_sub(stats.total_received())
         );
     }
