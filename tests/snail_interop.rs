@@ -223,3 +223,64 @@ async fn libzmq_publisher_of_toolkit_stamps_is_checked_and_gaps_croak() {
     let alarm = err.alarm().unwrap();
     assert_eq!((alarm.cause(), alarm.lost()), (Cause::Loss, 1));
 }
+
+/// libzmq's PUB drops at its high-water mark, silently: a subscriber that
+/// stalls behind one sees a sequence gap when it reads again, and croaks
+/// with the gap's size.
+#[tokio::test]
+async fn a_libzmq_pub_dropping_at_its_hwm_is_caught_as_loss() {
+    trace_init();
+    let publisher = Lz::new(zmq::PUB);
+    publisher.with(|s| s.set_sndhwm(100).unwrap());
+    let ep = publisher.bind_loopback();
+    let mut sub = SnailSubscriber::attach(
+        &[EndpointSpec::connect(&ep).unwrap()],
+        &[""],
+        SnailConfig::new(),
+    )
+    .await
+    .unwrap();
+    let stamper = Arc::new(std::sync::Mutex::new(
+        Stamper::with_epoch("lz-hwm", 7).unwrap(),
+    ));
+    let stamped = move |body: Vec<u8>| {
+        let mut f = vec![Bytes::from_static(b"T"), Bytes::from(body)];
+        stamper.lock().unwrap().stamp(&mut f, SystemTime::now());
+        f.into_iter().map(|b| b.to_vec()).collect::<Vec<_>>()
+    };
+    within(secs(10), "subscription", async {
+        loop {
+            publisher.send_owned(stamped(b"warm-up".to_vec())).await;
+            if let Ok(Ok(_)) = tokio::time::timeout(ms(20), sub.recv()).await {
+                break;
+            }
+        }
+    })
+    .await;
+    while let Ok(Ok(_)) = tokio::time::timeout(ms(100), sub.recv()).await {}
+    // 20,000 × 1 KiB while the subscriber does not read: far more than the
+    // HWM plus both sockets' buffers.
+    let p = publisher.clone();
+    tokio::task::spawn_blocking(move || {
+        p.with(|s| {
+            for _ in 0..20_000 {
+                s.send_multipart(stamped(vec![b'x'; 1024]), 0).unwrap();
+            }
+        })
+    })
+    .await
+    .unwrap();
+    let err = within(secs(30), "loss croak", async {
+        loop {
+            if let Err(e) = sub.recv().await {
+                break e;
+            }
+        }
+    })
+    .await;
+    let alarm = err.alarm().expect("a croak");
+    assert_eq!(alarm.cause(), Cause::Loss, "{alarm}");
+    let gap = alarm.gap().expect("the gap");
+    assert!(gap.lost() > 0 && gap.got > gap.expected, "{alarm}");
+    assert_eq!(alarm.publisher().as_ref(), b"lz-hwm");
+}
