@@ -284,3 +284,48 @@ async fn a_libzmq_pub_dropping_at_its_hwm_is_caught_as_loss() {
     assert!(gap.lost() > 0 && gap.got > gap.expected, "{alarm}");
     assert_eq!(alarm.publisher().as_ref(), b"lz-hwm");
 }
+
+/// A peer's protocol garbage never ends the subscriber: a libzmq PUB with
+/// ZMTP heartbeats (which the `zeromq` crate rejects, dropping the
+/// connection) keeps being read across the reconnects, and the errors are
+/// counted. (Tied to the heartbeat guard in `interop_basics.rs`: if the
+/// crate learns heartbeats, this needs another source of garbage.)
+#[tokio::test]
+async fn receive_errors_are_counted_and_the_subscriber_carries_on() {
+    trace_init();
+    let publisher = Lz::new(zmq::PUB);
+    publisher.with(|s| s.set_heartbeat_ivl(50).unwrap());
+    let ep = publisher.bind_loopback();
+    // Losses across reconnects are expected here: count, do not croak.
+    let config = SnailConfig::new().detector(DetectorConfig::default().max_lost(None));
+    let mut sub = SnailSubscriber::attach(&[EndpointSpec::connect(&ep).unwrap()], &[""], config)
+        .await
+        .unwrap();
+    let mut stamper = Stamper::with_epoch("lz-hb", 1).unwrap();
+    let p = publisher.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let feeder = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let mut f = vec![Bytes::from_static(b"T")];
+            stamper.stamp(&mut f, SystemTime::now());
+            p.with(|z| z.send_multipart(f.iter().map(|b| b.to_vec()), 0).unwrap());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    within(secs(30), "receive errors", async {
+        while sub.stats().socket_errors < 2 {
+            sub.recv().await.expect("never an error");
+        }
+    })
+    .await;
+    let before = sub.stats().delivered;
+    within(secs(30), "deliveries after the errors", async {
+        while sub.stats().delivered < before + 20 {
+            sub.recv().await.expect("never an error");
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+}

@@ -21,7 +21,7 @@ pub enum SnailError {
     /// The detector fired and the policy (or the recovery hook) said abort.
     #[error("subscriber cannot keep up: {0}")]
     CannotKeepUp(Box<Alarm>),
-    /// The socket failed.
+    /// The socket could not be set up (subscribing, sending).
     #[error("socket error: {0}")]
     Socket(#[from] zeromq::ZmqError),
     /// An endpoint could not be bound or connected.

@@ -160,6 +160,8 @@ pub struct SubscriberStats {
     pub recoveries: u64,
     /// Messages discarded by [`Recovery::SkipUntilLagBelow`].
     pub skipped: u64,
+    /// Receive errors from the socket (logged and skipped).
+    pub socket_errors: u64,
 }
 
 /// A checked subscriber: `recv()` returns the next message, or the croak.
@@ -235,11 +237,27 @@ impl SnailSubscriber {
     /// [`SnailError::CannotKeepUp`] when the policy aborts; the caller
     /// should then stop (see [`SnailError::exit_code`]).
     ///
-    /// Cancel-safe: dropping the future while it awaits the socket loses
-    /// nothing; dropping it inside a recovery hook drops that hook's future.
+    /// A receive error (a peer's protocol garbage makes the `zeromq` crate
+    /// drop that connection, and the SUB reconnects) is logged, counted in
+    /// [`SubscriberStats::socket_errors`] and skipped: it never ends the
+    /// subscriber.
+    ///
+    /// Cancel-safe while waiting for a message; cancelling during a
+    /// recovery hook loses the message that fired.
     pub async fn recv(&mut self) -> Result<Delivery, SnailError> {
         loop {
-            let frames = self.socket.recv().await?.into_vec();
+            let frames = match self.socket.recv().await {
+                Ok(msg) => msg.into_vec(),
+                Err(cause) => {
+                    self.stats.socket_errors += 1;
+                    let n = self.stats.socket_errors;
+                    if n.is_power_of_two() {
+                        tracing::warn!(%cause, errors = n, "receive error, carrying on");
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+            };
             if let Some(d) = self.check(frames, SystemTime::now()).await? {
                 self.stats.delivered += 1;
                 return Ok(d);
