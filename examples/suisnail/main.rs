@@ -133,8 +133,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         verbose: args.verbose,
     };
     println!(
-        "subscriber: work 1..={} ms per message, croak beyond {} ms",
-        args.work_ms, args.max_delay_ms
+        "subscriber: {}, croak beyond {} ms",
+        match args.work_ms {
+            0 => "no work".to_owned(),
+            n => format!("work 1..={n} ms per message"),
+        },
+        args.max_delay_ms
     );
     let report = run_subscriber(&opts, stop.child_token())
         .await
