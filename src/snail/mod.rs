@@ -1,6 +1,7 @@
 //! Suicidal Snail: slow-subscriber detection for pub-sub, where the
-//! publisher cannot see its subscribers and the `zeromq` crate's PUB drops
-//! silently when one falls behind.
+//! publisher cannot see its subscribers and nothing reports a subscriber
+//! falling behind (a libzmq PUB drops silently at its HWM; the `zeromq`
+//! crate's PUB queues without bound, so the backlog shows only as lag).
 //!
 //! Guide ch. 5, "Slow Subscriber Detection (Suicidal Snail Pattern)": a
 //! publisher stamps every message; each subscriber compares the stamp with
