@@ -48,7 +48,7 @@ struct Args {
     /// Implementations to measure, comma-separated [default: both].
     #[arg(long = "impls", value_delimiter = ',', value_enum)]
     impls: Option<Vec<Impl>>,
-    /// Seconds each sender sends [default: 2; --quick: 0.25].
+    /// Seconds each sender sends [default: 2; --quick: 0.8].
     #[arg(long, value_parser = parse_secs)]
     secs: Option<f64>,
     /// Repetitions of every case (interleaved); the table shows the median run.
@@ -212,7 +212,7 @@ fn orchestrate(args: &Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| vec![Impl::Zeromq, Impl::Libzmq]);
     let settings = Settings {
-        secs: args.secs.unwrap_or(if args.quick { 0.25 } else { 2.0 }),
+        secs: args.secs.unwrap_or(if args.quick { 0.8 } else { 2.0 }),
         rt: args.rt,
         yield_every: args.yield_every,
         max_mb: args.max_mb,

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::conn::{self, Limits, Out, Shared, Up};
 use crate::endpoint::{Attach, EndpointError, EndpointSpec};
-use crate::pubsub::{prefix_matches, SubEvent, SubscriptionError};
+use crate::pubsub::{Registry, SubEvent, SubscriptionError, Upstream};
 
 /// A subscriber's id, unique within one server.
 pub type PeerId = u64;
@@ -92,7 +92,7 @@ pub enum XPubEvent {
         error: SubscriptionError,
     },
     /// A subscriber went away; `subscriptions` are the prefixes it still
-    /// held (one entry per subscribe), now cancelled.
+    /// held (one entry per subscribe, in byte order), now cancelled.
     Disconnected {
         /// The subscriber.
         peer: PeerId,
@@ -115,7 +115,9 @@ pub struct Delivery {
 #[derive(Debug)]
 struct Peer {
     tx: mpsc::Sender<Out>,
-    subs: Vec<Bytes>,
+    /// Its prefixes, counted: matching costs a lookup per distinct prefix
+    /// length, not a scan of every subscription.
+    subs: Registry,
     remote: SocketAddr,
     dropping: u64,
 }
@@ -204,7 +206,7 @@ impl XPubServer {
                 debug!(peer, %remote, "subscriber connected");
                 let p = Peer {
                     tx,
-                    subs: Vec::new(),
+                    subs: Registry::new(),
                     remote,
                     dropping: 0,
                 };
@@ -216,7 +218,11 @@ impl XPubServer {
                 debug!(peer, remote = %p.remote, %reason, "subscriber gone");
                 Some(XPubEvent::Disconnected {
                     peer,
-                    subscriptions: p.subs,
+                    subscriptions: p
+                        .subs
+                        .counts()
+                        .flat_map(|(t, n)| std::iter::repeat_n(t.clone(), n as usize))
+                        .collect(),
                     reason,
                 })
             }
@@ -229,21 +235,18 @@ impl XPubServer {
                         error,
                     },
                     Ok(SubEvent::Subscribe(t)) => {
-                        p.subs.push(t.clone());
+                        p.subs.subscribe(t.clone());
                         XPubEvent::Subscription {
                             peer,
                             event: SubEvent::Subscribe(t),
                         }
                     }
-                    Ok(SubEvent::Unsubscribe(t)) => match p.subs.iter().position(|s| *s == t) {
-                        Some(i) => {
-                            p.subs.swap_remove(i);
-                            XPubEvent::Subscription {
-                                peer,
-                                event: SubEvent::Unsubscribe(t),
-                            }
-                        }
-                        None => XPubEvent::UnmatchedUnsubscribe { peer, topic: t },
+                    Ok(SubEvent::Unsubscribe(t)) => match p.subs.unsubscribe(&t) {
+                        Upstream::Unmatched => XPubEvent::UnmatchedUnsubscribe { peer, topic: t },
+                        Upstream::Forward(_) | Upstream::Absorbed => XPubEvent::Subscription {
+                            peer,
+                            event: SubEvent::Unsubscribe(t),
+                        },
                     },
                 })
             }
@@ -257,7 +260,7 @@ impl XPubServer {
         let topic: &[u8] = msg.first().map(|b| &b[..]).unwrap_or(&[]);
         let mut d = Delivery::default();
         for (id, p) in &mut self.peers {
-            if !p.subs.iter().any(|s| prefix_matches(s, topic)) {
+            if !p.subs.matches(topic) {
                 continue;
             }
             if offer(*id, p, Out::One(msg.clone()), &self.drops) {
