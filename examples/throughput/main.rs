@@ -48,7 +48,7 @@ struct Args {
     /// Implementations to measure, comma-separated [default: both].
     #[arg(long = "impls", value_delimiter = ',', value_enum)]
     impls: Option<Vec<Impl>>,
-    /// Seconds each sender sends [default: 2; --quick: 0.8].
+    /// Seconds each sender sends [default: 2; --quick: 1.2].
     #[arg(long, value_parser = parse_secs)]
     secs: Option<f64>,
     /// Repetitions of every case (interleaved); the table shows the median run.
@@ -60,6 +60,9 @@ struct Args {
     /// Draw msgs/s per pattern and size as an SVG bar chart in FILE.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Measure nothing: print the table (and --plot) of an earlier --out FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["out", "runs", "quick"])]
+    from: Option<PathBuf>,
     /// tokio runtime of the zeromq-crate processes.
     #[arg(long, value_enum, default_value_t = Runtime::Ct)]
     rt: Runtime,
@@ -196,6 +199,12 @@ fn child(role: Role, args: &Args) -> anyhow::Result<()> {
 }
 
 fn orchestrate(args: &Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.from {
+        let json = std::fs::read_to_string(path)?;
+        let rows: Vec<report::Row> = serde_json::from_str(&json)
+            .map_err(|e| anyhow::anyhow!("{}: not a --out file: {e}", path.display()))?;
+        return present(&rows, args);
+    }
     let sizes = args.sizes.clone().unwrap_or_else(|| {
         if args.quick {
             vec![16, 256, 4096]
@@ -212,7 +221,7 @@ fn orchestrate(args: &Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| vec![Impl::Zeromq, Impl::Libzmq]);
     let settings = Settings {
-        secs: args.secs.unwrap_or(if args.quick { 0.8 } else { 2.0 }),
+        secs: args.secs.unwrap_or(if args.quick { 1.2 } else { 2.0 }),
         rt: args.rt,
         yield_every: args.yield_every,
         max_mb: args.max_mb,
@@ -258,14 +267,19 @@ fn orchestrate(args: &Args) -> anyhow::Result<()> {
         settings.rt.name(),
         settings.yield_every
     );
-    print!("{}", report::table(&table));
     if let Some(path) = &args.out {
         std::fs::write(path, report::json(&table))?;
         eprintln!("wrote {}", path.display());
     }
+    present(&table, args)
+}
+
+/// Prints the table, draws the chart, fails if any case failed.
+fn present(table: &[report::Row], args: &Args) -> anyhow::Result<()> {
+    print!("{}", report::table(table));
     if let Some(path) = &args.plot {
         let title = "msgs/s, zeromq crate + zpatterns vs libzmq 4.3 (log scale, 127.0.0.1)";
-        std::fs::write(path, report::svg(&table, title))?;
+        std::fs::write(path, report::svg(table, title))?;
         eprintln!("wrote {}", path.display());
     }
     let failed = table.iter().filter(|r| !r.ok()).count();

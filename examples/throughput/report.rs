@@ -146,6 +146,17 @@ pub(crate) fn fmt_rate(x: f64) -> String {
     }
 }
 
+/// Axis labels for powers of ten: `1`, `10`, `100`, `1k` ... `10M`.
+fn fmt_decade(exp: f64) -> String {
+    let e = exp.round() as i32;
+    let (unit, base) = match e {
+        e if e >= 6 => ("M", 6),
+        e if e >= 3 => ("k", 3),
+        _ => ("", 0),
+    };
+    format!("{}{unit}", 10u64.pow((e - base).max(0) as u32))
+}
+
 fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
     x.map(f).unwrap_or_else(|| "-".to_owned())
 }
@@ -352,7 +363,7 @@ fn panel(s: &mut String, pattern: &str, rows: &[&&Row], ox: f64, oy: f64, lo: f6
             left + pw,
             left - 4.0,
             y + 4.0,
-            fmt_rate(10f64.powf(e))
+            fmt_decade(e)
         );
         e += 1.0;
     }
@@ -518,5 +529,8 @@ mod tests {
         assert_eq!(fmt_rate(2_345_678.0), "2.35M");
         assert_eq!(fmt_rate(12_345.0), "12.3k");
         assert_eq!(fmt_rate(950.0), "950");
+        assert_eq!(fmt_decade(0.0), "1");
+        assert_eq!(fmt_decade(4.0), "10k");
+        assert_eq!(fmt_decade(6.0), "1M");
     }
 }

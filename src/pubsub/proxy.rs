@@ -308,7 +308,7 @@ impl<H: Hooks> Run<H> {
         let mut n: u32 = 0;
         loop {
             n = n.wrapping_add(1);
-            if n % 64 == 0 && cancel.is_cancelled() {
+            if n.is_multiple_of(64) && cancel.is_cancelled() {
                 break;
             }
             tokio::select! {
