@@ -12,8 +12,8 @@ use anyhow::Context as _;
 
 use crate::cases::{Family, Pattern};
 use crate::proto::{
-    emit, finish_after_stop_blocking, finish_now_blocking, rtt_histogram, sender_report,
-    with_percentiles, Budget, Control, Meter, Topics,
+    emit, finish_after_stop_blocking, finish_now_blocking, sender_report, Budget, Control, Meter,
+    RoundTrips, Topics,
 };
 use crate::{lzproxy, Role, RoleArgs};
 
@@ -119,24 +119,16 @@ fn ping(req: &zmq::Socket, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
         req.send(&b"w"[..], 0)?;
         req.recv(&mut reply, 0)?;
     }
-    let payload = vec![b'x'; a.size];
-    let budget = Budget::new(a.secs, a.size, a.max_bytes);
-    let mut hist = rtt_histogram();
-    let start = Instant::now();
-    let mut n = 0u64;
-    while !budget.done(start, n) {
+    let mut trips = RoundTrips::start(a.size, a.secs, a.max_bytes);
+    while trips.more() {
         let t = Instant::now();
-        req.send(&payload[..], 0)?;
+        req.send(&trips.payload[..], 0)?;
         req.recv(&mut reply, 0)?;
-        hist.saturating_record(t.elapsed().as_nanos() as u64);
-        anyhow::ensure!(reply.len() == a.size, "echo changed the message");
-        n += 1;
+        trips.record(t, reply.len())?;
     }
-    let elapsed_s = start.elapsed().as_secs_f64();
+    let report = trips.finish();
     req.send(&b""[..], 0)?;
-    finish_after_stop_blocking(ctl, || {
-        with_percentiles(sender_report(n, a.size, elapsed_s), &hist)
-    })
+    finish_after_stop_blocking(ctl, || report)
 }
 
 fn recv(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {

@@ -272,17 +272,65 @@ pub(crate) fn sender_report(sent: u64, size: usize, elapsed_s: f64) -> Report {
 }
 
 /// A histogram of round-trip times in nanoseconds (1 ns .. 60 s, 3 digits).
-pub(crate) fn rtt_histogram() -> Histogram<u64> {
+fn rtt_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
 /// Adds the percentiles (in µs) of `hist` to `report`.
-pub(crate) fn with_percentiles(mut report: Report, hist: &Histogram<u64>) -> Report {
+fn with_percentiles(mut report: Report, hist: &Histogram<u64>) -> Report {
     let us = |q: f64| Some(hist.value_at_quantile(q) as f64 / 1000.0);
     report.p50_us = us(0.5);
     report.p99_us = us(0.99);
     report.p999_us = us(0.999);
     report
+}
+
+/// The measured phase of a latency run: round trips for the budget, each
+/// timed into a histogram.
+#[derive(Debug)]
+pub(crate) struct RoundTrips {
+    pub(crate) payload: Vec<u8>,
+    budget: Budget,
+    hist: Histogram<u64>,
+    start: Instant,
+    pub(crate) n: u64,
+}
+
+impl RoundTrips {
+    /// Starts the clock.
+    pub(crate) fn start(size: usize, secs: f64, max_bytes: u64) -> Self {
+        Self {
+            payload: vec![b'x'; size],
+            budget: Budget::new(secs, size, max_bytes),
+            hist: rtt_histogram(),
+            start: Instant::now(),
+            n: 0,
+        }
+    }
+
+    /// True while the budget lasts.
+    pub(crate) fn more(&self) -> bool {
+        !self.budget.done(self.start, self.n)
+    }
+
+    /// Records the round trip that began at `sent` and brought back
+    /// `reply_len` bytes.
+    pub(crate) fn record(&mut self, sent: Instant, reply_len: usize) -> anyhow::Result<()> {
+        self.hist
+            .saturating_record(sent.elapsed().as_nanos() as u64);
+        anyhow::ensure!(reply_len == self.payload.len(), "echo changed the message");
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Stops the clock: the report with percentiles.
+    pub(crate) fn finish(self) -> Report {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        with_percentiles(
+            sender_report(self.n, self.payload.len(), elapsed),
+            &self.hist,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -16,8 +16,7 @@ use zeromq::ZmqMessage;
 
 use crate::cases::{Family, Pattern};
 use crate::proto::{
-    emit, emit_result, rtt_histogram, sender_report, with_percentiles, Budget, Control, Meter,
-    Report, Topics,
+    emit, emit_result, sender_report, Budget, Control, Meter, Report, RoundTrips, Topics,
 };
 use crate::{zproxy, Role, RoleArgs, Runtime};
 
@@ -146,26 +145,17 @@ async fn ping(mut req: zeromq::ReqSocket, a: &RoleArgs, ctl: &Control) -> anyhow
         req.send(message(Family::ReqRep, &topics, 0, b"w")).await?;
         req.recv().await?;
     }
-    let payload = vec![b'x'; a.size];
-    let budget = Budget::new(a.secs, a.size, a.max_bytes);
-    let mut hist = rtt_histogram();
-    let start = Instant::now();
-    let mut n = 0u64;
-    while !budget.done(start, n) {
+    let mut trips = RoundTrips::start(a.size, a.secs, a.max_bytes);
+    while trips.more() {
         let t = Instant::now();
-        req.send(message(Family::ReqRep, &topics, n, &payload))
-            .await?;
+        let msg = message(Family::ReqRep, &topics, trips.n, &trips.payload);
+        req.send(msg).await?;
         let reply = req.recv().await?;
-        hist.saturating_record(t.elapsed().as_nanos() as u64);
-        anyhow::ensure!(last_len(&reply) == a.size, "echo changed the message");
-        n += 1;
+        trips.record(t, last_len(&reply))?;
     }
-    let elapsed_s = start.elapsed().as_secs_f64();
+    let report = trips.finish();
     req.send(message(Family::ReqRep, &topics, 0, b"")).await?;
-    finish_after_stop(ctl, || {
-        with_percentiles(sender_report(n, a.size, elapsed_s), &hist)
-    })
-    .await
+    finish_after_stop(ctl, || report).await
 }
 
 fn last_len(msg: &ZmqMessage) -> usize {
