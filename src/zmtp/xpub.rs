@@ -386,3 +386,60 @@ async fn connect_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(cmd: u8, topic: &str) -> Vec<Bytes> {
+        let mut v = vec![cmd];
+        v.extend_from_slice(topic.as_bytes());
+        vec![Bytes::from(v)]
+    }
+
+    /// Subscriptions of one subscriber are a multiset: a duplicate needs
+    /// its own unsubscribe, and a disconnect cancels every one still held.
+    #[tokio::test]
+    async fn subscriptions_are_counted_per_subscriber() {
+        let mut x = XPubServer::attach(&EndpointSpec::loopback(), XPubOptions::default())
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let remote = ([127, 0, 0, 1], 1).into();
+        x.apply(Up::Connected {
+            peer: 1,
+            remote,
+            tx,
+        });
+        for f in [frame(1, "A"), frame(1, "A"), frame(1, "B"), frame(0, "A")] {
+            x.apply(Up::Message { peer: 1, frames: f });
+        }
+        let a: Shared = vec![Bytes::from_static(b"A-1")].into();
+        let c: Shared = vec![Bytes::from_static(b"C-1")].into();
+        assert_eq!(
+            x.publish(&a).queued,
+            1,
+            "one of the two A subscriptions is left"
+        );
+        assert_eq!(x.publish(&c).queued, 0);
+        assert!(matches!(rx.try_recv(), Ok(Out::One(m)) if m == a));
+        assert_eq!(
+            x.apply(Up::Message {
+                peer: 1,
+                frames: frame(0, "C")
+            }),
+            Some(XPubEvent::UnmatchedUnsubscribe {
+                peer: 1,
+                topic: Bytes::from("C")
+            })
+        );
+        let gone = x.apply(Up::Closed {
+            peer: 1,
+            reason: "bye".into(),
+        });
+        let Some(XPubEvent::Disconnected { subscriptions, .. }) = gone else {
+            panic!("{gone:?}");
+        };
+        assert_eq!(subscriptions, [Bytes::from("A"), Bytes::from("B")]);
+    }
+}
