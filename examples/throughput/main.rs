@@ -34,7 +34,7 @@ use orchestrate::Settings;
 /// Throughput (msgs/s, MB/s) and request-reply latency of this crate's
 /// paths beside libzmq's, measured in separate processes over loopback TCP.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Short runs of 16 B, 256 B and 4 KiB: the whole comparison in about a minute.
     #[arg(long)]
