@@ -4,12 +4,16 @@
 //! an SVG chart; bad arguments must fail clearly. Numbers are never checked
 //! against a speed, only for being measured at all.
 //!
-//! The example's report module is compiled into this test too, so its unit
-//! tests (table, JSON, SVG, medians) run in plain `cargo test`.
+//! The example's report and chart modules are compiled into this test too,
+//! so their unit tests (table, JSON, SVG, medians) run in plain `cargo test`.
 
 #[path = "../examples/throughput/report.rs"]
 #[allow(dead_code)]
 mod report;
+
+#[path = "../examples/throughput/chart.rs"]
+#[allow(dead_code)]
+mod chart;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -14,6 +14,7 @@
 //! (`--plot`). Method and results: `patterns/throughput.md`.
 
 mod cases;
+mod chart;
 mod lz;
 mod lzproxy;
 mod machine;
@@ -279,7 +280,7 @@ fn present(table: &[report::Row], args: &Args) -> anyhow::Result<()> {
     print!("{}", report::table(table));
     if let Some(path) = &args.plot {
         let title = "msgs/s, zeromq crate + zpatterns vs libzmq 4.3 (log scale, 127.0.0.1)";
-        std::fs::write(path, report::svg(table, title))?;
+        std::fs::write(path, chart::svg(table, title))?;
         eprintln!("wrote {}", path.display());
     }
     let failed = table.iter().filter(|r| !r.ok()).count();
