@@ -197,11 +197,12 @@ pub(crate) fn run_case(case: &Case, s: &Settings) -> Row {
     };
     let mut best: Option<Row> = None;
     for _ in 0..3 {
-        if !machine::wait_quiet(limit, Duration::from_secs(60)) {
-            eprint!("(never quiet) ");
+        if !machine::wait_quiet(limit, Duration::from_secs(30)) {
+            eprint!("(not quiet after 30 s) ");
         }
         let row = attempt(case, s);
-        let noisy = row.other_cpu_pct.unwrap_or(0.0) > limit;
+        let others = row.other_cpu_pct.unwrap_or(0.0);
+        let noisy = others > limit;
         let better = match &best {
             None => true,
             Some(b) => !b.ok() || (row.ok() && row.other_cpu_pct < b.other_cpu_pct),
@@ -212,10 +213,7 @@ pub(crate) fn run_case(case: &Case, s: &Settings) -> Row {
         if !noisy && best.as_ref().is_some_and(Row::ok) {
             break;
         }
-        eprint!(
-            "(others used {:.0}%, again) ",
-            best.as_ref().and_then(|b| b.other_cpu_pct).unwrap_or(0.0)
-        );
+        eprint!("(others used {others:.0}%, again) ");
     }
     best.expect("at least one attempt")
 }
