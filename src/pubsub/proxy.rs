@@ -299,12 +299,23 @@ impl<H: Hooks> Run<H> {
             }
         }
         info!("proxy running");
+        // The cancellation branch goes last: polling a `cancelled()` future
+        // locks two mutexes, which cost ~7% of the proxy's CPU at 16 B when
+        // it was polled first for every message. While idle it is reached
+        // (and wakes us); under a flood it is checked every 64 messages.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let mut n: u32 = 0;
         loop {
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(64) && cancel.is_cancelled() {
+                break;
+            }
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
                 ev = self.xpub.recv() => self.on_backend_event(ev).await,
                 r = self.xsub.recv() => self.on_publisher_message(r).await,
+                _ = &mut cancelled => break,
             }
         }
         info!(stats = ?self.counters.snapshot(), "proxy stopped");
@@ -317,14 +328,14 @@ impl<H: Hooks> Run<H> {
             Err(e) => return self.recv_error(e).await,
         };
         let len: usize = msg.iter().map(Bytes::len).sum();
-        Counters::add(&self.counters.messages_in, 1);
-        Counters::add(&self.counters.bytes_in, len as u64);
+        Counters::bump(&self.counters.messages_in, 1);
+        Counters::bump(&self.counters.bytes_in, len as u64);
         self.hooks.on_message(&msg, Instant::now());
         let d = self.xpub.publish(&msg);
-        Counters::add(&self.counters.messages_out, 1);
-        Counters::add(&self.counters.bytes_out, len as u64);
-        Counters::add(&self.counters.deliveries, d.queued as u64);
-        Counters::add(&self.counters.slow_drops, d.dropped as u64);
+        Counters::bump(&self.counters.messages_out, 1);
+        Counters::bump(&self.counters.bytes_out, len as u64);
+        Counters::bump(&self.counters.deliveries, d.queued as u64);
+        Counters::bump(&self.counters.slow_drops, d.dropped as u64);
         // The frontend can always have more to read; let the subscribers'
         // writer tasks (and new connections) run between batches.
         tokio::task::consume_budget().await;

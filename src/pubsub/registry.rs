@@ -32,6 +32,10 @@ pub enum Upstream {
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
     counts: BTreeMap<Bytes, u64>,
+    /// (length, how many distinct prefixes have it), sorted by length:
+    /// [`Registry::matches`] looks up only lengths that exist (usually a
+    /// handful), not every prefix of the topic.
+    lengths: Vec<(usize, usize)>,
 }
 
 impl Registry {
@@ -53,6 +57,10 @@ impl Registry {
         let count = self.counts.entry(topic.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
+            match self.lengths.binary_search_by_key(&topic.len(), |&(l, _)| l) {
+                Ok(i) => self.lengths[i].1 += 1,
+                Err(i) => self.lengths.insert(i, (topic.len(), 1)),
+            }
             Upstream::Forward(SubEvent::Subscribe(topic))
         } else {
             Upstream::Absorbed
@@ -69,6 +77,12 @@ impl Registry {
             }
             Some(_) => {
                 self.counts.remove(topic);
+                if let Ok(i) = self.lengths.binary_search_by_key(&topic.len(), |&(l, _)| l) {
+                    self.lengths[i].1 -= 1;
+                    if self.lengths[i].1 == 0 {
+                        self.lengths.remove(i);
+                    }
+                }
                 Upstream::Forward(SubEvent::Unsubscribe(topic.clone()))
             }
         }
@@ -81,9 +95,18 @@ impl Registry {
 
     /// True if any subscribed prefix matches the message topic `topic`.
     pub fn matches(&self, topic: &[u8]) -> bool {
-        // Every prefix of `topic` that is a key sorts at or before `topic`;
-        // checking each candidate prefix length is O(len * log n).
-        (0..=topic.len()).any(|n| self.counts.contains_key(&topic[..n]))
+        // A subscribed prefix of `topic` has one of the subscribed lengths:
+        // one lookup per distinct length, O(lengths * log n). The only
+        // prefix of length 0 is "" (everything): no lookup needed.
+        self.lengths
+            .iter()
+            .take_while(|&&(n, _)| n <= topic.len())
+            .any(|&(n, _)| n == 0 || self.counts.contains_key(&topic[..n]))
+    }
+
+    /// Each subscribed prefix with its count.
+    pub fn counts(&self) -> impl Iterator<Item = (&Bytes, u64)> {
+        self.counts.iter().map(|(t, &c)| (t, c))
     }
 
     /// The distinct subscribed prefixes, in byte order.
@@ -188,6 +211,9 @@ mod tests {
             }
             let naive = matches_any(model.keys().map(|k| k.as_bytes()), probe.as_bytes());
             prop_assert_eq!(r.matches(probe.as_bytes()), naive);
+            let lengths: std::collections::BTreeSet<usize> = model.keys().map(String::len).collect();
+            prop_assert_eq!(r.lengths.iter().map(|&(l, _)| l).collect::<std::collections::BTreeSet<_>>(), lengths);
+            prop_assert!(r.lengths.windows(2).all(|w| w[0].0 < w[1].0));
             for (k, c) in &model {
                 prop_assert_eq!(r.count(k.as_bytes()), *c);
             }

@@ -73,7 +73,17 @@ counters! {
 }
 
 impl Counters {
+    /// Adds `n` from any thread (an atomic read-modify-write).
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    /// Adds `n` to a counter that only the proxy task writes (readers take
+    /// snapshots). A plain load and store: no locked instruction on the
+    /// per-message path, where six `fetch_add`s cost ~4% of the proxy's CPU.
+    pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+        }
     }
 }

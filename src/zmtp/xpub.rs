@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::conn::{self, Limits, Out, Shared, Up};
 use crate::endpoint::{Attach, EndpointError, EndpointSpec};
-use crate::pubsub::{prefix_matches, SubEvent, SubscriptionError};
+use crate::pubsub::{Registry, SubEvent, SubscriptionError, Upstream};
 
 /// A subscriber's id, unique within one server.
 pub type PeerId = u64;
@@ -93,7 +93,7 @@ pub enum XPubEvent {
         error: SubscriptionError,
     },
     /// A subscriber went away; `subscriptions` are the prefixes it still
-    /// held (one entry per subscribe), now cancelled.
+    /// held (one entry per subscribe, in byte order), now cancelled.
     Disconnected {
         /// The subscriber.
         peer: PeerId,
@@ -116,7 +116,9 @@ pub struct Delivery {
 #[derive(Debug)]
 struct Peer {
     tx: mpsc::Sender<Out>,
-    subs: Vec<Bytes>,
+    /// Its prefixes, counted: matching costs a lookup per distinct prefix
+    /// length, not a scan of every subscription.
+    subs: Registry,
     remote: SocketAddr,
     dropping: u64,
 }
@@ -205,7 +207,7 @@ impl XPubServer {
                 debug!(peer, %remote, "subscriber connected");
                 let p = Peer {
                     tx,
-                    subs: Vec::new(),
+                    subs: Registry::new(),
                     remote,
                     dropping: 0,
                 };
@@ -217,7 +219,11 @@ impl XPubServer {
                 debug!(peer, remote = %p.remote, %reason, "subscriber gone");
                 Some(XPubEvent::Disconnected {
                     peer,
-                    subscriptions: p.subs,
+                    subscriptions: p
+                        .subs
+                        .counts()
+                        .flat_map(|(t, n)| std::iter::repeat_n(t.clone(), n as usize))
+                        .collect(),
                     reason,
                 })
             }
@@ -230,21 +236,18 @@ impl XPubServer {
                         error,
                     },
                     Ok(SubEvent::Subscribe(t)) => {
-                        p.subs.push(t.clone());
+                        p.subs.subscribe(t.clone());
                         XPubEvent::Subscription {
                             peer,
                             event: SubEvent::Subscribe(t),
                         }
                     }
-                    Ok(SubEvent::Unsubscribe(t)) => match p.subs.iter().position(|s| *s == t) {
-                        Some(i) => {
-                            p.subs.swap_remove(i);
-                            XPubEvent::Subscription {
-                                peer,
-                                event: SubEvent::Unsubscribe(t),
-                            }
-                        }
-                        None => XPubEvent::UnmatchedUnsubscribe { peer, topic: t },
+                    Ok(SubEvent::Unsubscribe(t)) => match p.subs.unsubscribe(&t) {
+                        Upstream::Unmatched => XPubEvent::UnmatchedUnsubscribe { peer, topic: t },
+                        Upstream::Forward(_) | Upstream::Absorbed => XPubEvent::Subscription {
+                            peer,
+                            event: SubEvent::Unsubscribe(t),
+                        },
                     },
                 })
             }
@@ -258,7 +261,7 @@ impl XPubServer {
         let topic: &[u8] = msg.first().map(|b| &b[..]).unwrap_or(&[]);
         let mut d = Delivery::default();
         for (id, p) in &mut self.peers {
-            if !p.subs.iter().any(|s| prefix_matches(s, topic)) {
+            if !p.subs.matches(topic) {
                 continue;
             }
             if offer(*id, p, Out::One(msg.clone()), &self.drops) {
@@ -382,5 +385,62 @@ async fn connect_loop(
             _ = tokio::time::sleep(every) => {}
             _ = cancel.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(cmd: u8, topic: &str) -> Vec<Bytes> {
+        let mut v = vec![cmd];
+        v.extend_from_slice(topic.as_bytes());
+        vec![Bytes::from(v)]
+    }
+
+    /// Subscriptions of one subscriber are a multiset: a duplicate needs
+    /// its own unsubscribe, and a disconnect cancels every one still held.
+    #[tokio::test]
+    async fn subscriptions_are_counted_per_subscriber() {
+        let mut x = XPubServer::attach(&EndpointSpec::loopback(), XPubOptions::default())
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let remote = ([127, 0, 0, 1], 1).into();
+        x.apply(Up::Connected {
+            peer: 1,
+            remote,
+            tx,
+        });
+        for f in [frame(1, "A"), frame(1, "A"), frame(1, "B"), frame(0, "A")] {
+            x.apply(Up::Message { peer: 1, frames: f });
+        }
+        let a: Shared = vec![Bytes::from_static(b"A-1")].into();
+        let c: Shared = vec![Bytes::from_static(b"C-1")].into();
+        assert_eq!(
+            x.publish(&a).queued,
+            1,
+            "one of the two A subscriptions is left"
+        );
+        assert_eq!(x.publish(&c).queued, 0);
+        assert!(matches!(rx.try_recv(), Ok(Out::One(m)) if m == a));
+        assert_eq!(
+            x.apply(Up::Message {
+                peer: 1,
+                frames: frame(0, "C")
+            }),
+            Some(XPubEvent::UnmatchedUnsubscribe {
+                peer: 1,
+                topic: Bytes::from("C")
+            })
+        );
+        let gone = x.apply(Up::Closed {
+            peer: 1,
+            reason: "bye".into(),
+        });
+        let Some(XPubEvent::Disconnected { subscriptions, .. }) = gone else {
+            panic!("{gone:?}");
+        };
+        assert_eq!(subscriptions, [Bytes::from("A"), Bytes::from("B")]);
     }
 }

@@ -1,0 +1,204 @@
+//! What can be measured: implementations, patterns and their topologies,
+//! and the plan (the interleaved list of runs).
+//!
+//! Adding a pattern (the Black Box subscriber is the next one) takes four
+//! steps, all marked `EXTENSION` below and in the role modules:
+//!
+//! 1. a variant in [`Pattern`] (clap derives its `--patterns` name);
+//! 2. its answers in [`Pattern::topology`], [`Pattern::family`] and
+//!    [`Pattern::impls`] (which implementations have it);
+//! 3. the receiver in `zrs::recv` (and, if there is a libzmq twin, in
+//!    `lz::recv`); senders are chosen by [`Pattern::family`], so a new
+//!    pub-sub receiver reuses the publishers as they are;
+//! 4. nothing in the orchestrator or the report: rows, ratios, JSON and the
+//!    chart are generic.
+
+use clap::ValueEnum;
+
+/// Which stack a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
+pub(crate) enum Impl {
+    /// The pure-Rust `zeromq` crate 0.7 and this crate's proxies.
+    Zeromq,
+    /// libzmq 4.3 through the `zmq` crate (blocking API, 1 I/O thread).
+    Libzmq,
+}
+
+impl Impl {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Impl::Zeromq => "zeromq",
+            Impl::Libzmq => "libzmq",
+        }
+    }
+}
+
+/// A measured path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
+pub(crate) enum Pattern {
+    /// PUB -> SUB, `[topic][payload]`; PUB may drop (delivered % shows it).
+    Pubsub,
+    /// PUSH -> PULL, one frame, lossless (backpressure).
+    Pushpull,
+    /// DEALER -> ROUTER, one way, one frame, lossless.
+    DealerRouter,
+    /// REQ <-> REP ping-pong: round trips/s and latency percentiles.
+    ReqrepLatency,
+    /// PUB -> proxy (XSUB/XPUB) -> SUB: `zpatterns::pubsub` vs `zmq_proxy`.
+    Proxy,
+    /// PUB -> tracing proxy -> SUB, capture drained by a listener:
+    /// `zpatterns::espresso` vs `zmq_proxy` with a capture socket.
+    Espresso,
+    /// PUB -> Last Value Cache -> SUB: `zpatterns::lvc` vs the Guide's
+    /// lvcache (SUB + verbose XPUB + HashMap + poll loop) on libzmq.
+    Lvc,
+    // EXTENSION: `Blackbox` (zeromq PUB -> zpatterns::blackbox subscriber).
+}
+
+/// Which processes a run has and who binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Topology {
+    /// Receiver binds, sender connects.
+    Direct,
+    /// A proxy process binds both sides; sender and receiver connect.
+    Proxied,
+}
+
+/// How senders behave (which sockets, which message shape, end markers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// PUB, `[topic][payload]`, end marker repeated until STOP (PUB drops).
+    PubSub,
+    /// PUSH, one frame, one end marker.
+    Push,
+    /// DEALER, one frame, one end marker.
+    Dealer,
+    /// REQ ping-pong.
+    ReqRep,
+}
+
+impl Pattern {
+    /// Every pattern, in table order.
+    pub(crate) const ALL: [Pattern; 7] = [
+        Pattern::Pubsub,
+        Pattern::Pushpull,
+        Pattern::DealerRouter,
+        Pattern::ReqrepLatency,
+        Pattern::Proxy,
+        Pattern::Espresso,
+        Pattern::Lvc,
+    ];
+
+    /// The `--patterns` / JSON name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Pattern::Pubsub => "pubsub",
+            Pattern::Pushpull => "pushpull",
+            Pattern::DealerRouter => "dealer-router",
+            Pattern::ReqrepLatency => "reqrep-latency",
+            Pattern::Proxy => "proxy",
+            Pattern::Espresso => "espresso",
+            Pattern::Lvc => "lvc",
+        }
+    }
+
+    pub(crate) fn topology(self) -> Topology {
+        match self {
+            Pattern::Proxy | Pattern::Espresso | Pattern::Lvc => Topology::Proxied,
+            _ => Topology::Direct,
+        }
+    }
+
+    pub(crate) fn family(self) -> Family {
+        match self {
+            Pattern::Pushpull => Family::Push,
+            Pattern::DealerRouter => Family::Dealer,
+            Pattern::ReqrepLatency => Family::ReqRep,
+            Pattern::Pubsub | Pattern::Proxy | Pattern::Espresso | Pattern::Lvc => Family::PubSub,
+        }
+    }
+
+    /// The implementations this pattern is measured on.
+    pub(crate) fn impls(self) -> &'static [Impl] {
+        &[Impl::Zeromq, Impl::Libzmq]
+    }
+
+    /// True if the sender's RESULT carries the headline numbers (latency).
+    pub(crate) fn sender_measures(self) -> bool {
+        self.family() == Family::ReqRep
+    }
+}
+
+/// One run to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Case {
+    pub(crate) imp: Impl,
+    pub(crate) pattern: Pattern,
+    pub(crate) size: usize,
+}
+
+/// The runs, interleaved as in `perf-anchors.md`: for each repetition, each
+/// pattern and size, every implementation back to back (A B A B ...), so
+/// slow drifts of a shared machine hit both sides alike.
+pub(crate) fn plan(
+    patterns: &[Pattern],
+    sizes: &[usize],
+    impls: &[Impl],
+    runs: usize,
+) -> Vec<Case> {
+    let mut out = Vec::new();
+    for rep in 0..runs {
+        for &pattern in patterns {
+            for &size in sizes {
+                let mut these: Vec<Impl> = impls
+                    .iter()
+                    .copied()
+                    .filter(|i| pattern.impls().contains(i))
+                    .collect();
+                // Alternate which side goes first from one repetition to the next.
+                if rep % 2 == 1 {
+                    these.reverse();
+                }
+                out.extend(these.into_iter().map(|imp| Case { imp, pattern, size }));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_interleaves_and_alternates() {
+        let p = plan(
+            &[Pattern::Pubsub],
+            &[16, 256],
+            &[Impl::Zeromq, Impl::Libzmq],
+            2,
+        );
+        let order: Vec<_> = p.iter().map(|c| (c.imp, c.size)).collect();
+        assert_eq!(
+            order,
+            [
+                (Impl::Zeromq, 16),
+                (Impl::Libzmq, 16),
+                (Impl::Zeromq, 256),
+                (Impl::Libzmq, 256),
+                (Impl::Libzmq, 16),
+                (Impl::Zeromq, 16),
+                (Impl::Libzmq, 256),
+                (Impl::Zeromq, 256),
+            ]
+        );
+    }
+
+    #[test]
+    fn names_match_clap_values() {
+        for p in Pattern::ALL {
+            let v = p.to_possible_value().unwrap();
+            assert_eq!(v.get_name(), p.name());
+        }
+    }
+}

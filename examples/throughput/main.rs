@@ -1,0 +1,327 @@
+//! Throughput and latency, side by side: this crate (the `zeromq` crate and
+//! the `zpatterns` proxies) against libzmq 4.3, over TCP on 127.0.0.1, with
+//! sender, receiver and proxy in separate processes.
+//!
+//! ```text
+//! cargo run --release --example throughput -- --quick            # about a minute
+//! cargo run --release --example throughput -- --runs 3 --out t.json --plot t.svg
+//! cargo run --release --example throughput -- --patterns proxy,lvc --sizes 256 --secs 5
+//! ```
+//!
+//! The orchestrator spawns this same binary with `--role send|recv|proxy`
+//! (see `orchestrate.rs` for the protocol), prints progress on stderr, an
+//! aligned table on stdout, and writes JSON (`--out`) and an SVG chart
+//! (`--plot`). Method and results: `patterns/throughput.md`.
+
+mod cases;
+mod chart;
+mod lz;
+mod lzproxy;
+mod machine;
+mod orchestrate;
+mod proto;
+mod report;
+mod zproxy;
+mod zrs;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+
+use cases::{plan, Impl, Pattern};
+use orchestrate::Settings;
+
+/// Throughput (msgs/s, MB/s) and request-reply latency of this crate's
+/// paths beside libzmq's, measured in separate processes over loopback TCP.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Short runs of 16 B, 256 B and 4 KiB: the whole comparison in about a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Payload sizes in bytes, comma-separated, `k` = KiB [default: 16,256,4096,65536; --quick: 16,256,4096].
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    sizes: Option<Vec<usize>>,
+    /// Patterns to measure, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    patterns: Option<Vec<Pattern>>,
+    /// Implementations to measure, comma-separated [default: both].
+    #[arg(long = "impls", value_delimiter = ',', value_enum)]
+    impls: Option<Vec<Impl>>,
+    /// Seconds each sender sends [default: 2; --quick: 1.2].
+    #[arg(long, value_parser = parse_secs)]
+    secs: Option<f64>,
+    /// Repetitions of every case (interleaved); the table shows the median run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+    runs: u32,
+    /// Write the rows as a JSON list to FILE.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Draw msgs/s per pattern and size as an SVG bar chart in FILE.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Measure nothing: print the table (and --plot) of an earlier --out FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["out", "runs", "quick"])]
+    from: Option<PathBuf>,
+    /// tokio runtime of the zeromq-crate processes.
+    #[arg(long, value_enum, default_value_t = Runtime::Ct)]
+    rt: Runtime,
+    /// zeromq-crate senders yield to the runtime every N sends (0 = never).
+    #[arg(long, default_value_t = 256)]
+    yield_every: u64,
+    /// At most this many MB of payload per run (bounds the zeromq crate's
+    /// 100,000-message queues at large sizes).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_mb: u64,
+    /// Measure on a quiet machine: before each run wait until other
+    /// programs use less than PCT % of one core, and repeat a run (twice at
+    /// most) when they used more during it.
+    #[arg(long, value_name = "PCT")]
+    guard: Option<f64>,
+
+    // The child roles (internal: the orchestrator passes these).
+    /// Internal: run as one process of a measurement.
+    #[arg(long, value_enum, hide = true)]
+    role: Option<Role>,
+    /// Internal: the implementation of this process.
+    #[arg(long = "impl", value_enum, hide = true)]
+    imp: Option<Impl>,
+    /// Internal: the pattern of this process.
+    #[arg(long, value_enum, hide = true)]
+    pattern: Option<Pattern>,
+    /// Internal: the payload size.
+    #[arg(long, hide = true, value_parser = parse_size)]
+    size: Option<usize>,
+    /// Internal: the endpoint to connect to.
+    #[arg(long, hide = true)]
+    connect: Option<String>,
+    /// Internal: seconds after which this process exits whatever happens.
+    #[arg(long, hide = true, default_value_t = 120.0, value_parser = parse_secs)]
+    deadline: f64,
+}
+
+/// What a child process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Role {
+    Send,
+    Recv,
+    Proxy,
+}
+
+/// The tokio runtime flavour of zeromq-crate processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Runtime {
+    /// `current_thread`: one thread (fastest on 2 vCPUs, perf-anchors.md).
+    Ct,
+    /// `multi_thread` with one worker per core.
+    Mt,
+}
+
+impl Runtime {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Runtime::Ct => "ct",
+            Runtime::Mt => "mt",
+        }
+    }
+}
+
+/// What a child needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct RoleArgs {
+    pub(crate) pattern: Pattern,
+    pub(crate) size: usize,
+    pub(crate) secs: f64,
+    pub(crate) connect: Option<String>,
+    pub(crate) rt: Runtime,
+    pub(crate) yield_every: u64,
+    pub(crate) max_bytes: u64,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (digits, mult) = match s.trim().strip_suffix(['k', 'K']) {
+        Some(d) => (d, 1024),
+        None => (s.trim(), 1),
+    };
+    let n = digits
+        .parse::<usize>()
+        .map_err(|_| format!("{s:?} is not a size in bytes (e.g. 256 or 64k)"))?
+        * mult;
+    if !(2..=16 << 20).contains(&n) {
+        return Err(format!(
+            "{n} B is out of range: sizes are 2 B..16 MiB (0 and 1 byte are the end and warm-up markers)"
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 3600.0 => Ok(x),
+        _ => Err(format!(
+            "{s:?} is not a duration in seconds (0 < secs <= 3600)"
+        )),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match args.role {
+        Some(role) => child(role, &args),
+        None => orchestrate(&args),
+    }
+}
+
+fn child(role: Role, args: &Args) -> anyhow::Result<()> {
+    let (Some(imp), Some(pattern), Some(size)) = (args.imp, args.pattern, args.size) else {
+        anyhow::bail!("--role needs --impl, --pattern and --size");
+    };
+    let a = RoleArgs {
+        pattern,
+        size,
+        secs: args.secs.unwrap_or(2.0),
+        connect: args.connect.clone(),
+        rt: args.rt,
+        yield_every: args.yield_every,
+        max_bytes: args.max_mb << 20,
+    };
+    let ctl = proto::Control::start(Duration::from_secs_f64(args.deadline));
+    match imp {
+        Impl::Zeromq => zrs::run(role, &a, ctl),
+        Impl::Libzmq => lz::run(role, &a, ctl),
+    }
+}
+
+fn orchestrate(args: &Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.from {
+        let json = std::fs::read_to_string(path)?;
+        let rows: Vec<report::Row> = serde_json::from_str(&json)
+            .map_err(|e| anyhow::anyhow!("{}: not a --out file: {e}", path.display()))?;
+        return present(&rows, args);
+    }
+    let sizes = args.sizes.clone().unwrap_or_else(|| {
+        if args.quick {
+            vec![16, 256, 4096]
+        } else {
+            vec![16, 256, 4096, 65536]
+        }
+    });
+    let patterns = args
+        .patterns
+        .clone()
+        .unwrap_or_else(|| Pattern::ALL.to_vec());
+    let impls = args
+        .impls
+        .clone()
+        .unwrap_or_else(|| vec![Impl::Zeromq, Impl::Libzmq]);
+    let settings = Settings {
+        secs: args.secs.unwrap_or(if args.quick { 1.2 } else { 2.0 }),
+        rt: args.rt,
+        yield_every: args.yield_every,
+        max_mb: args.max_mb,
+        guard: args.guard,
+    };
+    let cases = plan(&patterns, &sizes, &impls, args.runs as usize);
+    anyhow::ensure!(!cases.is_empty(), "nothing to measure");
+    let started = Instant::now();
+    let mut rows = Vec::with_capacity(cases.len());
+    for (i, case) in cases.iter().enumerate() {
+        eprint!(
+            "[{}/{}] {} {} {} ... ",
+            i + 1,
+            cases.len(),
+            case.imp.name(),
+            case.pattern.name(),
+            report::fmt_size(case.size)
+        );
+        let row = orchestrate::run_case(case, &settings);
+        if row.ok() {
+            let deliv = row
+                .delivered_pct
+                .map(|d| format!(" ({d:.1}% delivered)"))
+                .unwrap_or_default();
+            eprintln!("{} msgs/s{deliv}", report::fmt_rate(row.msgs_per_s));
+        } else {
+            eprintln!("{}", row.status);
+        }
+        rows.push(row);
+    }
+    let mut table = report::aggregate(&rows);
+    report::add_ratios(&mut table);
+    eprintln!(
+        "{} runs in {:.0} s; {} per case: {:.2} s of sending, runtime {}, yield every {}",
+        cases.len(),
+        started.elapsed().as_secs_f64(),
+        if args.runs > 1 {
+            "median run"
+        } else {
+            "one run"
+        },
+        settings.secs,
+        settings.rt.name(),
+        settings.yield_every
+    );
+    if let Some(path) = &args.out {
+        std::fs::write(path, report::json(&table))?;
+        eprintln!("wrote {}", path.display());
+    }
+    present(&table, args)
+}
+
+/// Prints the table, draws the chart, fails if any case failed.
+fn present(table: &[report::Row], args: &Args) -> anyhow::Result<()> {
+    print!("{}", report::table(table));
+    if let Some(path) = &args.plot {
+        let title = "msgs/s, zeromq crate + zpatterns vs libzmq 4.3 (log scale, 127.0.0.1)";
+        std::fs::write(path, chart::svg(table, title))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let failed = table.iter().filter(|r| !r.ok()).count();
+    anyhow::ensure!(failed == 0, "{failed} case(s) failed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_clear_errors() {
+        assert_eq!(parse_size("256"), Ok(256));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert!(parse_size("1").unwrap_err().contains("markers"));
+        assert!(parse_size("abc").unwrap_err().contains("not a size"));
+        assert!(parse_secs("0").is_err());
+        assert_eq!(parse_secs("0.5"), Ok(0.5));
+    }
+
+    #[test]
+    fn cli_parses_selections() {
+        let a = Args::try_parse_from([
+            "throughput",
+            "--quick",
+            "--sizes",
+            "16,4k",
+            "--patterns",
+            "pubsub,dealer-router",
+            "--impls",
+            "libzmq",
+        ])
+        .unwrap();
+        assert_eq!(a.sizes, Some(vec![16, 4096]));
+        assert_eq!(
+            a.patterns,
+            Some(vec![Pattern::Pubsub, Pattern::DealerRouter])
+        );
+        assert_eq!(a.impls, Some(vec![Impl::Libzmq]));
+        assert!(Args::try_parse_from(["throughput", "--patterns", "nope"]).is_err());
+        assert!(Args::try_parse_from(["throughput", "--sizes", "0"]).is_err());
+    }
+}
