@@ -22,7 +22,7 @@ use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, Phase, ServerAddr
 
 /// Clone throughput and snapshot benchmark.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Writer clients.
     #[arg(long, default_value_t = 2)]

@@ -17,7 +17,7 @@ use zpatterns::clone::{ClientConfig, CloneClient, ServerAddr};
 
 /// Clone client: subscribes to a subtree, writes random ephemeral values.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// A server as tcp://HOST:P (P+1 and P+2 implied); give it twice for a
     /// primary and a backup.

@@ -13,7 +13,7 @@ use zpatterns::clone::{CloneServer, ServerConfig};
 /// Clone server: a sequenced key-value store with snapshots, subtrees and
 /// ephemeral values, compatible with the Guide's CHP clients.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Base port P: binds P (snapshots), P+1 (updates), P+2 (collector).
     #[arg(long, default_value_t = 5556, value_parser = clap::value_parser!(u16).range(1..=65533))]

@@ -26,7 +26,7 @@ use zpatterns::pubsub::{ProxyConfig, ProxyStats};
 /// Endpoints follow CZMQ: `@` binds, `>` connects, a bare endpoint takes the
 /// flag's default. Without --frontend/--backend, runs the Guide's demo.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Publisher side (XSUB); connects by default [default: tcp://localhost:6000].
     #[arg(long, value_name = "ENDPOINT", value_parser = connect_by_default)]

@@ -12,7 +12,7 @@ use zpatterns::pubsub::ProxyConfig;
 /// prefixed with `>` (e.g. `--frontend '>tcp://localhost:5556'` sits behind a
 /// publisher that binds).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Publisher side.
     #[arg(long, value_name = "ENDPOINT", default_value = "tcp://*:5557", value_parser = bind_by_default)]

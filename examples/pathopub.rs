@@ -18,7 +18,7 @@ use zpatterns::frames::message;
 
 /// Pathological publisher (ZeroMQ Guide, chapter 5, "Last Value Caching").
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Where to publish. Without it, binds tcp://*:5556; with it, connects
     /// (as the Guide's prose intends), or binds if prefixed with `@`.

@@ -7,7 +7,7 @@ use zpatterns::endpoint::{connect_by_default, EndpointSpec};
 
 /// Pathological subscriber (ZeroMQ Guide, chapter 5, "Last Value Caching").
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Where to subscribe; connects unless prefixed with `@` [default: tcp://localhost:5556].
     #[arg(value_name = "ENDPOINT", value_parser = connect_by_default)]

@@ -34,7 +34,7 @@ use zpatterns::endpoint::{Attach, EndpointSpec};
 
 /// Black Box: a sharded high-speed subscriber under a replayed feed.
 #[derive(Parser, Debug, Clone)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Run for this many seconds of publishing.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]

@@ -29,7 +29,7 @@ use subscriber::{run_subscriber, SubOptions};
 
 /// Suicidal Snail: a too-slow subscriber detects it and croaks.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Croak once a message is more than this many ms late (the Guide's
     /// MAX_ALLOWED_DELAY).

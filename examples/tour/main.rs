@@ -15,7 +15,7 @@ mod snail;
 
 /// A tour of the toolkit: every pattern, on loopback, in one process.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Run only the named section(s) (e.g. `--only lvc`).
     #[arg(long, value_delimiter = ',')]
@@ -59,7 +59,8 @@ const SECTIONS: &[Section] = &[
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
         )
         .init();
     let args = Args::parse();

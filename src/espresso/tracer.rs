@@ -53,7 +53,7 @@ impl Capture {
 }
 
 impl Hooks for Capture {
-    fn on_message(&mut self, msg: &Shared, _now: Instant) {
+    fn on_message(&mut self, msg: &Shared) {
         // Filter before building the event: data is the hot path.
         let topic = msg.first().map(|b| &b[..]).unwrap_or(&[]);
         if self.filter.accepts(super::EventKind::Message, topic) {

@@ -3,7 +3,8 @@
 //! topic, and answers each new subscription with the cached values that
 //! match it, sent to that subscriber only and before any live message.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -20,13 +21,42 @@ use crate::zmtp::{PeerId, Shared};
 #[derive(Debug)]
 pub struct CacheHook {
     cache: LastValueCache,
-    shared: Arc<Mutex<LvcCounters>>,
+    shared: Arc<LvcCounters>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+/// The cache's counters, published by the proxy task with plain atomic
+/// stores (one writer) and read by handles.
+#[derive(Debug, Default)]
 struct LvcCounters {
-    cache: CacheStats,
-    replays: u64,
+    topics: AtomicU64,
+    bytes: AtomicU64,
+    updates: AtomicU64,
+    evictions: AtomicU64,
+    no_value: AtomicU64,
+    too_large: AtomicU64,
+    replays: AtomicU64,
+}
+
+impl LvcCounters {
+    fn store(&self, s: &CacheStats) {
+        self.topics.store(s.topics, Relaxed);
+        self.bytes.store(s.bytes, Relaxed);
+        self.updates.store(s.updates, Relaxed);
+        self.evictions.store(s.evictions, Relaxed);
+        self.no_value.store(s.no_value, Relaxed);
+        self.too_large.store(s.too_large, Relaxed);
+    }
+
+    fn load(&self) -> CacheStats {
+        CacheStats {
+            topics: self.topics.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            updates: self.updates.load(Relaxed),
+            evictions: self.evictions.load(Relaxed),
+            no_value: self.no_value.load(Relaxed),
+            too_large: self.too_large.load(Relaxed),
+        }
+    }
 }
 
 impl CacheHook {
@@ -38,19 +68,17 @@ impl CacheHook {
         }
     }
 
-    fn publish_stats(&self, replay: bool) {
-        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        s.cache = self.cache.stats();
-        s.replays += u64::from(replay);
+    fn publish_stats(&self) {
+        self.shared.store(&self.cache.stats());
     }
 }
 
 impl Hooks for CacheHook {
-    fn on_message(&mut self, msg: &Shared, _now: Instant) {
+    fn on_message(&mut self, msg: &Shared) {
         if let Stored::TooLarge = self.cache.update(msg) {
             debug!(topic = ?msg.first(), "message larger than the cache budget; not cached");
         }
-        self.publish_stats(false);
+        self.publish_stats();
     }
 
     fn on_subscription(
@@ -66,7 +94,7 @@ impl Hooks for CacheHook {
         };
         reply.extend(self.cache.matching(prefix).cloned());
         info!(peer, prefix = %String::from_utf8_lossy(prefix), values = reply.len(), "sending cached values");
-        self.publish_stats(true);
+        self.shared.replays.fetch_add(1, Relaxed);
     }
 }
 
@@ -111,7 +139,7 @@ pub struct LvcStats {
 #[must_use = "the cache runs until cancelled; keep the handle to stop it and read its counters"]
 pub struct LvcHandle {
     proxy: ProxyHandle,
-    shared: Arc<Mutex<LvcCounters>>,
+    shared: Arc<LvcCounters>,
 }
 
 impl LvcHandle {
@@ -127,11 +155,10 @@ impl LvcHandle {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> LvcStats {
-        let s = *self.shared.lock().unwrap_or_else(|p| p.into_inner());
         LvcStats {
             proxy: self.proxy.stats(),
-            cache: s.cache,
-            replays: s.replays,
+            cache: self.shared.load(),
+            replays: self.shared.replays.load(Relaxed),
         }
     }
 

@@ -61,8 +61,10 @@ pub enum UpstreamMode {
 /// proxy task, so they must be quick and must never block: hand work to a
 /// channel with `try_send` instead.
 pub trait Hooks: Send + 'static {
-    /// A message from the publishers, before it is forwarded.
-    fn on_message(&mut self, _msg: &Shared, _now: Instant) {}
+    /// A message from the publishers, before it is forwarded. This is the
+    /// hot path, so no timestamp is taken for it: read a clock only if the
+    /// hook needs one.
+    fn on_message(&mut self, _msg: &Shared) {}
 
     /// A subscription event from subscriber `peer` (an unsubscribe is also
     /// reported for each subscription of a subscriber that disconnects).
@@ -88,9 +90,9 @@ pub trait Hooks: Send + 'static {
 impl Hooks for () {}
 
 impl<A: Hooks, B: Hooks> Hooks for (A, B) {
-    fn on_message(&mut self, msg: &Shared, now: Instant) {
-        self.0.on_message(msg, now);
-        self.1.on_message(msg, now);
+    fn on_message(&mut self, msg: &Shared) {
+        self.0.on_message(msg);
+        self.1.on_message(msg);
     }
     fn on_subscription(
         &mut self,
@@ -330,7 +332,7 @@ impl<H: Hooks> Run<H> {
         let len: usize = msg.iter().map(Bytes::len).sum();
         Counters::bump(&self.counters.messages_in, 1);
         Counters::bump(&self.counters.bytes_in, len as u64);
-        self.hooks.on_message(&msg, Instant::now());
+        self.hooks.on_message(&msg);
         let d = self.xpub.publish(&msg);
         Counters::bump(&self.counters.messages_out, 1);
         Counters::bump(&self.counters.bytes_out, len as u64);
