@@ -59,7 +59,7 @@ fn a_short_run_reports_every_case_on_both_stacks() {
         "--sizes",
         "16",
         "--patterns",
-        "pubsub,reqrep-latency,espresso",
+        "pubsub,reqrep-latency,espresso,blackbox",
         "--secs",
         "0.2",
         "--out",
@@ -72,15 +72,15 @@ fn a_short_run_reports_every_case_on_both_stacks() {
     assert!(out.status.success(), "failed:\n{stdout}\n{stderr}");
     // Progress on stderr, the table on stdout.
     assert!(
-        stderr.contains("[1/6]") && stderr.contains("[6/6]"),
+        stderr.contains("[1/8]") && stderr.contains("[8/8]"),
         "{stderr}"
     );
     assert!(stdout.starts_with("impl"), "{stdout}");
-    assert_eq!(stdout.lines().count(), 7, "{stdout}");
+    assert_eq!(stdout.lines().count(), 9, "{stdout}");
 
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 8);
     for r in &rows {
         for key in ["impl", "pattern", "size", "msgs_per_s", "mb_per_s"] {
             assert!(r.get(key).is_some(), "row without {key}: {r}");
@@ -98,13 +98,13 @@ fn a_short_run_reports_every_case_on_both_stacks() {
                 assert!(r["captured"].as_u64().unwrap() > 0, "{r}");
                 assert!(r["cpu_proxy_pct"].is_number(), "{r}");
             }
-            "pubsub" => assert!(r["delivered_pct"].as_f64().unwrap() > 0.0, "{r}"),
+            "pubsub" | "blackbox" => assert!(r["delivered_pct"].as_f64().unwrap() > 0.0, "{r}"),
             other => panic!("unexpected pattern {other}"),
         }
     }
     let impls: Vec<&str> = rows.iter().map(|r| r["impl"].as_str().unwrap()).collect();
-    assert_eq!(impls.iter().filter(|i| **i == "zeromq").count(), 3);
-    assert_eq!(impls.iter().filter(|i| **i == "libzmq").count(), 3);
+    assert_eq!(impls.iter().filter(|i| **i == "zeromq").count(), 4);
+    assert_eq!(impls.iter().filter(|i| **i == "libzmq").count(), 4);
     // Every zeromq row is compared with its libzmq twin.
     assert!(rows
         .iter()
@@ -113,7 +113,7 @@ fn a_short_run_reports_every_case_on_both_stacks() {
 
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("espresso"));
-    assert_eq!(svg.matches("<title>").count(), 6);
+    assert_eq!(svg.matches("<title>").count(), 8);
     std::fs::remove_dir_all(&dir).ok();
 }
 

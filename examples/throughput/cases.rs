@@ -52,7 +52,10 @@ pub(crate) enum Pattern {
     /// PUB -> Last Value Cache -> SUB: `zpatterns::lvc` vs the Guide's
     /// lvcache (SUB + verbose XPUB + HashMap + poll loop) on libzmq.
     Lvc,
-    // EXTENSION: `Blackbox` (zeromq PUB -> zpatterns::blackbox subscriber).
+    /// PUB -> sharded subscriber (one SUB, two workers): `zpatterns::blackbox`
+    /// (key-hashed, bounded tokio channels, worker threads) vs the Guide's
+    /// design on libzmq (SUB -> `inproc` PUSH -> two PULL worker threads).
+    Blackbox,
 }
 
 /// Which processes a run has and who binds.
@@ -79,7 +82,7 @@ pub(crate) enum Family {
 
 impl Pattern {
     /// Every pattern, in table order.
-    pub(crate) const ALL: [Pattern; 7] = [
+    pub(crate) const ALL: [Pattern; 8] = [
         Pattern::Pubsub,
         Pattern::Pushpull,
         Pattern::DealerRouter,
@@ -87,6 +90,7 @@ impl Pattern {
         Pattern::Proxy,
         Pattern::Espresso,
         Pattern::Lvc,
+        Pattern::Blackbox,
     ];
 
     /// The `--patterns` / JSON name.
@@ -99,6 +103,7 @@ impl Pattern {
             Pattern::Proxy => "proxy",
             Pattern::Espresso => "espresso",
             Pattern::Lvc => "lvc",
+            Pattern::Blackbox => "blackbox",
         }
     }
 
@@ -114,7 +119,11 @@ impl Pattern {
             Pattern::Pushpull => Family::Push,
             Pattern::DealerRouter => Family::Dealer,
             Pattern::ReqrepLatency => Family::ReqRep,
-            Pattern::Pubsub | Pattern::Proxy | Pattern::Espresso | Pattern::Lvc => Family::PubSub,
+            Pattern::Pubsub
+            | Pattern::Proxy
+            | Pattern::Espresso
+            | Pattern::Lvc
+            | Pattern::Blackbox => Family::PubSub,
         }
     }
 

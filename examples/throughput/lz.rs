@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use crate::cases::{Family, Pattern};
 use crate::proto::{
     emit, finish_after_stop_blocking, finish_now_blocking, sender_report, Budget, Control, Meter,
-    RoundTrips, Topics,
+    RoundTrips, SharedMeter, Topics,
 };
 use crate::{lzproxy, Role, RoleArgs};
 
@@ -137,7 +137,7 @@ fn recv(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
         Pattern::Pushpull => zmq::PULL,
         Pattern::DealerRouter => zmq::ROUTER,
         Pattern::ReqrepLatency => zmq::REP,
-        // EXTENSION: a libzmq Black Box (SUB -> inproc PUSH -> PULL workers).
+        Pattern::Blackbox => return blackbox(ctx, a, ctl),
     };
     let sock = ctx.socket(kind)?;
     if kind == zmq::SUB {
@@ -149,6 +149,59 @@ fn recv(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
     } else {
         meter(&sock, ctl)
     }
+}
+
+/// The Guide's Black Box on libzmq: a SUB thread hands every message over
+/// `inproc://` PUSH -> PULL to worker threads, round-robin as the Guide
+/// draws it (per-key order is not kept). One PUSH per worker, so that at
+/// the end marker each worker can be told to stop.
+fn blackbox(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
+    let sub = ctx.socket(zmq::SUB)?;
+    sub.set_subscribe(b"")?;
+    attach(&sub, a)?;
+    let meter = Arc::new(SharedMeter::default());
+    let mut pushes = Vec::new();
+    let mut workers = Vec::new();
+    for i in 0..crate::zrs::BLACKBOX_WORKERS {
+        let ep = format!("inproc://blackbox-{i}");
+        let push = ctx.socket(zmq::PUSH)?;
+        push.bind(&ep)?;
+        let pull = ctx.socket(zmq::PULL)?;
+        pull.connect(&ep)?;
+        let (meter, mine) = (meter.clone(), meter.worker());
+        workers.push(std::thread::spawn(move || -> zmq::Result<()> {
+            let mut msg = zmq::Message::new();
+            while !meter.observe(&mine, recv_last(&pull, &mut msg)?) {}
+            Ok(())
+        }));
+        pushes.push(push);
+    }
+    let mut msg = zmq::Message::new();
+    let mut next = 0;
+    loop {
+        sub.recv(&mut msg, 0)?;
+        let more = msg.get_more();
+        let end = !more && msg.is_empty();
+        let frame = std::mem::replace(&mut msg, zmq::Message::new());
+        pushes[next].send(frame, if more { zmq::SNDMORE } else { 0 })?;
+        if !more {
+            if end {
+                break;
+            }
+            next = (next + 1) % pushes.len();
+        }
+    }
+    for (i, push) in pushes.iter().enumerate() {
+        if i != next {
+            push.send(&b"E"[..], zmq::SNDMORE)?;
+            push.send(&b""[..], 0)?;
+        }
+    }
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    }
+    finish_now_blocking(ctl, &meter.report())
 }
 
 /// Receives one whole message into `msg`; returns its last frame's length.

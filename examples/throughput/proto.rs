@@ -360,3 +360,73 @@ mod tests {
         assert!(!b.done(Instant::now(), 10));
     }
 }
+
+/// One worker's counts, on a cache line of its own (no false sharing
+/// between workers on different cores).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct WorkerCount {
+    count: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// A meter fed by several worker threads (the Black Box rows): each worker
+/// counts into its own [`WorkerCount`]; the first data message starts the
+/// window; the end marker, seen by whichever worker gets it, ends it.
+#[derive(Debug, Default)]
+pub(crate) struct SharedMeter {
+    warm: AtomicBool,
+    first: std::sync::OnceLock<Instant>,
+    done: AtomicBool,
+    workers: std::sync::Mutex<Vec<Arc<WorkerCount>>>,
+}
+
+impl SharedMeter {
+    /// A counter for one more worker.
+    pub(crate) fn worker(&self) -> Arc<WorkerCount> {
+        let w = Arc::new(WorkerCount::default());
+        self.workers.lock().expect("not poisoned").push(w.clone());
+        w
+    }
+
+    /// Accounts one message at worker `w`; true at the end marker.
+    pub(crate) fn observe(&self, w: &WorkerCount, last_len: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        match classify(last_len) {
+            Kind::Data => {
+                self.first.get_or_init(Instant::now);
+                w.count.store(w.count.load(Relaxed) + 1, Relaxed);
+                w.bytes
+                    .store(w.bytes.load(Relaxed) + last_len as u64, Relaxed);
+                false
+            }
+            Kind::Warm => {
+                if !self.warm.swap(true, Relaxed) {
+                    emit("WARM");
+                }
+                false
+            }
+            Kind::End => {
+                self.done.store(true, Relaxed);
+                true
+            }
+        }
+    }
+
+    /// True once a worker saw the end marker.
+    pub(crate) fn done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The report, once every worker has drained its queue.
+    pub(crate) fn report(&self) -> Report {
+        use std::sync::atomic::Ordering::Relaxed;
+        let workers = self.workers.lock().expect("not poisoned");
+        Report {
+            count: workers.iter().map(|w| w.count.load(Relaxed)).sum(),
+            bytes: workers.iter().map(|w| w.bytes.load(Relaxed)).sum(),
+            elapsed_s: self.first.get().map_or(0.0, |f| f.elapsed().as_secs_f64()),
+            ..Report::default()
+        }
+    }
+}

@@ -16,7 +16,8 @@ use zeromq::ZmqMessage;
 
 use crate::cases::{Family, Pattern};
 use crate::proto::{
-    emit, emit_result, sender_report, Budget, Control, Meter, Report, RoundTrips, Topics,
+    emit, emit_result, sender_report, Budget, Control, Meter, Report, RoundTrips, SharedMeter,
+    Topics,
 };
 use crate::{zproxy, Role, RoleArgs, Runtime};
 
@@ -187,8 +188,40 @@ async fn recv(a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
             let mut rep = zeromq::RepSocket::new();
             attach(&mut rep, a).await?;
             echo(rep, ctl).await
-        } // EXTENSION: Pattern::Blackbox => blackbox::recv(a, ctl).await,
+        }
+        Pattern::Blackbox => blackbox(a, ctl).await,
     }
+}
+
+/// Workers of the sharded subscriber in the Black Box rows.
+pub(crate) const BLACKBOX_WORKERS: usize = 2;
+
+/// The Black Box receiver: one SUB, key-hashed hand-off over bounded
+/// channels (`Overflow::Block`: lossless) to worker threads that count.
+async fn blackbox(a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
+    use zpatterns::blackbox::{BlackBox, BlackBoxConfig};
+    use zpatterns::endpoint::EndpointSpec;
+    let spec = match &a.connect {
+        Some(ep) => EndpointSpec::connect(ep)?,
+        None => EndpointSpec::loopback(),
+    };
+    let meter = Arc::new(SharedMeter::default());
+    let config = BlackBoxConfig::new()
+        .socket(vec![spec], &[""])
+        .workers(BLACKBOX_WORKERS);
+    let bb = BlackBox::start(config, |_| {
+        let (meter, mine) = (meter.clone(), meter.worker());
+        move |msg: ZmqMessage| {
+            meter.observe(&mine, last_len(&msg));
+        }
+    })
+    .await?;
+    emit(&format!("READY {}", bb.endpoints()[0][0]));
+    while !meter.done() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    bb.shutdown().await?; // drains every worker's queue
+    finish_now(ctl, &meter.report()).await
 }
 
 /// Receives and counts until the end marker.
