@@ -57,10 +57,12 @@ const SECTIONS: &[Section] = &[
 ];
 
 fn main() -> anyhow::Result<()> {
+    // Each section prints its own report (including the snail's croak);
+    // library logs are off unless RUST_LOG asks for them.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
+                .unwrap_or_else(|_| "off".into()),
         )
         .init();
     let args = Args::parse();
