@@ -11,6 +11,9 @@
 //! cargo run --release --example clone_perf -- --writers 2 --subscribers 4 --updates 100000
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -42,11 +45,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    common::init_logging("warn");
     let args = Args::parse();
     let rt = if args.multi_thread {
         tokio::runtime::Builder::new_multi_thread()

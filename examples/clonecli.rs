@@ -7,6 +7,9 @@
 //! cargo run --example clonecli -- --server tcp://localhost:5556 --server tcp://localhost:5566
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Duration;
 
 use clap::error::ErrorKind;
@@ -35,11 +38,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    common::init_logging("info");
     let args = Args::parse();
     let usage = |kind, msg: &str| Args::command().error(kind, msg).exit();
     if args.servers.len() > 2 {

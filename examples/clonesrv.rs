@@ -6,6 +6,9 @@
 //! RUST_LOG=debug cargo run --example clonesrv   # every update, like the Guide
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use zpatterns::clone::{CloneServer, ServerConfig};
@@ -24,11 +27,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    common::init_logging("info");
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

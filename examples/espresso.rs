@@ -11,6 +11,9 @@
 //! cargo run --example espresso -- --frontend tcp://localhost:6000 --backend 'tcp://*:6001' --json
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Parser;
@@ -53,12 +56,7 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_logging("warn");
     let args = Args::parse();
     let mut filter = CaptureFilter::all().subscriptions_only(args.subscriptions_only);
     for t in &args.topics {
@@ -106,21 +104,7 @@ async fn standalone(args: &Args, filter: CaptureFilter) -> anyhow::Result<()> {
 async fn demo(args: &Args, filter: CaptureFilter) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     // Publisher: one random "%c-%05d" every 100 ms, as in the Guide.
-    let mut publisher = zeromq::PubSocket::new();
-    let pub_ep = publisher.bind("tcp://127.0.0.1:0").await?.to_string();
-    let pub_cancel = cancel.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        while !pub_cancel.is_cancelled() {
-            tick.tick().await;
-            let msg = format!(
-                "{}-{:05}",
-                (b'A' + fastrand::u8(0..10)) as char,
-                fastrand::u32(0..100_000)
-            );
-            let _ = publisher.send(msg.into()).await;
-        }
-    });
+    let pub_ep = common::spawn_letter_publisher(Duration::from_millis(100), cancel.clone()).await?;
     let config = ProxyConfig::new(EndpointSpec::connect(&pub_ep)?, EndpointSpec::loopback());
     let (proxy, mut events) =
         espresso::start(config, filter, args.capacity as usize, cancel.clone()).await?;

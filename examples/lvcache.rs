@@ -2,6 +2,9 @@
 //! subscribers to the backend, and every new subscription is answered at
 //! once with the cached values of the topics it matches.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use zpatterns::endpoint::{bind_by_default, EndpointSpec};
@@ -33,12 +36,7 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "zpatterns=info,warn".into()),
-        )
-        .init();
+    common::init_logging("zpatterns=info,warn");
     let args = Args::parse();
     let proxy = ProxyConfig::new(args.frontend, args.backend).subscriber_hwm(args.hwm);
     let config =

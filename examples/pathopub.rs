@@ -9,6 +9,9 @@
 //! cargo run --example pathosub -- tcp://localhost:5558     # prints "Save Roger" at once
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Duration;
 
 use clap::Parser;
@@ -40,11 +43,7 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    common::init_logging("warn");
     let args = Args::parse();
     let endpoint = match args.endpoint {
         Some(ep) => ep,

@@ -1,6 +1,9 @@
 //! The Guide's pathological subscriber: subscribes to one topic (random
 //! unless given) and prints each value on its own line.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::Parser;
 use zeromq::prelude::*;
 use zpatterns::endpoint::{connect_by_default, EndpointSpec};
@@ -22,11 +25,7 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    common::init_logging("warn");
     let args = Args::parse();
     let endpoint = match args.endpoint {
         Some(ep) => ep,

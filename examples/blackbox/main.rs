@@ -19,6 +19,9 @@
 //! when its own fan-out falls behind, so expect the publisher's memory to
 //! grow instead when the workers are slower than the feed).
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod feed;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,11 +106,7 @@ enum ThreadsArg {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    common::init_logging("warn");
     let args = Args::parse();
     let stop = CancellationToken::new();
     let sent = Arc::new(AtomicU64::new(0));

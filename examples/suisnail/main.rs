@@ -13,6 +13,9 @@
 //! (decimal ASCII ms), so it can watch the Guide's C publisher on libzmq.
 //! Exit status: 0 if stopped (ctrl-c), 3 if it croaked, 1 on other errors.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod subscriber;
 
 use std::process::ExitCode;
@@ -82,12 +85,7 @@ fn parse_clock(s: &str) -> Result<ClockSync, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_logging("warn");
     let args = Args::parse();
     let stop = CancellationToken::new();
     tokio::spawn({

@@ -13,6 +13,9 @@
 //! aligned table on stdout, and writes JSON (`--out`) and an SVG chart
 //! (`--plot`). Method and results: `patterns/throughput.md`.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod cases;
 mod chart;
 mod lz;
@@ -166,12 +169,7 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_logging("warn");
     let args = Args::parse();
     match args.role {
         Some(role) => child(role, &args),

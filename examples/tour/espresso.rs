@@ -18,21 +18,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
 
 async fn tour() -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    let mut publisher = zeromq::PubSocket::new();
-    let pub_ep = publisher.bind("tcp://127.0.0.1:0").await?.to_string();
-    let pub_cancel = cancel.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while !pub_cancel.is_cancelled() {
-            tick.tick().await;
-            let msg = format!(
-                "{}-{:05}",
-                (b'A' + fastrand::u8(0..10)) as char,
-                fastrand::u32(0..100_000)
-            );
-            let _ = publisher.send(msg.into()).await;
-        }
-    });
+    let pub_ep =
+        crate::common::spawn_letter_publisher(Duration::from_millis(20), cancel.clone()).await?;
     let config = ProxyConfig::new(EndpointSpec::connect(&pub_ep)?, EndpointSpec::loopback());
     let (proxy, mut events) =
         espresso::start(config, CaptureFilter::all(), 1024, cancel.clone()).await?;

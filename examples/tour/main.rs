@@ -5,6 +5,9 @@
 //! run best on, binds `127.0.0.1` on ephemeral ports, and prints a short
 //! report. `--only NAME` runs one section.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use clap::Parser;
 
 mod blackbox;
@@ -59,12 +62,7 @@ const SECTIONS: &[Section] = &[
 fn main() -> anyhow::Result<()> {
     // Each section prints its own report (including the snail's croak);
     // library logs are off unless RUST_LOG asks for them.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "off".into()),
-        )
-        .init();
+    common::init_logging("off");
     let args = Args::parse();
     if args.list {
         for (name, title, _) in SECTIONS {
