@@ -12,6 +12,15 @@
 //!
 //! - [`endpoint`]: `@bind` / `>connect` endpoint strings and attaching sockets.
 //! - [`frames`]: helpers between `ZmqMessage` and frame lists.
+//! - [`transport`]: the sans-IO `Process` contract of the consensus demos,
+//!   a message `Transport` trait, `ZmqTransport` (ROUTER in, supervised
+//!   DEALERs out), an in-memory `MemNet`, and the tokio driver.
+//! - [`sim`]: `Sim`, a seeded virtual-time network that delays, reorders,
+//!   drops, duplicates, partitions and crashes on purpose.
+//! - [`durable`]: the write-ahead log trait for acceptor (and Raft) state:
+//!   fsynced files, and a simulated disk that loses unsynced writes.
+//! - [`paxos`]: Multi-Paxos replicated key-value store (the seed's Paxos
+//!   demo, done right).
 //!
 //! # Limits of the underlying `zeromq` crate
 //!
@@ -21,5 +30,9 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+pub mod durable;
 pub mod endpoint;
 pub mod frames;
+pub mod paxos;
+pub mod sim;
+pub mod transport;

@@ -1,0 +1,944 @@
+//! `Sim`: the seeded, single-threaded, virtual-time network and node
+//! scheduler.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Rng, TraceHash};
+use crate::durable::SimDisk;
+use crate::transport::{NodeId, Outbox, Process, Time};
+
+/// A message in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Sender.
+    pub from: NodeId,
+    /// Destination.
+    pub to: NodeId,
+    /// The bytes, exactly as a transport would carry them.
+    pub msg: Bytes,
+}
+
+/// What a test filter decides for a message at the moment it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Let the link profile decide (delay, drop, duplicate).
+    Pass,
+    /// Drop it.
+    Drop,
+}
+
+/// How one directed link behaves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct LinkProfile {
+    /// Smallest one-way delay.
+    pub min_delay: Duration,
+    /// Largest one-way delay (uniform between min and max).
+    pub max_delay: Duration,
+    /// Probability that a message also gets a long extra delay (reordering,
+    /// as 6.824's "long reordering").
+    pub slow_chance: f64,
+    /// The extra delay of a slow message is uniform in `0..=slow_extra`.
+    pub slow_extra: Duration,
+    /// Probability that a message is lost.
+    pub drop: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+}
+
+impl LinkProfile {
+    /// A reliable link with a fixed delay.
+    pub fn reliable(delay: Duration) -> Self {
+        LinkProfile {
+            min_delay: delay,
+            max_delay: delay,
+            slow_chance: 0.0,
+            slow_extra: Duration::ZERO,
+            drop: 0.0,
+            duplicate: 0.0,
+        }
+    }
+
+    /// A reliable link with a delay uniform in `min..=max` (reorders when
+    /// the spread exceeds the gap between messages).
+    pub fn uniform(min: Duration, max: Duration) -> Self {
+        LinkProfile {
+            max_delay: max,
+            ..LinkProfile::reliable(min)
+        }
+    }
+
+    /// This profile with loss and duplication rates.
+    pub fn lossy(self, drop: f64, duplicate: f64) -> Self {
+        LinkProfile {
+            drop,
+            duplicate,
+            ..self
+        }
+    }
+
+    /// This profile with a slow tail: probability `chance` of up to `extra`
+    /// more delay.
+    pub fn slow_tail(self, chance: f64, extra: Duration) -> Self {
+        LinkProfile {
+            slow_chance: chance,
+            slow_extra: extra,
+            ..self
+        }
+    }
+}
+
+impl Default for LinkProfile {
+    /// 0.5-2 ms, reliable: a LAN.
+    fn default() -> Self {
+        LinkProfile::uniform(Duration::from_micros(500), Duration::from_millis(2))
+    }
+}
+
+/// The seed's adversarial message pump: every inbound message is held in a
+/// set; every `poll` the node's pump delivers one held message chosen at
+/// random with probability `deliver_chance`, else idles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct PumpProfile {
+    /// Interval between pump polls.
+    pub poll: Duration,
+    /// Probability that a poll delivers a message (the seed: 0.95).
+    pub deliver_chance: f64,
+}
+
+impl PumpProfile {
+    /// The seed's pump (0.95 per poll), polling every `poll`.
+    pub fn seed(poll: Duration) -> Self {
+        PumpProfile {
+            poll,
+            deliver_chance: 0.95,
+        }
+    }
+}
+
+/// What one [`Sim::step`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// When.
+    pub at: Time,
+    /// The node concerned.
+    pub node: NodeId,
+    /// What happened to it.
+    pub kind: StepKind,
+}
+
+/// The kinds of [`Step`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepKind {
+    /// A message from `from` was handled.
+    Delivered {
+        /// The sender.
+        from: NodeId,
+    },
+    /// A message was lost because the node was down or the link cut.
+    Lost {
+        /// The sender.
+        from: NodeId,
+    },
+    /// The node's timer fired.
+    Timer,
+    /// The pump polled and chose to idle (or moved a message into its set).
+    Pump,
+    /// The node crashed between handling an event and persisting.
+    CrashedMidStep,
+    /// A stale timer (cancelled or of a crashed node) was discarded.
+    Stale,
+}
+
+/// Counters of a simulation run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SimStats {
+    /// Messages produced by processes.
+    pub sent: u64,
+    /// Messages handled by processes.
+    pub delivered: u64,
+    /// Messages lost to the link's drop rate or a test filter.
+    pub dropped: u64,
+    /// Extra copies produced by the duplicate rate.
+    pub duplicated: u64,
+    /// Messages lost to a partition or a cut link.
+    pub cut: u64,
+    /// Messages lost because the destination was down (or unknown).
+    pub to_down: u64,
+    /// Timer firings.
+    pub timers: u64,
+    /// Crashes (including mid-step ones).
+    pub crashes: u64,
+    /// Crashes between a step and its fsync.
+    pub mid_step_crashes: u64,
+    /// Restarts.
+    pub restarts: u64,
+    /// Steps whose `persist` failed (their messages were discarded).
+    pub persist_failures: u64,
+}
+
+enum EventKind {
+    Deliver(Envelope),
+    Timer { node: NodeId, generation: u64 },
+    Pump { node: NodeId },
+}
+
+struct Event {
+    at: Time,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+type Factory<P> = Box<dyn FnMut(NodeId, SimDisk, Time) -> P>;
+type Filter = Box<dyn FnMut(&Envelope) -> Fate>;
+type Tap = Box<dyn FnMut(Time, &Envelope)>;
+
+struct NodeSlot<P> {
+    process: Option<P>,
+    factory: Factory<P>,
+    disk: SimDisk,
+    timer_at: Option<Time>,
+    timer_generation: u64,
+    held: Vec<Envelope>,
+    pump_armed: bool,
+}
+
+/// A deterministic simulated cluster of processes of type `P`.
+pub struct Sim<P: Process> {
+    now: Time,
+    rng: Rng,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Event>>,
+    nodes: BTreeMap<NodeId, NodeSlot<P>>,
+    default_link: LinkProfile,
+    links: BTreeMap<(NodeId, NodeId), LinkProfile>,
+    pump: Option<PumpProfile>,
+    groups: BTreeMap<NodeId, u32>,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    mid_step_crash: f64,
+    filter: Option<Filter>,
+    tap: Option<Tap>,
+    trace: TraceHash,
+    log: Option<Vec<String>>,
+    stats: SimStats,
+}
+
+impl<P: Process> fmt::Debug for Sim<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sim")
+            .field("now", &self.now)
+            .field("nodes", &self.nodes.keys().collect::<Vec<_>>())
+            .field("queued", &self.queue.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Process> Sim<P> {
+    /// An empty simulation whose every random choice follows `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut trace = TraceHash::new();
+        trace.write_u64(seed);
+        Sim {
+            now: Time::ZERO,
+            rng: Rng::new(seed),
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: BTreeMap::new(),
+            default_link: LinkProfile::default(),
+            links: BTreeMap::new(),
+            pump: None,
+            groups: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            mid_step_crash: 0.0,
+            filter: None,
+            tap: None,
+            trace,
+            log: None,
+            stats: SimStats::default(),
+        }
+    }
+
+    /// Adds a node built by `factory(id, disk, now)`; the factory is called
+    /// again, with the same disk, on every restart.
+    pub fn add_node(
+        &mut self,
+        id: NodeId,
+        factory: impl FnMut(NodeId, SimDisk, Time) -> P + 'static,
+    ) {
+        let mut factory: Factory<P> = Box::new(factory);
+        let disk = SimDisk::new();
+        let process = factory(id, disk.clone(), self.now);
+        self.nodes.insert(
+            id,
+            NodeSlot {
+                process: Some(process),
+                factory,
+                disk,
+                timer_at: None,
+                timer_generation: 0,
+                held: Vec::new(),
+                pump_armed: false,
+            },
+        );
+        self.rearm(id);
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The simulation's random generator (for scenario choices, so they
+    /// replay with the seed).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// The trace hash so far.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.finish()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SimStats {
+        self.stats
+    }
+
+    /// Keeps a readable log of every event (see [`Sim::log_tail`]).
+    pub fn record_log(&mut self, on: bool) {
+        self.log = on.then(Vec::new);
+    }
+
+    /// The last `n` logged events.
+    pub fn log_tail(&self, n: usize) -> &[String] {
+        match &self.log {
+            Some(l) => &l[l.len().saturating_sub(n)..],
+            None => &[],
+        }
+    }
+
+    /// The ids of all nodes.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The process of a node, if it is up.
+    pub fn node(&self, id: NodeId) -> Option<&P> {
+        self.nodes.get(&id)?.process.as_ref()
+    }
+
+    /// The process of a node, mutably, if it is up. Outputs it produces
+    /// through other means than `handle_*` are not sent.
+    pub fn node_mut(&mut self, id: NodeId) -> Option<&mut P> {
+        self.nodes.get_mut(&id)?.process.as_mut()
+    }
+
+    /// The processes that are up.
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &P)> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, s)| s.process.as_ref().map(|p| (*id, p)))
+    }
+
+    /// The disk of a node.
+    pub fn disk(&self, id: NodeId) -> Option<&SimDisk> {
+        self.nodes.get(&id).map(|s| &s.disk)
+    }
+
+    /// True if the node exists and is up.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.node(id).is_some()
+    }
+
+    /// Sets the profile of every link without its own.
+    pub fn set_default_link(&mut self, profile: LinkProfile) {
+        self.default_link = profile;
+    }
+
+    /// Sets the profile of the directed link `from -> to`.
+    pub fn set_link(&mut self, from: NodeId, to: NodeId, profile: LinkProfile) {
+        self.links.insert((from, to), profile);
+    }
+
+    /// Turns the adversarial pump on (for every node) or off. Turning it off
+    /// delivers nothing held: held messages stay until the pump returns.
+    pub fn set_pump(&mut self, pump: Option<PumpProfile>) {
+        self.pump = pump;
+        let ids = self.node_ids();
+        for id in ids {
+            self.arm_pump(id);
+        }
+    }
+
+    /// The probability that a node crashes after a step but before its
+    /// fsync (its messages are lost and so are its unsynced writes).
+    pub fn set_mid_step_crash(&mut self, p: f64) {
+        self.mid_step_crash = p;
+    }
+
+    /// Installs a filter that sees every message as it is sent.
+    pub fn set_filter(&mut self, f: impl FnMut(&Envelope) -> Fate + 'static) {
+        self.filter = Some(Box::new(f));
+    }
+
+    /// Removes the filter.
+    pub fn clear_filter(&mut self) {
+        self.filter = None;
+    }
+
+    /// Installs a tap that sees every message a process sends (before
+    /// loss), e.g. to count messages by kind.
+    pub fn set_tap(&mut self, f: impl FnMut(Time, &Envelope) + 'static) {
+        self.tap = Some(Box::new(f));
+    }
+
+    /// Splits the network: nodes in different groups cannot talk; nodes in
+    /// no group are each alone. Messages in flight across a cut are lost
+    /// when they land.
+    pub fn partition(&mut self, groups: &[&[NodeId]]) {
+        self.groups.clear();
+        let mut next = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+        for id in self.nodes.keys() {
+            let g = groups
+                .iter()
+                .position(|g| g.contains(id))
+                .map(|g| g as u32)
+                .unwrap_or_else(|| {
+                    next += 1;
+                    next
+                });
+            self.groups.insert(*id, g);
+        }
+        self.note(format!("partition {groups:?}"));
+        self.trace.write(b"P");
+        for (id, g) in &self.groups {
+            self.trace.write_u64(u64::from(id.0));
+            self.trace.write_u64(u64::from(*g));
+        }
+    }
+
+    /// Cuts one node off from all others.
+    pub fn isolate(&mut self, id: NodeId) {
+        let rest: Vec<NodeId> = self.node_ids().into_iter().filter(|n| *n != id).collect();
+        self.partition(&[&rest, &[id]]);
+    }
+
+    /// Cuts the directed link `from -> to` (partial connectivity).
+    pub fn block(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+        self.trace.write(b"B");
+        self.trace.write_u64(u64::from(from.0) << 32 | u64::from(to.0));
+    }
+
+    /// Removes every partition and cut link.
+    pub fn heal(&mut self) {
+        self.groups.clear();
+        self.blocked.clear();
+        self.note("heal".into());
+        self.trace.write(b"H");
+    }
+
+    /// True if `from` can currently reach `to`.
+    pub fn connected(&self, from: NodeId, to: NodeId) -> bool {
+        if from == to {
+            return true;
+        }
+        let g = |n| self.groups.get(&n).copied().unwrap_or(0);
+        g(from) == g(to) && !self.blocked.contains(&(from, to))
+    }
+
+    /// Crashes a node: its process is dropped, its unsynced writes are
+    /// lost, messages to it are lost until it restarts.
+    pub fn crash(&mut self, id: NodeId) {
+        let Some(slot) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if slot.process.take().is_none() {
+            return;
+        }
+        let lost = slot.disk.crash();
+        slot.held.clear();
+        slot.timer_at = None;
+        slot.timer_generation += 1;
+        self.stats.crashes += 1;
+        self.trace.write(b"C");
+        self.trace.write_u64(u64::from(id.0));
+        self.note(format!("crash {id} (lost {lost} unsynced records)"));
+    }
+
+    /// Restarts a crashed node from its disk.
+    pub fn restart(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(slot) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if slot.process.is_some() {
+            return;
+        }
+        slot.process = Some((slot.factory)(id, slot.disk.clone(), now));
+        self.stats.restarts += 1;
+        self.trace.write(b"R");
+        self.trace.write_u64(u64::from(id.0));
+        self.note(format!("restart {id}"));
+        self.rearm(id);
+    }
+
+    /// Delivers `msg` to `to` as if `from` had sent it now (through the
+    /// link profile and filter).
+    pub fn inject(&mut self, from: NodeId, to: NodeId, msg: Bytes) {
+        self.send(Envelope { from, to, msg });
+    }
+
+    /// Runs `f` on a node as a step of its own (e.g. to submit work), then
+    /// persists and sends what it produced.
+    pub fn with_node(&mut self, id: NodeId, f: impl FnOnce(&mut P, Time, &mut Outbox)) -> bool {
+        self.run_node(id, f)
+    }
+
+    /// Processes the next event; `None` if nothing is scheduled.
+    pub fn step(&mut self) -> Option<Step> {
+        let Reverse(ev) = self.queue.pop()?;
+        self.now = ev.at;
+        self.trace.write_u64(ev.at.as_micros());
+        Some(match ev.kind {
+            EventKind::Deliver(env) => self.land(env),
+            EventKind::Timer { node, generation } => self.fire_timer(node, generation),
+            EventKind::Pump { node } => self.pump_poll(node),
+        })
+    }
+
+    /// The time of the next event.
+    pub fn next_event_at(&self) -> Option<Time> {
+        self.queue.peek().map(|Reverse(e)| e.at)
+    }
+
+    /// Runs every event up to `deadline` (then sets the clock to it),
+    /// calling `check` after each; stops at the first error.
+    pub fn run_until<E>(
+        &mut self,
+        deadline: Time,
+        mut check: impl FnMut(&mut Self, &Step) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while self.next_event_at().is_some_and(|t| t <= deadline) {
+            if let Some(step) = self.step() {
+                check(self, &step)?;
+            }
+        }
+        self.now = self.now.max(deadline);
+        Ok(())
+    }
+
+    /// Runs for `d` of virtual time (see [`Sim::run_until`]).
+    pub fn run_for<E>(
+        &mut self,
+        d: Duration,
+        check: impl FnMut(&mut Self, &Step) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let deadline = self.now + d;
+        self.run_until(deadline, check)
+    }
+
+    fn note(&mut self, line: String) {
+        if let Some(log) = &mut self.log {
+            log.push(format!("{} {line}", self.now));
+        }
+    }
+
+    fn schedule(&mut self, at: Time, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Event {
+            at,
+            seq: self.seq,
+            kind,
+        }));
+    }
+
+    fn rearm(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(slot) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let want = slot.process.as_ref().and_then(|p| p.poll_timeout());
+        if want == slot.timer_at {
+            return;
+        }
+        slot.timer_at = want;
+        slot.timer_generation += 1;
+        let generation = slot.timer_generation;
+        if let Some(t) = want {
+            // A timer for "now" runs after what is already queued for now,
+            // one microsecond later, so a core cannot spin at one instant.
+            let at = t.max(now + Duration::from_micros(1));
+            self.schedule(at, EventKind::Timer { node: id, generation });
+        }
+    }
+
+    fn arm_pump(&mut self, id: NodeId) {
+        let Some(pump) = self.pump else { return };
+        let now = self.now;
+        let Some(slot) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if slot.pump_armed || slot.held.is_empty() {
+            return;
+        }
+        slot.pump_armed = true;
+        self.schedule(now + pump.poll, EventKind::Pump { node: id });
+    }
+
+    /// Runs one step of a node: `f`, then maybe a mid-step crash, then
+    /// persist, then the sends, then the timer.
+    fn run_node(&mut self, id: NodeId, f: impl FnOnce(&mut P, Time, &mut Outbox)) -> bool {
+        let now = self.now;
+        let mut out = Outbox::new();
+        let Some(process) = self.nodes.get_mut(&id).and_then(|s| s.process.as_mut()) else {
+            return false;
+        };
+        f(process, now, &mut out);
+        if self.mid_step_crash > 0.0 && self.rng.chance(self.mid_step_crash) {
+            self.stats.mid_step_crashes += 1;
+            self.crash(id);
+            return false;
+        }
+        let process = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|s| s.process.as_mut())
+            .expect("still up");
+        if let Err(e) = process.persist() {
+            self.stats.persist_failures += 1;
+            self.note(format!("{id} persist failed: {e}"));
+            out.clear();
+        }
+        for (to, msg) in out.drain() {
+            self.send(Envelope { from: id, to, msg });
+        }
+        self.rearm(id);
+        true
+    }
+
+    fn send(&mut self, env: Envelope) {
+        self.stats.sent += 1;
+        self.trace.write(b"S");
+        self.trace.write_u64(u64::from(env.from.0) << 32 | u64::from(env.to.0));
+        self.trace.write(&env.msg);
+        if let Some(tap) = &mut self.tap {
+            tap(self.now, &env);
+        }
+        if let Some(filter) = &mut self.filter {
+            if filter(&env) == Fate::Drop {
+                self.stats.dropped += 1;
+                self.trace.write(b"F");
+                return;
+            }
+        }
+        let link = self
+            .links
+            .get(&(env.from, env.to))
+            .copied()
+            .unwrap_or(self.default_link);
+        if self.rng.chance(link.drop) {
+            self.stats.dropped += 1;
+            self.trace.write(b"d");
+            return;
+        }
+        let copies = if self.rng.chance(link.duplicate) {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self.sample_delay(&link);
+            self.schedule(self.now + delay, EventKind::Deliver(env.clone()));
+        }
+    }
+
+    fn sample_delay(&mut self, link: &LinkProfile) -> Duration {
+        let lo = link.min_delay.as_micros() as u64;
+        let hi = link.max_delay.as_micros() as u64;
+        let mut us = self.rng.range(lo, hi.max(lo));
+        if self.rng.chance(link.slow_chance) {
+            us += self.rng.range(0, link.slow_extra.as_micros() as u64);
+        }
+        Duration::from_micros(us)
+    }
+
+    fn land(&mut self, env: Envelope) -> Step {
+        let (from, node) = (env.from, env.to);
+        let lost = Step {
+            at: self.now,
+            node,
+            kind: StepKind::Lost { from },
+        };
+        if !self.connected(from, node) {
+            self.stats.cut += 1;
+            self.trace.write(b"x");
+            return lost;
+        }
+        if !self.is_up(node) {
+            self.stats.to_down += 1;
+            self.trace.write(b"z");
+            return lost;
+        }
+        if self.pump.is_some() {
+            if let Some(slot) = self.nodes.get_mut(&node) {
+                slot.held.push(env);
+            }
+            self.arm_pump(node);
+            return Step {
+                at: self.now,
+                node,
+                kind: StepKind::Pump,
+            };
+        }
+        self.deliver(env)
+    }
+
+    fn deliver(&mut self, env: Envelope) -> Step {
+        let (from, node) = (env.from, env.to);
+        self.stats.delivered += 1;
+        self.trace.write(b"M");
+        self.trace.write_u64(u64::from(from.0) << 32 | u64::from(node.0));
+        if self.log.is_some() {
+            self.note(format!("{from} -> {node} {} bytes", env.msg.len()));
+        }
+        let delivered = self.run_node(node, |p, now, out| p.handle_message(now, from, env.msg, out));
+        Step {
+            at: self.now,
+            node,
+            kind: if delivered {
+                StepKind::Delivered { from }
+            } else {
+                StepKind::CrashedMidStep
+            },
+        }
+    }
+
+    fn fire_timer(&mut self, node: NodeId, generation: u64) -> Step {
+        let stale = Step {
+            at: self.now,
+            node,
+            kind: StepKind::Stale,
+        };
+        let Some(slot) = self.nodes.get_mut(&node) else {
+            return stale;
+        };
+        if slot.timer_generation != generation || slot.process.is_none() {
+            return stale;
+        }
+        slot.timer_at = None;
+        self.stats.timers += 1;
+        self.trace.write(b"T");
+        self.trace.write_u64(u64::from(node.0));
+        let ran = self.run_node(node, |p, now, out| p.handle_timeout(now, out));
+        Step {
+            at: self.now,
+            node,
+            kind: if ran {
+                StepKind::Timer
+            } else {
+                StepKind::CrashedMidStep
+            },
+        }
+    }
+
+    fn pump_poll(&mut self, node: NodeId) -> Step {
+        let idle = Step {
+            at: self.now,
+            node,
+            kind: StepKind::Pump,
+        };
+        let Some(pump) = self.pump else {
+            if let Some(slot) = self.nodes.get_mut(&node) {
+                slot.pump_armed = false;
+            }
+            return idle;
+        };
+        let deliver = self.rng.chance(pump.deliver_chance);
+        let Some(slot) = self.nodes.get_mut(&node) else {
+            return idle;
+        };
+        slot.pump_armed = false;
+        let picked = if deliver && !slot.held.is_empty() {
+            let i = self.rng.index(slot.held.len());
+            Some(slot.held.swap_remove(i))
+        } else {
+            None
+        };
+        self.trace.write(if picked.is_some() { b"p" } else { b"i" });
+        let step = match picked {
+            Some(env) if self.is_up(node) => self.deliver(env),
+            _ => idle,
+        };
+        self.arm_pump(node);
+        step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that echoes every message back once and counts.
+    #[derive(Debug, Default)]
+    struct Echo {
+        got: Vec<(NodeId, Bytes)>,
+        ticks: u32,
+        wake: Option<Time>,
+    }
+
+    impl Process for Echo {
+        fn handle_message(&mut self, _now: Time, from: NodeId, msg: Bytes, out: &mut Outbox) {
+            if msg.as_ref() == b"ping" {
+                out.send(from, Bytes::from_static(b"pong"));
+            }
+            self.got.push((from, msg));
+        }
+        fn handle_timeout(&mut self, now: Time, _out: &mut Outbox) {
+            self.ticks += 1;
+            self.wake = (self.ticks < 3).then(|| now + Duration::from_millis(10));
+        }
+        fn poll_timeout(&self) -> Option<Time> {
+            self.wake
+        }
+    }
+
+    fn echo_sim(seed: u64) -> Sim<Echo> {
+        let mut sim = Sim::new(seed);
+        for i in 0..3 {
+            sim.add_node(NodeId(i), |_, _, now| Echo {
+                wake: Some(now + Duration::from_millis(5)),
+                ..Echo::default()
+            });
+        }
+        sim
+    }
+
+    fn pings(sim: &mut Sim<Echo>, n: usize) {
+        for k in 0..n {
+            let from = NodeId((k % 3) as u32);
+            let to = NodeId(((k + 1) % 3) as u32);
+            sim.inject(from, to, Bytes::from_static(b"ping"));
+        }
+    }
+
+    fn run(seed: u64) -> (u64, SimStats) {
+        let mut sim = echo_sim(seed);
+        sim.set_default_link(
+            LinkProfile::uniform(Duration::from_millis(1), Duration::from_millis(5))
+                .lossy(0.1, 0.1),
+        );
+        pings(&mut sim, 100);
+        sim.run_for(Duration::from_secs(1), |_, _| Ok::<_, ()>(())).unwrap();
+        (sim.trace_hash(), sim.stats())
+    }
+
+    #[test]
+    fn same_seed_same_trace_other_seed_other_trace() {
+        let (a, stats) = run(1);
+        assert_eq!(run(1).0, a);
+        assert_ne!(run(2).0, a);
+        assert!(stats.dropped > 0 && stats.duplicated > 0, "{stats:?}");
+        assert_eq!(stats.timers, 9);
+    }
+
+    #[test]
+    fn partitions_cut_and_heal_restores() {
+        let mut sim = echo_sim(3);
+        sim.partition(&[&[NodeId(0)], &[NodeId(1), NodeId(2)]]);
+        assert!(!sim.connected(NodeId(0), NodeId(1)));
+        assert!(sim.connected(NodeId(1), NodeId(2)));
+        sim.inject(NodeId(0), NodeId(1), Bytes::from_static(b"x"));
+        sim.inject(NodeId(2), NodeId(1), Bytes::from_static(b"y"));
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        assert_eq!(sim.node(NodeId(1)).unwrap().got.len(), 1);
+        assert_eq!(sim.stats().cut, 1);
+        sim.heal();
+        sim.block(NodeId(0), NodeId(1));
+        assert!(sim.connected(NodeId(1), NodeId(0)));
+        assert!(!sim.connected(NodeId(0), NodeId(1)));
+        sim.heal();
+        sim.inject(NodeId(0), NodeId(1), Bytes::from_static(b"x"));
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        assert_eq!(sim.node(NodeId(1)).unwrap().got.len(), 2);
+    }
+
+    #[test]
+    fn crash_drops_state_and_restart_rebuilds_from_the_factory() {
+        let mut sim = echo_sim(4);
+        pings(&mut sim, 3);
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        assert!(!sim.node(NodeId(1)).unwrap().got.is_empty());
+        sim.crash(NodeId(1));
+        assert!(!sim.is_up(NodeId(1)));
+        sim.inject(NodeId(0), NodeId(1), Bytes::from_static(b"lost"));
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        assert_eq!(sim.stats().to_down, 1);
+        sim.restart(NodeId(1));
+        assert!(sim.node(NodeId(1)).unwrap().got.is_empty());
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        assert_eq!(sim.node(NodeId(1)).unwrap().ticks, 3);
+    }
+
+    #[test]
+    fn the_pump_reorders_but_delivers_everything() {
+        let mut sim = echo_sim(5);
+        sim.set_default_link(LinkProfile::reliable(Duration::ZERO));
+        sim.set_pump(Some(PumpProfile::seed(Duration::from_millis(1))));
+        for k in 0..50u8 {
+            sim.inject(NodeId(0), NodeId(1), Bytes::copy_from_slice(&[k]));
+        }
+        sim.run_for(Duration::from_secs(1), |_, _| Ok::<_, ()>(())).unwrap();
+        let got: Vec<u8> = sim.node(NodeId(1)).unwrap().got.iter().map(|(_, m)| m[0]).collect();
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_ne!(got, sorted, "the pump should reorder");
+    }
+
+    #[test]
+    fn filters_drop_and_taps_see_everything() {
+        let mut sim = echo_sim(6);
+        let seen = std::rc::Rc::new(std::cell::Cell::new(0));
+        let s = seen.clone();
+        sim.set_tap(move |_, _| s.set(s.get() + 1));
+        sim.set_filter(|env| {
+            if env.msg.as_ref() == b"pong" {
+                Fate::Drop
+            } else {
+                Fate::Pass
+            }
+        });
+        pings(&mut sim, 6);
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        assert_eq!(seen.get(), 12);
+        assert_eq!(sim.stats().dropped, 6);
+    }
+}
