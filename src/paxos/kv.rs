@@ -28,6 +28,7 @@ impl fmt::Display for ClientId {
 
 /// An operation on the store.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
 pub enum Op {
     /// Read a key.
     Get {
@@ -63,6 +64,7 @@ impl Op {
 
 /// The result of applying an [`Op`].
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
 pub enum Outcome {
     /// A get's value (`None`: absent).
     Read(Option<Bytes>),

@@ -71,7 +71,17 @@ impl Replica {
     }
 
     fn start_campaign(&mut self, now: Time, out: &mut Outbox) {
-        let ballot = self.max_seen.next_for(self.cfg.id);
+        // A candidate that failed to gather a quorum, and saw no higher
+        // ballot meanwhile, retries with the same ballot: a node cut off
+        // from the majority does not inflate rounds and depose a healthy
+        // leader when it comes back. (It never led with that ballot: a
+        // leader only steps down on seeing a higher one.)
+        let retry = matches!(self.role, Role::Candidate { ballot, .. } if ballot == self.max_seen);
+        let ballot = if retry {
+            self.max_seen
+        } else {
+            self.max_seen.next_for(self.cfg.id)
+        };
         self.max_seen = ballot;
         let from_slot = self.learner.next_apply();
         let timeout = self.random_election_timeout();

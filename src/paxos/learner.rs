@@ -21,7 +21,9 @@ use super::node::{Probe, Replica};
 use crate::transport::{NodeId, Outbox, Time};
 
 /// Most entries in one `Decided` message.
-const FETCH_ENTRIES: usize = 64;
+const FETCH_ENTRIES: usize = 512;
+/// Most commands in one `Decided` message (at least one slot is sent).
+const FETCH_COMMANDS: usize = 4096;
 
 /// The learner's state: the decided log and the store it feeds.
 #[derive(Debug, Default)]
@@ -194,11 +196,16 @@ impl Replica {
     }
 
     pub(crate) fn on_fetch(&mut self, from: NodeId, from_slot: Slot, out: &mut Outbox) {
+        let mut commands = 0;
         let entries: Vec<(Slot, Value)> = self
             .learner
             .decided
             .range(from_slot..)
             .take(FETCH_ENTRIES)
+            .take_while(|(_, v)| {
+                commands += v.commands().len();
+                commands <= FETCH_COMMANDS || v.commands().len() == commands
+            })
             .map(|(s, v)| (*s, v.clone()))
             .collect();
         if !entries.is_empty() {
@@ -207,9 +214,16 @@ impl Replica {
     }
 
     pub(crate) fn on_decided(&mut self, now: Time, entries: Vec<(Slot, Value)>, out: &mut Outbox) {
+        let any = !entries.is_empty();
         for (slot, value) in entries {
             self.learner.commit_hint = self.learner.commit_hint.max(slot + 1);
             self.learn(now, slot, value, out);
+        }
+        if any && self.learner.next_apply < self.learner.commit_hint {
+            // Progress, but still behind: ask for the next part at once.
+            self.learner.last_fetch = None;
+            self.learner.fetch_due = None;
+            self.schedule_fetch(now);
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::transport::{NodeId, Outbox, Process, Time};
 /// [`Config::probes`] is on, for the test battery's invariant checker.
 #[doc(hidden)]
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub enum Probe {
     /// The acceptor promised `ballot`.
     Promised(Ballot),

@@ -241,6 +241,7 @@ pub struct Sim<P: Process> {
     groups: BTreeMap<NodeId, u32>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     mid_step_crash: f64,
+    mid_step_nodes: BTreeSet<NodeId>,
     filter: Option<Filter>,
     tap: Option<Tap>,
     trace: TraceHash,
@@ -276,6 +277,7 @@ impl<P: Process> Sim<P> {
             groups: BTreeMap::new(),
             blocked: BTreeSet::new(),
             mid_step_crash: 0.0,
+            mid_step_nodes: BTreeSet::new(),
             filter: None,
             tap: None,
             trace,
@@ -396,10 +398,11 @@ impl<P: Process> Sim<P> {
         }
     }
 
-    /// The probability that a node crashes after a step but before its
-    /// fsync (its messages are lost and so are its unsynced writes).
-    pub fn set_mid_step_crash(&mut self, p: f64) {
+    /// The probability that one of `nodes` crashes after a step but before
+    /// its fsync (its messages are lost and so are its unsynced writes).
+    pub fn set_mid_step_crash(&mut self, p: f64, nodes: &[NodeId]) {
         self.mid_step_crash = p;
+        self.mid_step_nodes = nodes.iter().copied().collect();
     }
 
     /// Installs a filter that sees every message as it is sent.
@@ -621,7 +624,10 @@ impl<P: Process> Sim<P> {
             return false;
         };
         f(process, now, &mut out);
-        if self.mid_step_crash > 0.0 && self.rng.chance(self.mid_step_crash) {
+        if self.mid_step_crash > 0.0
+            && self.mid_step_nodes.contains(&id)
+            && self.rng.chance(self.mid_step_crash)
+        {
             self.stats.mid_step_crashes += 1;
             self.crash(id);
             return false;

@@ -17,11 +17,11 @@
 //! their wire codecs, so the simulator exercises exactly the bytes that
 //! travel over ZeroMQ.
 
-// pub mod driver;
-// pub mod mem;
+pub mod driver;
+pub mod mem;
 mod time;
-// pub mod zmq;
-// mod zmq_peer;
+pub mod zmq;
+mod zmq_peer;
 
 use std::fmt;
 use std::task::{Context, Poll};
