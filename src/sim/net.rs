@@ -557,6 +557,12 @@ impl<P: Process> Sim<P> {
         Ok(())
     }
 
+    /// Moves the clock to `t`, or to the next event if one is due earlier.
+    pub fn advance_to(&mut self, t: Time) {
+        let t = self.next_event_at().map_or(t, |e| e.min(t));
+        self.now = self.now.max(t);
+    }
+
     /// Runs for `d` of virtual time (see [`Sim::run_until`]).
     pub fn run_for<E>(
         &mut self,

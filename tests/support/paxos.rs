@@ -199,6 +199,7 @@ impl Cluster {
                 return Ok(true);
             }
         }
+        self.sim.advance_to(deadline);
         Ok(false)
     }
 
@@ -245,6 +246,7 @@ impl Cluster {
         self.sim.heal();
         self.sim.clear_filter();
         self.sim.set_pump(None);
+        self.sim.set_mid_step_crash(0.0, &[]);
         self.sim.set_default_link(LinkProfile::default());
         for id in self.replicas.clone() {
             if !self.sim.is_up(id) {
