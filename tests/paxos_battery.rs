@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use support::paxos::*;
-use zpatterns::paxos::{Msg, Op, Value};
+use zpatterns::paxos::{Msg, Mutation, Op, Value};
 use zpatterns::sim::{Fate, LinkProfile, PumpProfile};
 use zpatterns::transport::NodeId;
 
@@ -56,7 +56,9 @@ fn stable_leader_phase1_skip() {
             let counts: Rc<RefCell<BTreeMap<String, u64>>> = Rc::default();
             let tap = counts.clone();
             c.sim.set_tap(move |_, env| {
-                let kind = Msg::decode(env.msg.clone()).map(|m| format!("{:?}", m.kind())).unwrap_or_default();
+                let kind = Msg::decode(env.msg.clone())
+                    .map(|m| format!("{:?}", m.kind()))
+                    .unwrap_or_default();
                 *tap.borrow_mut().entry(kind).or_default() += 1;
             });
             let proposed_before = c.replica(leader).unwrap().stats().proposed;
@@ -78,12 +80,19 @@ fn stable_leader_phase1_skip() {
                 return Err(format!("phase 1 ran in steady state: {got}"));
             }
             if slots != 50 || k("Accept") != peers * slots || k("Accepted") != peers * slots {
-                return Err(format!("expected 2(n-1) = {} phase-2 messages per slot: {got}", 2 * peers));
+                return Err(format!(
+                    "expected 2(n-1) = {} phase-2 messages per slot: {got}",
+                    2 * peers
+                ));
             }
             // One commit notice per slot, plus periodic heartbeats.
             // (The client's first request may hit a follower: one redirect.)
             let redirects = k("Redirect");
-            if k("Heartbeat") < peers * slots || redirects > 1 || k("Request") != 50 + redirects || k("Reply") != 50 {
+            if k("Heartbeat") < peers * slots
+                || redirects > 1
+                || k("Request") != 50 + redirects
+                || k("Reply") != 50
+            {
                 return Err(format!("unexpected notices or client traffic: {got}"));
             }
         }
@@ -116,7 +125,10 @@ fn dueling_proposers() {
             }
         })?;
         if c.inv.elections.len() < 2 {
-            return Err(format!("expected several elections, saw {:?}", c.inv.elections));
+            return Err(format!(
+                "expected several elections, saw {:?}",
+                c.inv.elections
+            ));
         }
         Ok(())
     });
@@ -129,30 +141,52 @@ fn takeover(seed: u64, spec: Spec) -> Result<(), String> {
     let mut c = Cluster::new(spec, seed);
     let leader = c.wait_leader(secs(5))?;
     c.run_for(ms(100))?;
-    let others: Vec<NodeId> = c.replicas.iter().copied().filter(|n| *n != leader).collect();
+    let others: Vec<NodeId> = c
+        .replicas
+        .iter()
+        .copied()
+        .filter(|n| *n != leader)
+        .collect();
     let (b, cc) = (others[0], others[1]);
-    c.sim.set_filter(move |env| match Msg::decode(env.msg.clone()) {
-        Ok(Msg::Accept { .. }) if env.from == leader && env.to == cc => Fate::Drop,
-        Ok(Msg::Accepted { .. }) if env.from == b && env.to == leader => Fate::Drop,
-        _ => Fate::Pass,
-    });
+    c.sim
+        .set_filter(move |env| match Msg::decode(env.msg.clone()) {
+            Ok(Msg::Accept { .. }) if env.from == leader && env.to == cc => Fate::Drop,
+            Ok(Msg::Accepted { .. }) if env.from == b && env.to == leader => Fate::Drop,
+            _ => Fate::Pass,
+        });
     let slot = c.replica(leader).unwrap().learner().next_apply();
     c.submit(c.clients[0], 0, put("x", "X"));
     let deadline = c.sim.now() + secs(2);
-    let accepted = c.run_until(deadline, |c| c.replica(b).and_then(|r| r.acceptor()?.accepted(slot)).is_some())?;
+    let accepted = c.run_until(deadline, |c| {
+        c.replica(b)
+            .and_then(|r| r.acceptor()?.accepted(slot))
+            .is_some()
+    })?;
     if !accepted {
         return Err("the follower never accepted X".into());
     }
-    let x = c.replica(b).unwrap().acceptor().unwrap().accepted(slot).unwrap().1.clone();
+    let x = c
+        .replica(b)
+        .unwrap()
+        .acceptor()
+        .unwrap()
+        .accepted(slot)
+        .unwrap()
+        .1
+        .clone();
     c.crash(leader);
     c.sim.clear_filter();
     c.wait_leader(secs(6))?;
     let deadline = c.sim.now() + secs(3);
     c.run_until(deadline, |c| c.completed_ops() == 1)?;
     for id in [b, cc] {
-        let got = c.replica(id).and_then(|r| r.learner().decided(slot).cloned());
+        let got = c
+            .replica(id)
+            .and_then(|r| r.learner().decided(slot).cloned());
         if got.as_ref() != Some(&x) {
-            return Err(format!("{id} decided {got:?} in slot {slot}, expected the accepted {x:?}"));
+            return Err(format!(
+                "{id} decided {got:?} in slot {slot}, expected the accepted {x:?}"
+            ));
         }
     }
     if c.completed_ops() != 1 {
@@ -176,17 +210,27 @@ fn gap_fill(seed: u64) -> Result<(), String> {
     let leader = c.wait_leader(secs(5))?;
     c.run_for(ms(100))?;
     let hole_client = zpatterns::paxos::ClientId(u64::from(c.clients[0].0) << 16);
-    c.sim.set_filter(move |env| match Msg::decode(env.msg.clone()) {
-        Ok(Msg::Accept { value, .. }) if value.commands().iter().any(|c| c.client == hole_client) => Fate::Drop,
-        _ => Fate::Pass,
-    });
+    c.sim
+        .set_filter(move |env| match Msg::decode(env.msg.clone()) {
+            Ok(Msg::Accept { value, .. })
+                if value.commands().iter().any(|c| c.client == hole_client) =>
+            {
+                Fate::Drop
+            }
+            _ => Fate::Pass,
+        });
     let first = c.replica(leader).unwrap().learner().next_apply();
     c.submit(c.clients[0], 0, put("a", "hole"));
     c.run_for(ms(20))?;
     c.submit(c.clients[1], 0, put("b", "after-1"));
     c.submit(c.clients[2], 0, put("c", "after-2"));
     // Wait until the two later slots are accepted by a majority.
-    let followers: Vec<NodeId> = c.replicas.iter().copied().filter(|n| *n != leader).collect();
+    let followers: Vec<NodeId> = c
+        .replicas
+        .iter()
+        .copied()
+        .filter(|n| *n != leader)
+        .collect();
     let deadline = c.sim.now() + secs(2);
     c.run_until(deadline, |c| {
         followers.iter().any(|f| {
@@ -199,7 +243,9 @@ fn gap_fill(seed: u64) -> Result<(), String> {
     for f in &followers {
         let next = c.replica(*f).unwrap().learner().next_apply();
         if next > first {
-            return Err(format!("{f} applied past the hole (next {next}, hole {first})"));
+            return Err(format!(
+                "{f} applied past the hole (next {next}, hole {first})"
+            ));
         }
     }
     c.crash(leader);
@@ -210,7 +256,10 @@ fn gap_fill(seed: u64) -> Result<(), String> {
     for f in &followers {
         let l = c.replica(*f).unwrap().learner();
         if l.decided(first) != Some(&Value::Noop) {
-            return Err(format!("{f}: hole slot {first} decided {:?}, expected a no-op", l.decided(first)));
+            return Err(format!(
+                "{f}: hole slot {first} decided {:?}, expected a no-op",
+                l.decided(first)
+            ));
         }
         for s in [first + 1, first + 2] {
             if l.decided(s).is_none_or(|v| v.commands().is_empty()) {
@@ -240,13 +289,21 @@ fn crash_restart(seed: u64, spec: Spec) -> Result<(), String> {
     c.wait_leader(secs(5))?;
     chaos(&mut c, secs(5), ms(100), |c| {
         let replicas = c.replicas.clone();
-        let down: Vec<NodeId> = replicas.iter().copied().filter(|r| !c.sim.is_up(*r)).collect();
+        let down: Vec<NodeId> = replicas
+            .iter()
+            .copied()
+            .filter(|r| !c.sim.is_up(*r))
+            .collect();
         let r = c.sim.rng().below(10);
         if r < 3 && !down.is_empty() {
             let i = c.sim.rng().index(down.len());
             c.restart(down[i]);
         } else if r < 5 && down.len() < 2 {
-            let up: Vec<NodeId> = replicas.iter().copied().filter(|r| c.sim.is_up(*r)).collect();
+            let up: Vec<NodeId> = replicas
+                .iter()
+                .copied()
+                .filter(|r| c.sim.is_up(*r))
+                .collect();
             let i = c.sim.rng().index(up.len());
             let victim = up[i];
             let before = c.replica(victim).and_then(|r| r.acceptor().cloned());
@@ -255,7 +312,10 @@ fn crash_restart(seed: u64, spec: Spec) -> Result<(), String> {
             // Everything was fsynced at the end of the last step: the
             // restarted acceptor has exactly the state it had.
             let after = c.replica(victim).and_then(|r| r.acceptor().cloned());
-            assert_eq!(before, after, "{victim}'s acceptor state changed across a restart");
+            assert_eq!(
+                before, after,
+                "{victim}'s acceptor state changed across a restart"
+            );
             c.crash(victim);
         }
     })
@@ -263,7 +323,9 @@ fn crash_restart(seed: u64, spec: Spec) -> Result<(), String> {
 
 #[test]
 fn acceptor_crash_restart() {
-    run_seeds(FILE, "acceptor_crash_restart", |seed| crash_restart(seed, Spec::symmetric(5)));
+    run_seeds(FILE, "acceptor_crash_restart", |seed| {
+        crash_restart(seed, Spec::symmetric(5))
+    });
 }
 
 /// P7: the seed's adversarial pump plus 5 % drops and 5 % duplicates.
@@ -287,7 +349,9 @@ fn pump(seed: u64) -> Result<Cluster, String> {
 
 #[test]
 fn adversarial_pump_with_drops_and_duplicates() {
-    run_seeds(FILE, "adversarial_pump_with_drops_and_duplicates", |seed| pump(seed).map(|_| ()));
+    run_seeds(FILE, "adversarial_pump_with_drops_and_duplicates", |seed| {
+        pump(seed).map(|_| ())
+    });
 }
 
 #[test]
@@ -315,7 +379,12 @@ fn minority(seed: u64) -> Result<(), String> {
     c.run_for(ms(500))?;
     let old = c.leader().ok_or("no leader before the partition")?;
     let buddy = c.replicas.iter().copied().find(|n| *n != old).unwrap();
-    let majority: Vec<NodeId> = c.replicas.iter().copied().filter(|n| *n != old && *n != buddy).collect();
+    let majority: Vec<NodeId> = c
+        .replicas
+        .iter()
+        .copied()
+        .filter(|n| *n != old && *n != buddy)
+        .collect();
     let (cl, cr) = c.clients.split_at(2);
     let minority_side: Vec<NodeId> = [old, buddy].into_iter().chain(cl.iter().copied()).collect();
     let majority_side: Vec<NodeId> = majority.iter().copied().chain(cr.iter().copied()).collect();
@@ -332,7 +401,9 @@ fn minority(seed: u64) -> Result<(), String> {
     let new = c.leader_ballot().zip(c.leader());
     let progressed = c.replica(majority[0]).unwrap().learner().next_apply() > majority_before;
     if !progressed || new.is_none_or(|(_, l)| !majority.contains(&l)) {
-        return Err(format!("the majority did not elect and commit: leader {new:?}"));
+        return Err(format!(
+            "the majority did not elect and commit: leader {new:?}"
+        ));
     }
     c.sim.heal();
     let deadline = c.sim.now() + secs(3);
@@ -416,8 +487,13 @@ fn duplicate_client_requests() {
             }
         })?;
         let r = c.replica(c.replicas[0]).unwrap();
-        let distinct: std::collections::BTreeSet<_> = r.learner().commands().map(|c| (c.client, c.seq)).collect();
-        let retries: u64 = c.clients.iter().map(|id| c.client(*id).stats().timeouts).sum();
+        let distinct: std::collections::BTreeSet<_> =
+            r.learner().commands().map(|c| (c.client, c.seq)).collect();
+        let retries: u64 = c
+            .clients
+            .iter()
+            .map(|id| c.client(*id).stats().timeouts)
+            .sum();
         if r.learner().kv().applied_commands() != distinct.len() as u64 {
             return Err(format!(
                 "{} commands applied for {} distinct requests",
@@ -437,17 +513,31 @@ fn garbage_is_counted_not_fatal() {
     run_seeds(FILE, "garbage_is_counted_not_fatal", |seed| {
         let mut c = Cluster::new(Spec::symmetric(3).clients(1, 1), seed);
         let leader = c.wait_leader(secs(5))?;
-        for junk in [&b""[..], b"\x01", b"\x07\x03", b"\x01\x03\xff\xff\xff", b"hello"] {
+        for junk in [
+            &b""[..],
+            b"\x01",
+            b"\x07\x03",
+            b"\x01\x03\xff\xff\xff",
+            b"hello",
+        ] {
             for id in c.replicas.clone() {
-                c.sim.inject(c.clients[0], id, bytes::Bytes::from_static(junk));
+                c.sim
+                    .inject(c.clients[0], id, bytes::Bytes::from_static(junk));
             }
         }
         c.submit(c.clients[0], 0, put("k", "v"));
         let deadline = c.sim.now() + secs(3);
         c.run_until(deadline, |c| c.completed_ops() == 1)?;
-        let garbage: u64 = c.replicas.iter().map(|id| c.replica(*id).unwrap().stats().garbage).sum();
+        let garbage: u64 = c
+            .replicas
+            .iter()
+            .map(|id| c.replica(*id).unwrap().stats().garbage)
+            .sum();
         if garbage != 15 || c.completed_ops() != 1 || c.leader() != Some(leader) {
-            return Err(format!("garbage {garbage}, completed {}", c.completed_ops()));
+            return Err(format!(
+                "garbage {garbage}, completed {}",
+                c.completed_ops()
+            ));
         }
         Ok(())
     });
@@ -489,6 +579,40 @@ fn operations_are_get_put_cas() {
         .collect();
     assert_eq!(
         outcomes,
-        ["Read(None)", "Written", "Swapped", "Mismatch(Some(b\"b\"))", "Read(Some(b\"b\"))"]
+        [
+            "Read(None)",
+            "Written",
+            "Swapped",
+            "Mismatch(Some(b\"b\"))",
+            "Read(Some(b\"b\"))"
+        ]
     );
+}
+
+/// Negative control: re-introduce "an acceptor forgets its promise on
+/// restart" and show the crash-restart scenario catches it.
+#[test]
+fn negative_control_forgotten_promise_is_caught() {
+    let spec = Spec::symmetric(5).mutation(Some(Mutation::ForgetPromiseOnRestart));
+    let (seed, why) = first_failure(|seed| crash_restart(seed, spec.clone()))
+        .expect("the battery must catch an acceptor that forgets its promise");
+    eprintln!("caught at seed {seed}: {why}");
+    assert!(
+        why.contains("promise") || why.contains("acceptor state"),
+        "{why}"
+    );
+}
+
+/// Negative control: re-introduce "a new leader proposes its own value
+/// instead of the highest accepted one" and show the takeover scenario
+/// catches it.
+#[test]
+fn negative_control_own_value_is_caught() {
+    let spec = Spec::symmetric(3)
+        .clients(1, 1)
+        .mutation(Some(Mutation::ProposeOwnValue));
+    let (seed, why) = first_failure(|seed| takeover(seed, spec.clone()))
+        .expect("the battery must catch a leader that ignores accepted values");
+    eprintln!("caught at seed {seed}: {why}");
+    assert!(why.contains("P4") || why.contains("two values"), "{why}");
 }

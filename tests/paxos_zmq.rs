@@ -29,10 +29,18 @@ struct Node {
 }
 
 fn zcfg(id: NodeId) -> ZmqConfig {
-    ZmqConfig::new(id).backoff(ms(20), ms(200)).connect_timeout(ms(500))
+    ZmqConfig::new(id)
+        .backoff(ms(20), ms(200))
+        .connect_timeout(ms(500))
 }
 
-async fn start_node(id: NodeId, bind: &str, peers: &[(NodeId, String)], dir: &PathBuf, shutdown: &CancellationToken) -> Node {
+async fn start_node(
+    id: NodeId,
+    bind: &str,
+    peers: &[(NodeId, String)],
+    dir: &PathBuf,
+    shutdown: &CancellationToken,
+) -> Node {
     let mut transport = within(secs(10), "bind", async {
         loop {
             match ZmqTransport::start(zcfg(id).bind(Some(bind)).unwrap(), shutdown).await {
@@ -48,7 +56,12 @@ async fn start_node(id: NodeId, bind: &str, peers: &[(NodeId, String)], dir: &Pa
     spawn_replica(id, transport, dir, shutdown)
 }
 
-fn spawn_replica(id: NodeId, transport: ZmqTransport, dir: &PathBuf, shutdown: &CancellationToken) -> Node {
+fn spawn_replica(
+    id: NodeId,
+    transport: ZmqTransport,
+    dir: &PathBuf,
+    shutdown: &CancellationToken,
+) -> Node {
     let cfg = Config::symmetric(id, &IDS)
         .heartbeat(ms(20))
         .election_timeout(ms(150), ms(300))
@@ -58,23 +71,37 @@ fn spawn_replica(id: NodeId, transport: ZmqTransport, dir: &PathBuf, shutdown: &
     let replica = Replica::new(cfg, Box::new(wal), Time::ZERO).unwrap();
     let stop = shutdown.child_token();
     let (tx, state) = watch::channel((false, 0));
-    let task = tokio::spawn(driver::run(replica, transport, stop.clone(), move |r: &Replica| {
-        tx.send_if_modified(|s| {
-            let new = (r.is_leader(), r.learner().next_apply());
-            std::mem::replace(s, new) != new
-        });
-    }));
+    let task = tokio::spawn(driver::run(
+        replica,
+        transport,
+        stop.clone(),
+        move |r: &Replica| {
+            tx.send_if_modified(|s| {
+                let new = (r.is_leader(), r.learner().next_apply());
+                std::mem::replace(s, new) != new
+            });
+        },
+    ));
     Node { stop, state, task }
 }
 
 /// Runs a client with one session until its ops complete.
-async fn client(session: u64, ops: Vec<Op>, eps: &[(NodeId, String)], shutdown: &CancellationToken) -> Vec<OpRecord> {
+async fn client(
+    session: u64,
+    ops: Vec<Op>,
+    eps: &[(NodeId, String)],
+    shutdown: &CancellationToken,
+) -> Vec<OpRecord> {
     let mut cfg = zcfg(NodeId(100)).bind(None).unwrap();
     for (id, ep) in eps {
         cfg = cfg.peer(*id, ep).unwrap();
     }
     let transport = ZmqTransport::start(cfg, shutdown).await.unwrap();
-    let mut c = KvClient::new(NodeId(100), ClientConfig::new(&IDS).request_timeout(ms(300)), &[ClientId(session)]);
+    let mut c = KvClient::new(
+        NodeId(100),
+        ClientConfig::new(&IDS).request_timeout(ms(300)),
+        &[ClientId(session)],
+    );
     for op in ops {
         c.push(0, op);
     }
@@ -114,7 +141,10 @@ async fn leader_killed_and_restarted_over_zeromq() {
     for id in IDS {
         transports.push(ZmqTransport::start(zcfg(id), &shutdown).await.unwrap());
     }
-    let eps: Vec<(NodeId, String)> = transports.iter().map(|t| (t.id(), t.endpoint().unwrap().to_owned())).collect();
+    let eps: Vec<(NodeId, String)> = transports
+        .iter()
+        .map(|t| (t.id(), t.endpoint().unwrap().to_owned()))
+        .collect();
     let mut nodes = Vec::new();
     for mut t in transports {
         for (p, ep) in &eps {
@@ -128,7 +158,10 @@ async fn leader_killed_and_restarted_over_zeromq() {
 
     let first = client(1, puts("a", 20), &eps, &shutdown).await;
     assert!(first.iter().all(|r| r.completed.is_some()));
-    let leader = nodes.iter().position(|n| n.state.borrow().0).expect("a leader after 20 commits");
+    let leader = nodes
+        .iter()
+        .position(|n| n.state.borrow().0)
+        .expect("a leader after 20 commits");
 
     // Kill the leader: its driver, sockets and port go away.
     let old = nodes.remove(leader);
@@ -151,7 +184,9 @@ async fn leader_killed_and_restarted_over_zeromq() {
     let target = nodes[0].state.borrow().1;
     for n in &mut nodes {
         let mut rx = n.state.clone();
-        within(secs(20), "catch up", rx.wait_for(|s| s.1 >= target)).await.unwrap();
+        within(secs(20), "catch up", rx.wait_for(|s| s.1 >= target))
+            .await
+            .unwrap();
     }
 
     let mut logs = Vec::new();
@@ -159,7 +194,10 @@ async fn leader_killed_and_restarted_over_zeromq() {
         n.stop.cancel();
         let (r, t) = within(secs(10), "stop", n.task).await.unwrap();
         if r.id() == id {
-            assert!(r.acceptor().unwrap().promised() >= promised, "the promise survived the restart");
+            assert!(
+                r.acceptor().unwrap().promised() >= promised,
+                "the promise survived the restart"
+            );
         }
         let log: Vec<(ClientId, u64)> = r.learner().commands().map(|c| (c.client, c.seq)).collect();
         logs.push(log);

@@ -14,13 +14,17 @@ use zpatterns::transport::{recv, NodeId, Transport};
 async fn libzmq_dealer_talks_to_a_node() {
     trace_init();
     let stop = CancellationToken::new();
-    let mut node = ZmqTransport::start(ZmqConfig::new(NodeId(1)), &stop).await.unwrap();
+    let mut node = ZmqTransport::start(ZmqConfig::new(NodeId(1)), &stop)
+        .await
+        .unwrap();
     let ep = node.endpoint().unwrap().to_owned();
     let dealer = Lz::new(zmq::DEALER);
     dealer.with(|s| s.set_identity(b"n42").unwrap());
     dealer.connect(&ep);
     dealer.send(&[b"ping from libzmq"]).await;
-    let (from, m) = within(secs(10), "libzmq message", recv(&mut node)).await.unwrap();
+    let (from, m) = within(secs(10), "libzmq message", recv(&mut node))
+        .await
+        .unwrap();
     assert_eq!((from, &m[..]), (NodeId(42), &b"ping from libzmq"[..]));
     node.send(NodeId(42), Bytes::from_static(b"pong from rust"));
     let got = dealer.recv(secs(10)).await.expect("reply at libzmq");
@@ -39,7 +43,11 @@ async fn a_node_talks_to_a_libzmq_router_peer() {
     let stop = CancellationToken::new();
     let router = Lz::new(zmq::ROUTER);
     let ep = router.bind_loopback();
-    let cfg = ZmqConfig::new(NodeId(3)).bind(None).unwrap().peer(NodeId(5), &ep).unwrap();
+    let cfg = ZmqConfig::new(NodeId(3))
+        .bind(None)
+        .unwrap()
+        .peer(NodeId(5), &ep)
+        .unwrap();
     let mut node = ZmqTransport::start(cfg, &stop).await.unwrap();
     let got = within(secs(15), "message at libzmq", async {
         loop {

@@ -21,7 +21,12 @@ async fn node(id: u32, bind: Option<&str>, shutdown: &CancellationToken) -> ZmqT
 }
 
 /// Sends `msg` from `a` every 50 ms until `b` receives something.
-async fn until_received(a: &mut ZmqTransport, to: NodeId, b: &mut ZmqTransport, msg: &'static [u8]) -> (NodeId, Bytes) {
+async fn until_received(
+    a: &mut ZmqTransport,
+    to: NodeId,
+    b: &mut ZmqTransport,
+    msg: &'static [u8],
+) -> (NodeId, Bytes) {
     within(secs(15), "message to arrive", async {
         loop {
             a.send(to, Bytes::from_static(msg));
@@ -41,7 +46,10 @@ async fn nodes_exchange_messages_both_ways() {
     let mut b = node(2, Some("tcp://127.0.0.1:0"), &stop).await;
     a.add_peer(NodeId(2), b.endpoint().unwrap()).unwrap();
     b.add_peer(NodeId(1), a.endpoint().unwrap()).unwrap();
-    assert!(a.add_peer(NodeId(2), b.endpoint().unwrap()).is_err(), "duplicate peer");
+    assert!(
+        a.add_peer(NodeId(2), b.endpoint().unwrap()).is_err(),
+        "duplicate peer"
+    );
     let own = a.endpoint().unwrap().to_owned();
     assert!(a.add_peer(NodeId(1), &own).is_err(), "self as peer");
     let (from, _) = until_received(&mut a, NodeId(2), &mut b, b"hello").await;
@@ -92,7 +100,11 @@ async fn a_restarted_peer_is_reconnected() {
     b.add_peer(NodeId(1), a.endpoint().unwrap()).unwrap();
     let (from, _) = until_received(&mut a, NodeId(2), &mut b, b"after").await;
     assert_eq!(from, NodeId(1));
-    assert!(a.stats().connects > connects, "A must have reconnected: {:?}", a.stats());
+    assert!(
+        a.stats().connects > connects,
+        "A must have reconnected: {:?}",
+        a.stats()
+    );
     let (from, _) = until_received(&mut b, NodeId(1), &mut a, b"and back").await;
     assert_eq!(from, NodeId(2));
     stop.cancel();
@@ -107,7 +119,10 @@ async fn a_dead_peer_never_blocks_the_node() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("tcp://{}", l.local_addr().unwrap())
     };
-    let cfg = ZmqConfig::new(NodeId(1)).queue(64).peer(NodeId(9), &dead).unwrap();
+    let cfg = ZmqConfig::new(NodeId(1))
+        .queue(64)
+        .peer(NodeId(9), &dead)
+        .unwrap();
     let mut a = ZmqTransport::start(cfg, &stop).await.unwrap();
     let mut b = node(2, Some("tcp://127.0.0.1:0"), &stop).await;
     a.add_peer(NodeId(2), b.endpoint().unwrap()).unwrap();
@@ -144,7 +159,9 @@ async fn garbage_senders_are_counted_and_ignored() {
     // The node carries on: a well-formed message still arrives, and the
     // answer goes back through the ROUTER to the sender's identity.
     named.send("fine".into()).await.unwrap();
-    let (from, m) = within(secs(10), "good message", recv(&mut a)).await.unwrap();
+    let (from, m) = within(secs(10), "good message", recv(&mut a))
+        .await
+        .unwrap();
     assert_eq!((from, &m[..]), (NodeId(7), &b"fine"[..]));
     a.send(NodeId(7), Bytes::from_static(b"reply"));
     let got = zrecv(&mut named, secs(10)).await.expect("reply");

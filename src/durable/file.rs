@@ -120,7 +120,8 @@ fn parse(data: &[u8]) -> (Vec<Bytes>, usize) {
 }
 
 fn encode(record: &[u8], out: &mut Vec<u8>) -> Result<(), DurableError> {
-    let len = u32::try_from(record.len()).map_err(|_| DurableError::RecordTooLarge(record.len()))?;
+    let len =
+        u32::try_from(record.len()).map_err(|_| DurableError::RecordTooLarge(record.len()))?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&fnv1a64(record).to_le_bytes());
     out.extend_from_slice(record);
@@ -221,7 +222,10 @@ mod tests {
         drop(raw);
         let mut w = FileWal::open(&path).unwrap();
         assert_eq!(w.torn_bytes(), 7);
-        assert_eq!(w.records().unwrap(), vec![Bytes::from("alpha"), Bytes::new()]);
+        assert_eq!(
+            w.records().unwrap(),
+            vec![Bytes::from("alpha"), Bytes::new()]
+        );
         w.append(b"beta").unwrap();
         w.sync().unwrap();
         drop(w);
@@ -249,13 +253,19 @@ mod tests {
         w.sync().unwrap();
         drop(w);
         let mut w = FileWal::open(&path).unwrap();
-        assert_eq!(w.records().unwrap(), vec![Bytes::from("only"), Bytes::from("next")]);
+        assert_eq!(
+            w.records().unwrap(),
+            vec![Bytes::from("only"), Bytes::from("next")]
+        );
     }
 
     #[test]
     fn a_foreign_file_is_refused() {
         let path = temp_path("foreign");
         fs::write(&path, b"hello world, not a wal").unwrap();
-        assert!(matches!(FileWal::open(&path), Err(DurableError::Corrupt(_))));
+        assert!(matches!(
+            FileWal::open(&path),
+            Err(DurableError::Corrupt(_))
+        ));
     }
 }

@@ -139,6 +139,9 @@ mod tests {
         assert!(!w.is_dirty());
         w.rewrite(&[Bytes::from_static(b"z")]).unwrap();
         w.append(b"b").unwrap();
-        assert_eq!(w.records().unwrap(), vec![Bytes::from("z"), Bytes::from("b")]);
+        assert_eq!(
+            w.records().unwrap(),
+            vec![Bytes::from("z"), Bytes::from("b")]
+        );
     }
 }

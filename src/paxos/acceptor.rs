@@ -255,7 +255,13 @@ mod tests {
         assert_eq!((accepted[0].slot, accepted[0].ballot), (7, b(1, 1)));
         // A duplicate accept is idempotent.
         let (m, r) = a.handle_accept(b(2, 2), 7, &Value::Noop);
-        assert_eq!(m, Msg::Accepted { ballot: b(2, 2), slot: 7 });
+        assert_eq!(
+            m,
+            Msg::Accepted {
+                ballot: b(2, 2),
+                slot: 7
+            }
+        );
         assert!(r.is_some());
         assert_eq!(a.handle_accept(b(2, 2), 7, &Value::Noop).1, None);
     }

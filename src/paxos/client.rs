@@ -256,11 +256,14 @@ impl KvClient {
     }
 
     fn last_known(&self, key: &Bytes) -> Option<Bytes> {
-        self.history.iter().rev().find_map(|r| match (&r.op, &r.completed) {
-            (Op::Get { key: k }, Some((_, Outcome::Read(v)))) if k == key => Some(v.clone()),
-            (Op::Put { key: k, value }, Some(_)) if k == key => Some(Some(value.clone())),
-            _ => None,
-        })?
+        self.history
+            .iter()
+            .rev()
+            .find_map(|r| match (&r.op, &r.completed) {
+                (Op::Get { key: k }, Some((_, Outcome::Read(v)))) if k == key => Some(v.clone()),
+                (Op::Put { key: k, value }, Some(_)) if k == key => Some(Some(value.clone())),
+                _ => None,
+            })?
     }
 
     fn start(&mut self, i: usize, now: Time, out: &mut Outbox) {
@@ -322,7 +325,14 @@ impl KvClient {
         self.sessions[i].ready_at = Some(now + think);
     }
 
-    fn on_redirect(&mut self, now: Time, from: NodeId, client: ClientId, seq: u64, leader: Option<NodeId>) {
+    fn on_redirect(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        client: ClientId,
+        seq: u64,
+        leader: Option<NodeId>,
+    ) {
         let Some(i) = self.session_of(client, seq) else {
             self.stats.stray += 1;
             return;

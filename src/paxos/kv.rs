@@ -265,8 +265,7 @@ impl KvStore {
         }
         let outcome = self.execute(&cmd.op);
         self.applied_commands += 1;
-        self.sessions
-            .insert(cmd.client, (cmd.seq, outcome.clone()));
+        self.sessions.insert(cmd.client, (cmd.seq, outcome.clone()));
         Applied::Fresh(outcome)
     }
 
@@ -347,13 +346,19 @@ mod tests {
     #[test]
     fn retries_apply_once_and_stale_ones_never() {
         let mut kv = KvStore::new();
-        assert_eq!(kv.apply(&cmd(1, 1, put("k", "a"))), Applied::Fresh(Outcome::Written));
+        assert_eq!(
+            kv.apply(&cmd(1, 1, put("k", "a"))),
+            Applied::Fresh(Outcome::Written)
+        );
         let cas = Op::Cas {
             key: Bytes::from("k"),
             expect: Some(Bytes::from("a")),
             new: Bytes::from("b"),
         };
-        assert_eq!(kv.apply(&cmd(1, 2, cas.clone())), Applied::Fresh(Outcome::Swapped));
+        assert_eq!(
+            kv.apply(&cmd(1, 2, cas.clone())),
+            Applied::Fresh(Outcome::Swapped)
+        );
         // The retry of seq 2 must not run the cas again (it would mismatch).
         assert_eq!(kv.apply(&cmd(1, 2, cas)), Applied::Repeat(Outcome::Swapped));
         assert_eq!(kv.apply(&cmd(1, 1, put("k", "z"))), Applied::Stale);

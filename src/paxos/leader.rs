@@ -49,7 +49,12 @@ impl Replica {
                         ballot: *ballot,
                         from_slot: *from_slot,
                     };
-                    for a in self.cfg.acceptors.iter().filter(|a| !promises.contains_key(a)) {
+                    for a in self
+                        .cfg
+                        .acceptors
+                        .iter()
+                        .filter(|a| !promises.contains_key(a))
+                    {
                         prepares.push((*a, msg.clone()));
                     }
                 }
@@ -260,7 +265,14 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_accepted(&mut self, now: Time, from: NodeId, ballot: Ballot, slot: Slot, out: &mut Outbox) {
+    pub(crate) fn on_accepted(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        ballot: Ballot,
+        slot: Slot,
+        out: &mut Outbox,
+    ) {
         let quorum = self.cfg.quorum();
         let Role::Leader(l) = &mut self.role else {
             self.stats.ignored += 1;
@@ -340,7 +352,14 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_heartbeat(&mut self, now: Time, from: NodeId, ballot: Ballot, commit: Slot, out: &mut Outbox) {
+    pub(crate) fn on_heartbeat(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        ballot: Ballot,
+        commit: Slot,
+        out: &mut Outbox,
+    ) {
         if from != ballot.node {
             self.stats.ignored += 1;
             return;

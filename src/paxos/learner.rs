@@ -144,7 +144,13 @@ impl Replica {
 
     /// A commit notice: every slot below `commit` is decided; slots our
     /// acceptor accepted in `ballot` hold the decided value.
-    pub(crate) fn on_commit_notice(&mut self, now: Time, ballot: Ballot, commit: Slot, out: &mut Outbox) {
+    pub(crate) fn on_commit_notice(
+        &mut self,
+        now: Time,
+        ballot: Ballot,
+        commit: Slot,
+        out: &mut Outbox,
+    ) {
         self.learner.commit_hint = self.learner.commit_hint.max(commit);
         let start = match self.learner.scanned {
             (b, s) if b == ballot => s.max(self.learner.next_apply),

@@ -197,7 +197,10 @@ impl Msg {
         w.u8(VERSION);
         w.u8(self.kind() as u8);
         match self {
-            Msg::Prepare { ballot: b, from_slot } => {
+            Msg::Prepare {
+                ballot: b,
+                from_slot,
+            } => {
                 ballot(&mut w, *b);
                 w.varint(*from_slot);
             }
@@ -230,7 +233,10 @@ impl Msg {
                 ballot(&mut w, *b);
                 w.varint(*slot);
             }
-            Msg::Nack { ballot: b, promised } => {
+            Msg::Nack {
+                ballot: b,
+                promised,
+            } => {
                 ballot(&mut w, *b);
                 ballot(&mut w, *promised);
             }
@@ -399,12 +405,18 @@ mod tests {
                 value: value.clone(),
                 commit: 10,
             },
-            Msg::Accepted { ballot: b, slot: 11 },
+            Msg::Accepted {
+                ballot: b,
+                slot: 11,
+            },
             Msg::Nack {
                 ballot: b,
                 promised: Ballot::new(4, NodeId(0)),
             },
-            Msg::Heartbeat { ballot: b, commit: 12 },
+            Msg::Heartbeat {
+                ballot: b,
+                commit: 12,
+            },
             Msg::Fetch { from_slot: 3 },
             Msg::Decided {
                 entries: vec![(3, Value::Noop), (4, value)],
@@ -412,7 +424,9 @@ mod tests {
             Msg::Request {
                 client: ClientId(5),
                 seq: 6,
-                op: Op::Get { key: Bytes::from("k") },
+                op: Op::Get {
+                    key: Bytes::from("k"),
+                },
             },
             Msg::Reply {
                 client: ClientId(5),
@@ -442,8 +456,14 @@ mod tests {
     #[test]
     fn garbage_is_a_typed_error_never_a_panic() {
         assert_eq!(Msg::decode(Bytes::new()), Err(DecodeError::Truncated));
-        assert_eq!(Msg::decode(Bytes::from_static(&[2, 1])), Err(DecodeError::Version(2)));
-        assert_eq!(Msg::decode(Bytes::from_static(&[1, 99])), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            Msg::decode(Bytes::from_static(&[2, 1])),
+            Err(DecodeError::Version(2))
+        );
+        assert_eq!(
+            Msg::decode(Bytes::from_static(&[1, 99])),
+            Err(DecodeError::UnknownKind(99))
+        );
         let mut extra = samples()[0].encode().to_vec();
         extra.push(0);
         assert_eq!(Msg::decode(extra.into()), Err(DecodeError::Trailing(1)));
@@ -451,7 +471,10 @@ mod tests {
         for m in samples() {
             let full = m.encode();
             for cut in 0..full.len() {
-                assert!(Msg::decode(full.slice(..cut)).is_err(), "{m:?} cut at {cut}");
+                assert!(
+                    Msg::decode(full.slice(..cut)).is_err(),
+                    "{m:?} cut at {cut}"
+                );
             }
         }
     }

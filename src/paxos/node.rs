@@ -269,7 +269,9 @@ impl Replica {
 
     pub(crate) fn dispatch(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Outbox) {
         match msg {
-            Msg::Prepare { ballot, from_slot } => self.on_prepare(now, from, ballot, from_slot, out),
+            Msg::Prepare { ballot, from_slot } => {
+                self.on_prepare(now, from, ballot, from_slot, out)
+            }
             Msg::Accept {
                 ballot,
                 slot,
@@ -307,7 +309,14 @@ impl Replica {
         }
     }
 
-    fn on_prepare(&mut self, now: Time, from: NodeId, ballot: Ballot, from_slot: Slot, out: &mut Outbox) {
+    fn on_prepare(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        ballot: Ballot,
+        from_slot: Slot,
+        out: &mut Outbox,
+    ) {
         let Some(acc) = self.acceptor.as_mut() else {
             self.stats.ignored += 1;
             return;
@@ -367,21 +376,50 @@ impl Replica {
         }
     }
 
-    fn on_request(&mut self, now: Time, from: NodeId, client: ClientId, seq: u64, op: Op, out: &mut Outbox) {
+    fn on_request(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        client: ClientId,
+        seq: u64,
+        op: Op,
+        out: &mut Outbox,
+    ) {
         if let Some(outcome) = self.learner.kv().session_outcome(client, seq) {
             // Already applied here: answer from the session (a retry).
             let outcome = outcome.clone();
-            out.send(from, Msg::Reply { client, seq, outcome }.encode());
+            out.send(
+                from,
+                Msg::Reply {
+                    client,
+                    seq,
+                    outcome,
+                }
+                .encode(),
+            );
             return;
         }
-        if self.learner.kv().last_seq(client).is_some_and(|last| seq < last) {
+        if self
+            .learner
+            .kv()
+            .last_seq(client)
+            .is_some_and(|last| seq < last)
+        {
             self.stats.ignored += 1;
             return;
         }
         let Role::Leader(l) = &mut self.role else {
             self.stats.redirects += 1;
             let leader = self.leader.filter(|l| *l != self.cfg.id);
-            out.send(from, Msg::Redirect { client, seq, leader }.encode());
+            out.send(
+                from,
+                Msg::Redirect {
+                    client,
+                    seq,
+                    leader,
+                }
+                .encode(),
+            );
             return;
         };
         self.waiting.insert(client, (seq, from));
@@ -487,7 +525,9 @@ impl Process for Replica {
     fn persist(&mut self) -> Result<(), DurableError> {
         if std::mem::take(&mut self.storage_failed) {
             self.stats.storage_errors += 1;
-            return Err(DurableError::Corrupt("a WAL append failed in this step".into()));
+            return Err(DurableError::Corrupt(
+                "a WAL append failed in this step".into(),
+            ));
         }
         if self.wal.is_dirty() {
             if let Err(e) = self.wal.sync() {

@@ -456,7 +456,8 @@ impl<P: Process> Sim<P> {
     pub fn block(&mut self, from: NodeId, to: NodeId) {
         self.blocked.insert((from, to));
         self.trace.write(b"B");
-        self.trace.write_u64(u64::from(from.0) << 32 | u64::from(to.0));
+        self.trace
+            .write_u64(u64::from(from.0) << 32 | u64::from(to.0));
     }
 
     /// Removes every partition and cut link.
@@ -604,7 +605,13 @@ impl<P: Process> Sim<P> {
             // A timer for "now" runs after what is already queued for now,
             // one microsecond later, so a core cannot spin at one instant.
             let at = t.max(now + Duration::from_micros(1));
-            self.schedule(at, EventKind::Timer { node: id, generation });
+            self.schedule(
+                at,
+                EventKind::Timer {
+                    node: id,
+                    generation,
+                },
+            );
         }
     }
 
@@ -658,7 +665,8 @@ impl<P: Process> Sim<P> {
     fn send(&mut self, env: Envelope) {
         self.stats.sent += 1;
         self.trace.write(b"S");
-        self.trace.write_u64(u64::from(env.from.0) << 32 | u64::from(env.to.0));
+        self.trace
+            .write_u64(u64::from(env.from.0) << 32 | u64::from(env.to.0));
         self.trace.write(&env.msg);
         if let Some(tap) = &mut self.tap {
             tap(self.now, &env);
@@ -737,11 +745,14 @@ impl<P: Process> Sim<P> {
         let (from, node) = (env.from, env.to);
         self.stats.delivered += 1;
         self.trace.write(b"M");
-        self.trace.write_u64(u64::from(from.0) << 32 | u64::from(node.0));
+        self.trace
+            .write_u64(u64::from(from.0) << 32 | u64::from(node.0));
         if self.log.is_some() {
             self.note(format!("{from} -> {node} {} bytes", env.msg.len()));
         }
-        let delivered = self.run_node(node, |p, now, out| p.handle_message(now, from, env.msg, out));
+        let delivered = self.run_node(node, |p, now, out| {
+            p.handle_message(now, from, env.msg, out)
+        });
         Step {
             at: self.now,
             node,
@@ -868,7 +879,8 @@ mod tests {
                 .lossy(0.1, 0.1),
         );
         pings(&mut sim, 100);
-        sim.run_for(Duration::from_secs(1), |_, _| Ok::<_, ()>(())).unwrap();
+        sim.run_for(Duration::from_secs(1), |_, _| Ok::<_, ()>(()))
+            .unwrap();
         (sim.trace_hash(), sim.stats())
     }
 
@@ -889,7 +901,8 @@ mod tests {
         assert!(sim.connected(NodeId(1), NodeId(2)));
         sim.inject(NodeId(0), NodeId(1), Bytes::from_static(b"x"));
         sim.inject(NodeId(2), NodeId(1), Bytes::from_static(b"y"));
-        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(()))
+            .unwrap();
         assert_eq!(sim.node(NodeId(1)).unwrap().got.len(), 1);
         assert_eq!(sim.stats().cut, 1);
         sim.heal();
@@ -898,7 +911,8 @@ mod tests {
         assert!(!sim.connected(NodeId(0), NodeId(1)));
         sim.heal();
         sim.inject(NodeId(0), NodeId(1), Bytes::from_static(b"x"));
-        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(()))
+            .unwrap();
         assert_eq!(sim.node(NodeId(1)).unwrap().got.len(), 2);
     }
 
@@ -906,16 +920,19 @@ mod tests {
     fn crash_drops_state_and_restart_rebuilds_from_the_factory() {
         let mut sim = echo_sim(4);
         pings(&mut sim, 3);
-        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(()))
+            .unwrap();
         assert!(!sim.node(NodeId(1)).unwrap().got.is_empty());
         sim.crash(NodeId(1));
         assert!(!sim.is_up(NodeId(1)));
         sim.inject(NodeId(0), NodeId(1), Bytes::from_static(b"lost"));
-        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(()))
+            .unwrap();
         assert_eq!(sim.stats().to_down, 1);
         sim.restart(NodeId(1));
         assert!(sim.node(NodeId(1)).unwrap().got.is_empty());
-        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(()))
+            .unwrap();
         assert_eq!(sim.node(NodeId(1)).unwrap().ticks, 3);
     }
 
@@ -927,8 +944,15 @@ mod tests {
         for k in 0..50u8 {
             sim.inject(NodeId(0), NodeId(1), Bytes::copy_from_slice(&[k]));
         }
-        sim.run_for(Duration::from_secs(1), |_, _| Ok::<_, ()>(())).unwrap();
-        let got: Vec<u8> = sim.node(NodeId(1)).unwrap().got.iter().map(|(_, m)| m[0]).collect();
+        sim.run_for(Duration::from_secs(1), |_, _| Ok::<_, ()>(()))
+            .unwrap();
+        let got: Vec<u8> = sim
+            .node(NodeId(1))
+            .unwrap()
+            .got
+            .iter()
+            .map(|(_, m)| m[0])
+            .collect();
         let mut sorted = got.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (0..50).collect::<Vec<_>>());
@@ -949,7 +973,8 @@ mod tests {
             }
         });
         pings(&mut sim, 6);
-        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(())).unwrap();
+        sim.run_for(Duration::from_millis(50), |_, _| Ok::<_, ()>(()))
+            .unwrap();
         assert_eq!(seen.get(), 12);
         assert_eq!(sim.stats().dropped, 6);
     }

@@ -32,7 +32,8 @@ where
     T: Transport,
 {
     let origin = Instant::now();
-    let now = move || Time::from_micros(u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX));
+    let now =
+        move || Time::from_micros(u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX));
     let mut out = Outbox::new();
     observe(&process);
     loop {

@@ -102,8 +102,14 @@ mod tests {
         a.send(NodeId(2), Bytes::from_static(b"y"));
         a.send(NodeId(2), Bytes::from_static(b"overflow"));
         a.send(NodeId(9), Bytes::from_static(b"nobody"));
-        assert_eq!(recv(&mut b).await, Some((NodeId(1), Bytes::from_static(b"x"))));
-        assert_eq!(recv(&mut b).await, Some((NodeId(1), Bytes::from_static(b"y"))));
+        assert_eq!(
+            recv(&mut b).await,
+            Some((NodeId(1), Bytes::from_static(b"x")))
+        );
+        assert_eq!(
+            recv(&mut b).await,
+            Some((NodeId(1), Bytes::from_static(b"y")))
+        );
         assert_eq!((a.stats().sent, a.stats().dropped), (2, 2));
         assert_eq!(b.stats().received, 2);
         net.leave(NodeId(2));

@@ -272,9 +272,20 @@ mod tests {
     #[test]
     fn identities_round_trip_and_reject_garbage() {
         for n in [0, 7, 42, u32::MAX] {
-            assert_eq!(NodeId::from_identity(&NodeId(n).identity()), Some(NodeId(n)));
+            assert_eq!(
+                NodeId::from_identity(&NodeId(n).identity()),
+                Some(NodeId(n))
+            );
         }
-        for bad in [&b""[..], b"n", b"x1", b"n01", b"n-1", b"n99999999999", b"n1a"] {
+        for bad in [
+            &b""[..],
+            b"n",
+            b"x1",
+            b"n01",
+            b"n-1",
+            b"n99999999999",
+            b"n1a",
+        ] {
             assert_eq!(NodeId::from_identity(bad), None, "{bad:?}");
         }
     }

@@ -141,7 +141,10 @@ pub struct ZmqTransport {
 impl ZmqTransport {
     /// Binds the ROUTER (if configured) and starts a supervisor per peer.
     /// Stops when `shutdown` is cancelled or the transport is dropped.
-    pub async fn start(cfg: ZmqConfig, shutdown: &CancellationToken) -> Result<Self, TransportError> {
+    pub async fn start(
+        cfg: ZmqConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, TransportError> {
         let cancel = shutdown.child_token();
         let tasks = TaskTracker::new();
         let counters = Arc::new(Counters::default());
@@ -155,10 +158,17 @@ impl ZmqTransport {
             let (send_half, recv_half) = router.split();
             let span = tracing::info_span!("zmq_router", node = %cfg.id, endpoint = %ep);
             tasks.spawn(
-                read_router(recv_half, inbound_tx.clone(), counters.clone(), cancel.clone())
-                    .instrument(span.clone()),
+                read_router(
+                    recv_half,
+                    inbound_tx.clone(),
+                    counters.clone(),
+                    cancel.clone(),
+                )
+                .instrument(span.clone()),
             );
-            tasks.spawn(write_router(send_half, rx, counters.clone(), cancel.clone()).instrument(span));
+            tasks.spawn(
+                write_router(send_half, rx, counters.clone(), cancel.clone()).instrument(span),
+            );
             endpoint = Some(ep);
             router_tx = Some(tx);
         }
@@ -203,7 +213,8 @@ impl ZmqTransport {
             cfg: self.cfg.clone(),
             cancel: self.cancel.clone(),
         };
-        let span = tracing::info_span!("zmq_peer", node = %self.id, peer = %peer, endpoint = %endpoint);
+        let span =
+            tracing::info_span!("zmq_peer", node = %self.id, peer = %peer, endpoint = %endpoint);
         self.tasks.spawn(supervise(link).instrument(span));
     }
 
@@ -295,7 +306,11 @@ async fn read_router(
             _ => {
                 Counters::bump(&counters.garbage);
                 let identity = frames.first().map(|f| crate::frames::render(f));
-                warn!(?identity, frames = frames.len(), "malformed message dropped (want [n<id>][payload])");
+                warn!(
+                    ?identity,
+                    frames = frames.len(),
+                    "malformed message dropped (want [n<id>][payload])"
+                );
             }
         }
     }

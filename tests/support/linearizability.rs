@@ -182,12 +182,17 @@ impl<'a> Search<'a> {
     fn step(&self, i: usize, state: Val) -> Vec<Val> {
         let op = &self.ops[i];
         match (op.call, op.result) {
-            (PCall::Get, Some(PRet::Read(v))) => (v == state).then_some(state).into_iter().collect(),
-            (PCall::Put(v), Some(PRet::Written) | None) => vec![v],
-            (PCall::Cas(e, n), Some(PRet::Swapped)) => (state == e).then_some(n).into_iter().collect(),
-            (PCall::Cas(e, _), Some(PRet::Mismatch(cur))) => {
-                (state != e && state == cur).then_some(state).into_iter().collect()
+            (PCall::Get, Some(PRet::Read(v))) => {
+                (v == state).then_some(state).into_iter().collect()
             }
+            (PCall::Put(v), Some(PRet::Written) | None) => vec![v],
+            (PCall::Cas(e, n), Some(PRet::Swapped)) => {
+                (state == e).then_some(n).into_iter().collect()
+            }
+            (PCall::Cas(e, _), Some(PRet::Mismatch(cur))) => (state != e && state == cur)
+                .then_some(state)
+                .into_iter()
+                .collect(),
             // An indeterminate cas that runs: it swaps if it matches, else
             // it fails without effect.
             (PCall::Cas(e, n), None) => vec![if state == e { n } else { state }],

@@ -23,7 +23,10 @@ pub type Actor = Either<Replica, KvClient>;
 /// The seeds to run: `CONSENSUS_SEED=n` for one, `CONSENSUS_SEEDS=n` for
 /// the first n (default 16).
 pub fn seeds() -> Vec<u64> {
-    if let Some(s) = std::env::var("CONSENSUS_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(s) = std::env::var("CONSENSUS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return vec![s];
     }
     let n = std::env::var("CONSENSUS_SEEDS")
@@ -58,7 +61,16 @@ pub fn run_seeds(test_file: &str, name: &str, scenario: impl Fn(u64) -> Result<(
 /// Runs `scenario` over the seeds and returns the first failure, if any
 /// (for negative controls, which must fail).
 pub fn first_failure(scenario: impl Fn(u64) -> Result<(), String>) -> Option<(u64, String)> {
-    seeds().into_iter().find_map(|seed| scenario(seed).err().map(|e| (seed, e)))
+    seeds().into_iter().find_map(|seed| {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(seed)))
+            .unwrap_or_else(|p| {
+                Err(p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "panic".into()))
+            });
+        result.err().map(|e| (seed, e))
+    })
 }
 
 /// Shape of a simulated cluster.
@@ -109,7 +121,12 @@ impl Spec {
     }
 
     pub fn replicas(&self) -> Vec<NodeId> {
-        let mut all: Vec<NodeId> = self.acceptors.iter().chain(&self.proposers).copied().collect();
+        let mut all: Vec<NodeId> = self
+            .acceptors
+            .iter()
+            .chain(&self.proposers)
+            .copied()
+            .collect();
         all.sort_unstable();
         all.dedup();
         all
@@ -154,7 +171,9 @@ impl Cluster {
             let sessions: Vec<ClientId> = (0..spec.sessions)
                 .map(|s| ClientId(u64::from(id.0) << 16 | s as u64))
                 .collect();
-            sim.add_node(id, move |me, _, _| Either::Right(KvClient::new(me, ccfg.clone(), &sessions)));
+            sim.add_node(id, move |me, _, _| {
+                Either::Right(KvClient::new(me, ccfg.clone(), &sessions))
+            });
             clients.push(id);
         }
         let quorum = spec.acceptors.len() / 2 + 1;
@@ -177,7 +196,10 @@ impl Cluster {
     }
 
     pub fn client_mut(&mut self, id: NodeId) -> &mut KvClient {
-        self.sim.node_mut(id).and_then(|a| a.right_mut()).expect("client")
+        self.sim
+            .node_mut(id)
+            .and_then(|a| a.right_mut())
+            .expect("client")
     }
 
     /// Runs `d` of virtual time, checking the invariants after every step.
@@ -188,12 +210,21 @@ impl Cluster {
 
     /// Runs until `cond` holds (checked after every step) or `deadline`;
     /// returns whether it held.
-    pub fn run_until(&mut self, deadline: Time, mut cond: impl FnMut(&Cluster) -> bool) -> Result<bool, String> {
+    pub fn run_until(
+        &mut self,
+        deadline: Time,
+        mut cond: impl FnMut(&Cluster) -> bool,
+    ) -> Result<bool, String> {
         while self.sim.next_event_at().is_some_and(|t| t <= deadline) {
             let Some(step) = self.sim.step() else { break };
             let node = step.node;
             self.inv.after_step(&mut self.sim, node).map_err(|e| {
-                format!("{e}\n  at {} after {:?}; last events:\n    {}", step.at, step.kind, self.sim.log_tail(20).join("\n    "))
+                format!(
+                    "{e}\n  at {} after {:?}; last events:\n    {}",
+                    step.at,
+                    step.kind,
+                    self.sim.log_tail(20).join("\n    ")
+                )
             })?;
             if cond(self) {
                 return Ok(true);
@@ -207,7 +238,10 @@ impl Cluster {
     pub fn leader(&self) -> Option<NodeId> {
         self.replicas
             .iter()
-            .filter_map(|id| self.replica(*id).and_then(|r| r.leader_ballot().map(|b| (b, *id))))
+            .filter_map(|id| {
+                self.replica(*id)
+                    .and_then(|r| r.leader_ballot().map(|b| (b, *id)))
+            })
             .max()
             .map(|(_, id)| id)
     }
@@ -220,7 +254,8 @@ impl Cluster {
     pub fn wait_leader(&mut self, within: Duration) -> Result<NodeId, String> {
         let deadline = self.sim.now() + within;
         self.run_until(deadline, |c| c.leader().is_some())?;
-        self.leader().ok_or_else(|| format!("no leader within {within:?}"))
+        self.leader()
+            .ok_or_else(|| format!("no leader within {within:?}"))
     }
 
     /// Queues `op` on a client's session.
@@ -254,7 +289,8 @@ impl Cluster {
             }
         }
         let limit = self.spec.election.1 * 10;
-        self.wait_leader(limit).map_err(|e| format!("S4 liveness after heal: {e}"))?;
+        self.wait_leader(limit)
+            .map_err(|e| format!("S4 liveness after heal: {e}"))?;
         let Some(&probe_client) = self.clients.first() else {
             return Ok(());
         };
@@ -280,7 +316,10 @@ impl Cluster {
         if done {
             Ok(())
         } else {
-            Err("S4 liveness after heal: a fresh write did not commit within 2 s of the leader".into())
+            Err(
+                "S4 liveness after heal: a fresh write did not commit within 2 s of the leader"
+                    .into(),
+            )
         }
     }
 
@@ -294,13 +333,20 @@ impl Cluster {
         let deadline = self.sim.now() + Duration::from_secs(10);
         let ids = self.replicas.clone();
         self.run_until(deadline, |c| {
-            let ends: BTreeSet<Slot> = ids.iter().filter_map(|id| c.replica(*id)).map(|r| r.learner().next_apply()).collect();
+            let ends: BTreeSet<Slot> = ids
+                .iter()
+                .filter_map(|id| c.replica(*id))
+                .map(|r| r.learner().next_apply())
+                .collect();
             ends.len() == 1
         })?;
         let mut logs = Vec::new();
         for id in &self.replicas {
-            let r = self.replica(*id).ok_or_else(|| format!("{id} is down at the end"))?;
-            let log: Vec<(ClientId, u64)> = r.learner().commands().map(|c| (c.client, c.seq)).collect();
+            let r = self
+                .replica(*id)
+                .ok_or_else(|| format!("{id} is down at the end"))?;
+            let log: Vec<(ClientId, u64)> =
+                r.learner().commands().map(|c| (c.client, c.seq)).collect();
             logs.push((*id, r.learner().next_apply(), log));
         }
         let (first_id, first_end, first_log) = &logs[0];
@@ -335,7 +381,13 @@ impl Cluster {
     pub fn completed_ops(&self) -> usize {
         self.clients
             .iter()
-            .map(|c| self.client(*c).history().iter().filter(|r| r.completed.is_some()).count())
+            .map(|c| {
+                self.client(*c)
+                    .history()
+                    .iter()
+                    .filter(|r| r.completed.is_some())
+                    .count()
+            })
             .sum()
     }
 }
@@ -416,7 +468,9 @@ impl Invariants {
         }
         if let (Some(now), Some(max)) = (promised_now, self.promised.get(&node)) {
             if now < *max {
-                return Err(format!("S1: {node}'s promise went back from {max} to {now} (lost on restart?)"));
+                return Err(format!(
+                    "S1: {node}'s promise went back from {max} to {now} (lost on restart?)"
+                ));
             }
         }
         for p in probes {
@@ -434,15 +488,26 @@ impl Invariants {
                 }
                 *max = b;
             }
-            Probe::Accepted { slot, ballot, digest } => {
+            Probe::Accepted {
+                slot,
+                ballot,
+                digest,
+            } => {
                 let max = self.promised.entry(node).or_default();
                 if ballot < *max {
-                    return Err(format!("S1: {node} accepted slot {slot} at {ballot} below its promise {max}"));
+                    return Err(format!(
+                        "S1: {node} accepted slot {slot} at {ballot} below its promise {max}"
+                    ));
                 }
                 *max = ballot;
-                let entry = self.accepts.entry((slot, ballot)).or_insert((digest, BTreeSet::new()));
+                let entry = self
+                    .accepts
+                    .entry((slot, ballot))
+                    .or_insert((digest, BTreeSet::new()));
                 if entry.0 != digest {
-                    return Err(format!("S1: two values proposed in slot {slot} at ballot {ballot}"));
+                    return Err(format!(
+                        "S1: two values proposed in slot {slot} at ballot {ballot}"
+                    ));
                 }
                 entry.1.insert(node);
                 if entry.1.len() >= self.quorum {
@@ -459,7 +524,9 @@ impl Invariants {
                     }
                     if let Some(l) = self.learned.get(&slot) {
                         if *l != digest {
-                            return Err(format!("S1: slot {slot} learned as {l:#x} but chosen {digest:#x}"));
+                            return Err(format!(
+                                "S1: slot {slot} learned as {l:#x} but chosen {digest:#x}"
+                            ));
                         }
                     }
                 }
@@ -467,24 +534,34 @@ impl Invariants {
             Probe::Decided { slot, digest } => {
                 if let Some(l) = self.learned.insert(slot, digest) {
                     if l != digest {
-                        return Err(format!("S1: learners disagree on slot {slot}: {l:#x} vs {digest:#x}"));
+                        return Err(format!(
+                            "S1: learners disagree on slot {slot}: {l:#x} vs {digest:#x}"
+                        ));
                     }
                 }
                 if let Some((c, _)) = self.chosen.get(&slot) {
                     if *c != digest {
-                        return Err(format!("S1: {node} learned slot {slot} as {digest:#x}, chosen {c:#x}"));
+                        return Err(format!(
+                            "S1: {node} learned slot {slot} as {digest:#x}, chosen {c:#x}"
+                        ));
                     }
                 }
             }
             Probe::Applied(slot) => {
                 let next = self.next_applied.entry(node).or_insert(0);
                 if slot != *next {
-                    return Err(format!("S1: {node} applied slot {slot}, expected {next} (out of order)"));
+                    return Err(format!(
+                        "S1: {node} applied slot {slot}, expected {next} (out of order)"
+                    ));
                 }
                 *next += 1;
             }
             Probe::Elected(b) => self.elections.push((node, b)),
-            Probe::Readopted { slot, proposed, reported } => {
+            Probe::Readopted {
+                slot,
+                proposed,
+                reported,
+            } => {
                 self.readopted.push((slot, proposed, reported));
                 if let Some(rep) = reported {
                     if rep != proposed {
