@@ -37,6 +37,7 @@ mod acceptor;
 mod ballot;
 mod client;
 mod config;
+pub mod demo;
 mod kv;
 mod leader;
 mod learner;
