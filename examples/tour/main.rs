@@ -7,6 +7,8 @@
 
 use clap::Parser;
 
+mod paxos;
+
 /// A tour of the toolkit: every pattern, on loopback, in one process.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -22,7 +24,11 @@ struct Args {
 type Section = (&'static str, &'static str, fn() -> anyhow::Result<()>);
 
 /// The sections, in the order of the Guide's chapter 5.
-const SECTIONS: &[Section] = &[];
+const SECTIONS: &[Section] = &[(
+    "paxos",
+    "Multi-Paxos over ZeroMQ: a leader failure, and agreement",
+    paxos::run,
+)];
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

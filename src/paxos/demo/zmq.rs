@@ -93,6 +93,7 @@ pub async fn run_zmq(cfg: &DemoConfig, shutdown: &CancellationToken) -> Result<D
     }));
 
     let mut killed = None;
+    let mut finished = Vec::new();
     loop {
         let (done, idle) = *progress.borrow_and_update();
         if idle || shutdown.is_cancelled() {
@@ -103,8 +104,9 @@ pub async fn run_zmq(cfg: &DemoConfig, shutdown: &CancellationToken) -> Result<D
                 if let Some(i) = running.iter().position(|r| r.state.borrow().0) {
                     let victim = running.remove(i);
                     victim.stop.cancel();
-                    if let Ok((_, t)) = victim.task.await {
+                    if let Ok((replica, t)) = victim.task.await {
                         t.close().await;
+                        finished.push(replica);
                     }
                     killed = Some(victim.id);
                 }
@@ -124,7 +126,6 @@ pub async fn run_zmq(cfg: &DemoConfig, shutdown: &CancellationToken) -> Result<D
         let _ = tokio::time::timeout(Duration::from_secs(5), r.state.wait_for(|s| s.1 >= target)).await;
     }
     let mut nodes = Vec::new();
-    let mut finished = Vec::new();
     for r in running {
         r.stop.cancel();
         let (replica, t) = r.task.await.map_err(|_| DemoError::Task)?;
