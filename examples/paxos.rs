@@ -96,7 +96,9 @@ fn print_times(r: &DemoReport, clock: &str) {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let args = Args::parse();
     check(&args)?;
@@ -113,7 +115,9 @@ fn main() -> anyhow::Result<()> {
     let how = match args.sim {
         Some(seed) => format!("on the simulator, seed {seed}"),
         None => match &storage {
-            Storage::Files(d) => format!("over ZeroMQ on 127.0.0.1, fsynced WALs in {}", d.display()),
+            Storage::Files(d) => {
+                format!("over ZeroMQ on 127.0.0.1, fsynced WALs in {}", d.display())
+            }
             _ => "over ZeroMQ on 127.0.0.1, acceptor state in memory".to_owned(),
         },
     };
@@ -125,7 +129,9 @@ fn main() -> anyhow::Result<()> {
     let report = match args.sim {
         Some(seed) => run_sim(&cfg, seed, Duration::from_secs(3600)),
         None => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
                 let on_ctrl_c = shutdown.clone();

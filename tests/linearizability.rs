@@ -1,7 +1,6 @@
 //! The linearizability checker used by the consensus battery, tested on
 //! known linearizable and known non-linearizable histories.
 
-#[allow(dead_code)]
 #[path = "support/linearizability.rs"]
 mod linearizability;
 
@@ -168,8 +167,8 @@ fn many_concurrent_writers_and_readers_stay_fast() {
     // register so the history is linearizable by construction.
     let mut h = Vec::new();
     let mut state: Option<Bytes> = None;
-    let mut t = 0u64;
     for i in 0..400u64 {
+        let t = i;
         let client = i % 8;
         // Each op spans 8 time units and takes effect at its midpoint,
         // in index order.
@@ -188,7 +187,6 @@ fn many_concurrent_writers_and_readers_stay_fast() {
             }
         };
         h.push(op(client, call, t, Some((t + 8, ret))));
-        t += 1;
     }
     check(&h).unwrap();
     // Flip one read to a stale value: caught.

@@ -253,14 +253,14 @@ impl Model {
     /// Explores every reachable state (depth first: a violation is found
     /// quickly); returns the count, or the first state where two values are
     /// chosen.
-    fn check(&self) -> Result<usize, State> {
+    fn check(&self) -> Result<usize, Box<State>> {
         let init = self.initial();
         let mut seen = HashSet::new();
         let mut stack = vec![init.clone()];
         seen.insert(init);
         while let Some(s) = stack.pop() {
             if Self::chosen(&s).len() > 1 {
-                return Err(s);
+                return Err(Box::new(s));
             }
             if !self.forget_promise {
                 // Durability: replaying the records rebuilds the state.

@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -38,7 +38,7 @@ async fn start_node(
     id: NodeId,
     bind: &str,
     peers: &[(NodeId, String)],
-    dir: &PathBuf,
+    dir: &Path,
     shutdown: &CancellationToken,
 ) -> Node {
     let mut transport = within(secs(10), "bind", async {
@@ -59,7 +59,7 @@ async fn start_node(
 fn spawn_replica(
     id: NodeId,
     transport: ZmqTransport,
-    dir: &PathBuf,
+    dir: &Path,
     shutdown: &CancellationToken,
 ) -> Node {
     let cfg = Config::symmetric(id, &IDS)

@@ -278,7 +278,9 @@ mod tests {
                 log.push(r.encode());
             }
         }
-        a.handle_prepare(b(5, 0), 0).1.map(|r| log.push(r.encode()));
+        if let Some(r) = a.handle_prepare(b(5, 0), 0).1 {
+            log.push(r.encode());
+        }
         let back = AcceptorState::replay(log.clone()).unwrap();
         assert_eq!(back, a);
         assert_eq!(AcceptorState::replay(a.snapshot()).unwrap(), a);

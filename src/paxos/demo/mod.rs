@@ -180,7 +180,9 @@ pub(crate) fn acceptor_ids(cfg: &DemoConfig) -> Vec<NodeId> {
 }
 
 pub(crate) fn leader_ids(cfg: &DemoConfig) -> Vec<NodeId> {
-    (cfg.acceptors..cfg.acceptors + cfg.leaders).map(NodeId).collect()
+    (cfg.acceptors..cfg.acceptors + cfg.leaders)
+        .map(NodeId)
+        .collect()
 }
 
 pub(crate) const CLIENT: NodeId = NodeId(1000);
@@ -196,7 +198,9 @@ pub(crate) fn replica_config(cfg: &DemoConfig, id: NodeId, seed: u64) -> Config 
 /// The client with its proposals queued: proposal `i` is `put v<i> = i`
 /// on session `i % sessions`.
 pub(crate) fn client(cfg: &DemoConfig, seed: u64) -> KvClient {
-    let sessions: Vec<ClientId> = (0..cfg.sessions.max(1) as u64).map(|s| ClientId(s + 1)).collect();
+    let sessions: Vec<ClientId> = (0..cfg.sessions.max(1) as u64)
+        .map(|s| ClientId(s + 1))
+        .collect();
     let ccfg = ClientConfig::new(&leader_ids(cfg))
         .request_timeout(Duration::from_millis(300))
         .seed(seed);
@@ -242,7 +246,10 @@ pub(crate) fn judge(
     });
     let completed: Vec<&OpRecord> = records.iter().filter(|r| r.completed.is_some()).collect();
     let start = records.iter().map(|r| r.invoked).min();
-    let end = completed.iter().filter_map(|r| r.completed.as_ref().map(|c| c.0)).max();
+    let end = completed
+        .iter()
+        .filter_map(|r| r.completed.as_ref().map(|c| c.0))
+        .max();
     let elapsed = match (start, end) {
         (Some(s), Some(e)) => e - s,
         _ => Duration::ZERO,

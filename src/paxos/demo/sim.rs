@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use super::{acceptor_ids, client, history, judge, leader_ids, replica_config, DemoConfig, DemoReport, NodeReport, CLIENT};
+use super::{
+    acceptor_ids, client, history, judge, leader_ids, replica_config, DemoConfig, DemoReport,
+    NodeReport, CLIENT,
+};
 use crate::durable::{MemWal, Wal};
 use crate::paxos::{KvClient, Replica};
 use crate::sim::{splitmix64, LinkProfile, Sim};
@@ -16,34 +19,51 @@ pub fn run_sim(cfg: &DemoConfig, seed: u64, limit: Duration) -> DemoReport {
     let mut sim: Sim<Actor> = Sim::new(seed);
     sim.set_default_link(LinkProfile::default());
     let mut st = seed;
-    let replicas: Vec<NodeId> = acceptor_ids(cfg).into_iter().chain(leader_ids(cfg)).collect();
+    let replicas: Vec<NodeId> = acceptor_ids(cfg)
+        .into_iter()
+        .chain(leader_ids(cfg))
+        .collect();
     for id in &replicas {
         let rc = replica_config(cfg, *id, splitmix64(&mut st));
         sim.add_node(*id, move |_, disk, now| {
             // The simulated disk is the acceptors' storage here.
-            let wal: Box<dyn Wal> = if rc.is_acceptor(rc.id()) { Box::new(disk) } else { Box::new(MemWal::new()) };
+            let wal: Box<dyn Wal> = if rc.is_acceptor(rc.id()) {
+                Box::new(disk)
+            } else {
+                Box::new(MemWal::new())
+            };
             Either::Left(Replica::new(rc.clone(), wal, now).expect("fresh storage"))
         });
     }
     let c = client(cfg, splitmix64(&mut st));
     let mut c = Some(c);
-    sim.add_node(CLIENT, move |_, _, _| Either::Right(c.take().expect("the client never restarts")));
-    let failed: Vec<NodeId> = acceptor_ids(cfg).into_iter().take(cfg.failed as usize).collect();
+    sim.add_node(CLIENT, move |_, _, _| {
+        Either::Right(c.take().expect("the client never restarts"))
+    });
+    let failed: Vec<NodeId> = acceptor_ids(cfg)
+        .into_iter()
+        .take(cfg.failed as usize)
+        .collect();
     for f in &failed {
         sim.crash(*f);
     }
     let deadline = Time::ZERO + limit;
     let mut killed = None;
-    let done = |sim: &Sim<Actor>| sim.node(CLIENT).and_then(|a| a.right()).is_none_or(|c| c.is_idle());
+    let done = |sim: &Sim<Actor>| {
+        sim.node(CLIENT)
+            .and_then(|a| a.right())
+            .is_none_or(|c| c.is_idle())
+    };
     while !done(&sim) && sim.now() < deadline {
         let _ = sim.run_for(Duration::from_millis(10), |_, _| Ok::<_, ()>(()));
         if let (Some(k), None) = (cfg.kill_leader_after, killed) {
             let acked = completed(&sim);
             if acked >= k {
-                let leader = replicas
-                    .iter()
-                    .copied()
-                    .find(|id| sim.node(*id).and_then(|a| a.left()).is_some_and(|r| r.is_leader()));
+                let leader = replicas.iter().copied().find(|id| {
+                    sim.node(*id)
+                        .and_then(|a| a.left())
+                        .is_some_and(|r| r.is_leader())
+                });
                 if let Some(l) = leader {
                     sim.crash(l);
                     killed = Some(l);
@@ -66,7 +86,11 @@ pub fn run_sim(cfg: &DemoConfig, seed: u64, limit: Duration) -> DemoReport {
             let r = sim.node(*id).and_then(|a| a.left());
             NodeReport {
                 id: *id,
-                role: if id.0 < cfg.acceptors { "acceptor" } else { "leader" },
+                role: if id.0 < cfg.acceptors {
+                    "acceptor"
+                } else {
+                    "leader"
+                },
                 state,
                 slots: r.map_or(0, |r| r.learner().next_apply()),
                 history: r.map(|r| history(r.learner())).unwrap_or_default(),
@@ -74,7 +98,11 @@ pub fn run_sim(cfg: &DemoConfig, seed: u64, limit: Duration) -> DemoReport {
             }
         })
         .collect();
-    let records = sim.node(CLIENT).and_then(|a| a.right()).map(|c| c.history().to_vec()).unwrap_or_default();
+    let records = sim
+        .node(CLIENT)
+        .and_then(|a| a.right())
+        .map(|c| c.history().to_vec())
+        .unwrap_or_default();
     judge(cfg, nodes, &records, killed)
 }
 

@@ -7,7 +7,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{acceptor_ids, client, history, judge, leader_ids, replica_config, DemoConfig, DemoError, DemoReport, NodeReport, Storage, CLIENT};
+use super::{
+    acceptor_ids, client, history, judge, leader_ids, replica_config, DemoConfig, DemoError,
+    DemoReport, NodeReport, Storage, CLIENT,
+};
 use crate::durable::{FileWal, MemWal, Wal};
 use crate::paxos::{KvClient, Replica};
 use crate::transport::zmq::{ZmqConfig, ZmqTransport};
@@ -28,11 +31,18 @@ fn zcfg(id: NodeId) -> ZmqConfig {
 
 /// Runs the scenario over ZeroMQ on `127.0.0.1`. Stops early if
 /// `shutdown` is cancelled.
-pub async fn run_zmq(cfg: &DemoConfig, shutdown: &CancellationToken) -> Result<DemoReport, DemoError> {
+pub async fn run_zmq(
+    cfg: &DemoConfig,
+    shutdown: &CancellationToken,
+) -> Result<DemoReport, DemoError> {
     let stop_all = shutdown.child_token();
     let acceptors = acceptor_ids(cfg);
     let replicas: Vec<NodeId> = acceptors.iter().copied().chain(leader_ids(cfg)).collect();
-    let failed: Vec<NodeId> = acceptors.iter().copied().take(cfg.failed as usize).collect();
+    let failed: Vec<NodeId> = acceptors
+        .iter()
+        .copied()
+        .take(cfg.failed as usize)
+        .collect();
     let mut transports = Vec::new();
     for id in &replicas {
         transports.push(ZmqTransport::start(zcfg(*id), &stop_all).await?);
@@ -56,10 +66,17 @@ pub async fn run_zmq(cfg: &DemoConfig, shutdown: &CancellationToken) -> Result<D
             }
         }
         let wal: Box<dyn Wal> = match &cfg.storage {
-            Storage::Files(dir) if acceptors.contains(&id) => Box::new(FileWal::open(dir.join(format!("n{}.wal", id.0)))?),
+            Storage::Files(dir) if acceptors.contains(&id) => {
+                Box::new(FileWal::open(dir.join(format!("n{}.wal", id.0)))?)
+            }
             _ => Box::new(MemWal::new()),
         };
-        let rc = replica_config(cfg, id, seed.wrapping_add(u64::from(id.0)).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let rc = replica_config(
+            cfg,
+            id,
+            seed.wrapping_add(u64::from(id.0))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let replica = Replica::new(rc, wal, Time::ZERO)?;
         let stop = stop_all.child_token();
         let (tx, state) = watch::channel((false, 0));
@@ -69,7 +86,12 @@ pub async fn run_zmq(cfg: &DemoConfig, shutdown: &CancellationToken) -> Result<D
                 std::mem::replace(s, new) != new
             });
         }));
-        running.push(Running { id, stop, state, task });
+        running.push(Running {
+            id,
+            stop,
+            state,
+            task,
+        });
     }
 
     // The client talks to the leaders.
@@ -81,16 +103,21 @@ pub async fn run_zmq(cfg: &DemoConfig, shutdown: &CancellationToken) -> Result<D
     let (ctx, mut progress) = watch::channel((0usize, false));
     let cstop = stop_all.child_token();
     let cdone = cstop.clone();
-    let client_task = tokio::spawn(driver::run(client(cfg, seed), ct, cstop, move |c: &KvClient| {
-        let idle = c.is_idle();
-        ctx.send_if_modified(|s| {
-            let new = (c.stats().completed as usize, idle);
-            std::mem::replace(s, new) != new
-        });
-        if idle {
-            cdone.cancel();
-        }
-    }));
+    let client_task = tokio::spawn(driver::run(
+        client(cfg, seed),
+        ct,
+        cstop,
+        move |c: &KvClient| {
+            let idle = c.is_idle();
+            ctx.send_if_modified(|s| {
+                let new = (c.stats().completed as usize, idle);
+                std::mem::replace(s, new) != new
+            });
+            if idle {
+                cdone.cancel();
+            }
+        },
+    ));
 
     let mut killed = None;
     let mut finished = Vec::new();
@@ -121,9 +148,14 @@ pub async fn run_zmq(cfg: &DemoConfig, shutdown: &CancellationToken) -> Result<D
     ct.close().await;
 
     // Let the live learners catch up (a few heartbeats), then stop.
-    let target = running.iter().map(|r| r.state.borrow().1).max().unwrap_or(0);
+    let target = running
+        .iter()
+        .map(|r| r.state.borrow().1)
+        .max()
+        .unwrap_or(0);
     for r in &mut running {
-        let _ = tokio::time::timeout(Duration::from_secs(5), r.state.wait_for(|s| s.1 >= target)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), r.state.wait_for(|s| s.1 >= target)).await;
     }
     let mut nodes = Vec::new();
     for r in running {
@@ -143,7 +175,11 @@ pub async fn run_zmq(cfg: &DemoConfig, shutdown: &CancellationToken) -> Result<D
         };
         nodes.push(NodeReport {
             id: *id,
-            role: if id.0 < cfg.acceptors { "acceptor" } else { "leader" },
+            role: if id.0 < cfg.acceptors {
+                "acceptor"
+            } else {
+                "leader"
+            },
             state,
             slots: r.map_or(0, |r| r.learner().next_apply()),
             history: r.map(|r| history(r.learner())).unwrap_or_default(),
