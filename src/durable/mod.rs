@@ -124,6 +124,10 @@ pub enum DurableError {
     /// A record read back did not decode as the core expected.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// An append failed earlier in this step (logged then): the step's state
+    /// is not durable, so its replies must not leave.
+    #[error("an append failed earlier in this step")]
+    AppendFailed,
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ mod wire;
 
 pub use acceptor::{AcceptorState, Record};
 pub use ballot::{Ballot, Slot};
-pub use client::{ClientConfig, KvClient, OpRecord};
+pub use client::{ClientConfig, ClientStats, KvClient, OpRecord};
 pub use config::{Config, Mutation};
 pub use kv::{Applied, ClientId, Command, KvStore, Op, Outcome, Value};
 pub use learner::Learner;

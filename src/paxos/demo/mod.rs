@@ -217,6 +217,35 @@ pub(crate) fn client(cfg: &DemoConfig, seed: u64) -> KvClient {
     c
 }
 
+/// The report of node `id`, whose replica (if still at hand) is `r`.
+pub(crate) fn node_report(
+    cfg: &DemoConfig,
+    id: NodeId,
+    failed: &[NodeId],
+    killed: Option<NodeId>,
+    r: Option<&super::Replica>,
+) -> NodeReport {
+    let state = if failed.contains(&id) {
+        "failed"
+    } else if killed == Some(id) {
+        "killed"
+    } else {
+        "live"
+    };
+    NodeReport {
+        id,
+        role: if id.0 < cfg.acceptors {
+            "acceptor"
+        } else {
+            "leader"
+        },
+        state,
+        slots: r.map_or(0, |r| r.learner().next_apply()),
+        history: r.map(|r| history(r.learner())).unwrap_or_default(),
+        elected: r.map_or(0, |r| r.stats().elected),
+    }
+}
+
 /// Distinct commands of a learner in log order.
 pub(crate) fn history(l: &Learner) -> Vec<(ClientId, u64)> {
     let mut seen = BTreeSet::new();

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    acceptor_ids, client, history, judge, leader_ids, replica_config, DemoConfig, DemoReport,
-    NodeReport, CLIENT,
+    acceptor_ids, client, judge, leader_ids, node_report, replica_config, DemoConfig, DemoReport,
+    CLIENT,
 };
 use crate::durable::{MemWal, Wal};
 use crate::paxos::{KvClient, Replica};
@@ -76,26 +76,13 @@ pub fn run_sim(cfg: &DemoConfig, seed: u64, limit: Duration) -> DemoReport {
     let nodes = replicas
         .iter()
         .map(|id| {
-            let state = if failed.contains(id) {
-                "failed"
-            } else if killed == Some(*id) {
-                "killed"
-            } else {
-                "live"
-            };
-            let r = sim.node(*id).and_then(|a| a.left());
-            NodeReport {
-                id: *id,
-                role: if id.0 < cfg.acceptors {
-                    "acceptor"
-                } else {
-                    "leader"
-                },
-                state,
-                slots: r.map_or(0, |r| r.learner().next_apply()),
-                history: r.map(|r| history(r.learner())).unwrap_or_default(),
-                elected: r.map_or(0, |r| r.stats().elected),
-            }
+            node_report(
+                cfg,
+                *id,
+                &failed,
+                killed,
+                sim.node(*id).and_then(|a| a.left()),
+            )
         })
         .collect();
     let records = sim

@@ -8,8 +8,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    acceptor_ids, client, history, judge, leader_ids, replica_config, DemoConfig, DemoError,
-    DemoReport, NodeReport, Storage, CLIENT,
+    acceptor_ids, client, judge, leader_ids, node_report, replica_config, DemoConfig, DemoError,
+    DemoReport, Storage, CLIENT,
 };
 use crate::durable::{FileWal, MemWal, Wal};
 use crate::paxos::{KvClient, Replica};
@@ -52,7 +52,11 @@ pub async fn run_zmq(
         .zip(&transports)
         .map(|(id, t)| (*id, t.endpoint().unwrap_or_default().to_owned()))
         .collect();
-    let seed = u64::from(std::process::id()) ^ Time::ZERO.as_micros();
+    // Real runs: election timings must differ between runs and restarts.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
     let mut running = Vec::new();
     for (id, mut t) in replicas.iter().copied().zip(transports) {
         if failed.contains(&id) {
@@ -166,25 +170,7 @@ pub async fn run_zmq(
     }
     for id in &replicas {
         let r = finished.iter().find(|r| r.id() == *id);
-        let state = if failed.contains(id) {
-            "failed"
-        } else if killed == Some(*id) {
-            "killed"
-        } else {
-            "live"
-        };
-        nodes.push(NodeReport {
-            id: *id,
-            role: if id.0 < cfg.acceptors {
-                "acceptor"
-            } else {
-                "leader"
-            },
-            state,
-            slots: r.map_or(0, |r| r.learner().next_apply()),
-            history: r.map(|r| history(r.learner())).unwrap_or_default(),
-            elected: r.map_or(0, |r| r.stats().elected),
-        });
+        nodes.push(node_report(cfg, *id, &failed, killed, r));
     }
     stop_all.cancel();
     Ok(judge(cfg, nodes, c.history(), killed))
