@@ -16,7 +16,9 @@
 mod hash;
 mod net;
 mod rng;
+mod types;
 
 pub use hash::{fnv1a64, TraceHash};
-pub use net::{Envelope, Fate, LinkProfile, PumpProfile, Sim, SimStats, Step, StepKind};
+pub use net::Sim;
 pub use rng::{splitmix64, Rng};
+pub use types::{Envelope, Fate, LinkProfile, PumpProfile, SimStats, Step, StepKind};
