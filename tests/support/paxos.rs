@@ -258,6 +258,15 @@ impl Cluster {
             .ok_or_else(|| format!("no leader within {within:?}"))
     }
 
+    /// Waits for a leader, lets a possible initial duel settle (1 s), and
+    /// returns the leader then.
+    pub fn stable_leader(&mut self) -> Result<NodeId, String> {
+        self.wait_leader(secs(5))?;
+        self.run_for(secs(1))?;
+        self.leader()
+            .ok_or_else(|| "no leader after settling".into())
+    }
+
     /// Queues `op` on a client's session.
     pub fn submit(&mut self, client: NodeId, session: usize, op: Op) {
         self.client_mut(client).push(session, op);
