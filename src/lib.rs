@@ -23,6 +23,15 @@
 //! - [`zmtp`]: a minimal ZMTP 3.0 XPUB server with per-subscriber queues, the
 //!   proxies' backend (the `zeromq` crate's XPUB blocks on one slow subscriber).
 //! - [`clone`]: the Clone pattern (CHP key-value server and client agent).
+//! - [`transport`]: the sans-IO `Process` contract of the consensus demos,
+//!   a message `Transport` trait, `ZmqTransport` (ROUTER in, supervised
+//!   DEALERs out), an in-memory `MemNet`, and the tokio driver.
+//! - [`sim`]: `Sim`, a seeded virtual-time network that delays, reorders,
+//!   drops, duplicates, partitions and crashes on purpose.
+//! - [`durable`]: the write-ahead log trait for acceptor (and Raft) state:
+//!   fsynced files, and a simulated disk that loses unsynced writes.
+//! - [`paxos`]: Multi-Paxos replicated key-value store (the seed's Paxos
+//!   demo, done right).
 //!
 //! # Limits of the underlying `zeromq` crate
 //!
@@ -34,10 +43,14 @@
 
 pub mod blackbox;
 pub mod clone;
+pub mod durable;
 pub mod endpoint;
 pub mod espresso;
 pub mod frames;
 pub mod lvc;
+pub mod paxos;
 pub mod pubsub;
+pub mod sim;
 pub mod snail;
+pub mod transport;
 pub mod zmtp;

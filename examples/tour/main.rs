@@ -14,6 +14,7 @@ mod blackbox;
 mod clone;
 mod espresso;
 mod lvc;
+mod paxos;
 mod snail;
 
 /// A tour of the toolkit: every pattern, on loopback, in one process.
@@ -56,6 +57,11 @@ const SECTIONS: &[Section] = &[
         "clone",
         "Clone: shared key-value state (CHP server + client agents)",
         clone::run,
+    ),
+    (
+        "paxos",
+        "Multi-Paxos over ZeroMQ: a leader failure, and agreement",
+        paxos::run,
     ),
 ];
 
