@@ -8,7 +8,7 @@
 //! One-frame messages have no value and are not cached (keying them by their
 //! whole content would grow the cache by one entry per distinct message).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
@@ -86,17 +86,11 @@ struct Entry {
 }
 
 /// The last message per topic.
-///
-/// Eviction order is kept as a queue of `(stamp, topic)` in update order;
-/// an update appends and leaves the topic's older record behind as stale
-/// (its stamp no longer matches the entry's). Stale records are skipped when
-/// evicting and swept when they outnumber live ones, so each update is
-/// amortised O(1) on top of the one tree insert, and the queue never holds
-/// more than twice the number of topics (plus one).
 #[derive(Debug, Default)]
 pub struct LastValueCache {
     entries: BTreeMap<Bytes, Entry>,
-    order: VecDeque<(u64, Bytes)>,
+    /// Update stamp -> topic: the eviction order (oldest update first).
+    order: BTreeMap<u64, Bytes>,
     next_stamp: u64,
     limits: CacheLimits,
     stats: CacheStats,
@@ -128,7 +122,7 @@ impl LastValueCache {
         }
         let stamp = self.next_stamp;
         self.next_stamp += 1;
-        self.order.push_back((stamp, topic.clone()));
+        self.order.insert(stamp, topic.clone());
         let entry = Entry {
             msg: msg.clone(),
             stamp,
@@ -138,17 +132,14 @@ impl LastValueCache {
         self.stats.bytes += size as u64;
         let stored = match self.entries.insert(topic.clone(), entry) {
             Some(old) => {
+                self.order.remove(&old.stamp);
                 self.stats.bytes -= old.size as u64;
                 Stored::Replaced
             }
             None => Stored::Inserted,
         };
-        self.evict();
-        if self.order.len() > 2 * self.entries.len() + 1 {
-            self.sweep();
-        }
         self.stats.topics = self.entries.len() as u64;
-        debug_assert!(self.order.len() <= 2 * self.entries.len() + 1);
+        self.evict();
         stored
     }
 
@@ -156,23 +147,15 @@ impl LastValueCache {
         while self.entries.len() > self.limits.max_topics
             || self.stats.bytes > self.limits.max_bytes as u64
         {
-            let Some((stamp, topic)) = self.order.pop_front() else {
+            let Some((_, topic)) = self.order.pop_first() else {
                 break;
             };
-            // Only the topic's latest record evicts it; older ones are stale.
-            if self.entries.get(&topic).is_some_and(|e| e.stamp == stamp) {
-                if let Some(old) = self.entries.remove(&topic) {
-                    self.stats.bytes -= old.size as u64;
-                    self.stats.evictions += 1;
-                }
+            if let Some(old) = self.entries.remove(&topic) {
+                self.stats.bytes -= old.size as u64;
+                self.stats.evictions += 1;
             }
         }
-    }
-
-    fn sweep(&mut self) {
-        let entries = &self.entries;
-        self.order
-            .retain(|(stamp, topic)| entries.get(topic).is_some_and(|e| e.stamp == *stamp));
+        self.stats.topics = self.entries.len() as u64;
     }
 
     /// The cached messages whose topic starts with `prefix`, in key order
