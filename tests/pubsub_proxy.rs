@@ -14,6 +14,21 @@ async fn proxy_bound_both() -> pubsub::ProxyHandle {
         .unwrap()
 }
 
+/// A libzmq XPUB publisher (it shows what the proxy sends upstream) and a
+/// proxy whose frontend connects to it.
+async fn proxy_behind_libzmq_xpub() -> (Lz, pubsub::ProxyHandle) {
+    let publisher = Lz::new(zmq::XPUB);
+    let ep = publisher.bind_loopback();
+    let config = ProxyConfig::new(
+        EndpointSpec::connect(&ep).unwrap(),
+        EndpointSpec::loopback(),
+    );
+    let proxy = pubsub::start(config, (), CancellationToken::new())
+        .await
+        .unwrap();
+    (publisher, proxy)
+}
+
 /// Publishes `frames` from `publisher` until `sub` receives something.
 async fn publish_until_received(publisher: &Lz, frames: &[&[u8]], sub: &Lz) -> Vec<u8> {
     within(secs(10), "a message through the proxy", async {
@@ -65,15 +80,7 @@ async fn topic_survives_one_of_two_subscribers_leaving_and_reaches_late_publishe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_unsubscribe_goes_upstream_and_data_stops() {
     trace_init();
-    let publisher = Lz::new(zmq::XPUB);
-    let ep = publisher.bind_loopback();
-    let config = ProxyConfig::new(
-        EndpointSpec::connect(&ep).unwrap(),
-        EndpointSpec::loopback(),
-    );
-    let proxy = pubsub::start(config, (), CancellationToken::new())
-        .await
-        .unwrap();
+    let (publisher, proxy) = proxy_behind_libzmq_xpub().await;
     let sub = Lz::new(zmq::SUB);
     sub.subscribe(b"B");
     sub.connect(proxy.backend_endpoint());
@@ -197,15 +204,7 @@ async fn a_stalled_subscriber_loses_only_its_own_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnecting_subscriber_cancels_its_subscriptions_upstream() {
     trace_init();
-    let publisher = Lz::new(zmq::XPUB);
-    let ep = publisher.bind_loopback();
-    let config = ProxyConfig::new(
-        EndpointSpec::connect(&ep).unwrap(),
-        EndpointSpec::loopback(),
-    );
-    let proxy = pubsub::start(config, (), CancellationToken::new())
-        .await
-        .unwrap();
+    let (publisher, proxy) = proxy_behind_libzmq_xpub().await;
     let sub = zsub(proxy.backend_endpoint(), &["B", "C"]).await;
     let mut seen = Vec::new();
     for _ in 0..2 {
