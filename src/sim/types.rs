@@ -117,7 +117,7 @@ impl PumpProfile {
     }
 }
 
-/// What one [`Sim::step`] did.
+/// What one [`Sim::step`](super::Sim::step) did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     /// When.
