@@ -6,8 +6,10 @@ use crate::transport::NodeId;
 
 /// A deliberately re-introduced bug, for the battery's negative controls.
 ///
-/// Hidden from the documentation: only the tests construct these, to prove
-/// that the battery catches each bug.
+/// Hidden from the documentation, and inert unless the crate is built with
+/// the test-only cargo feature `negative-controls` (which the crate's own
+/// tests turn on): only then can `Config::mutation` switch one on, to
+/// prove that the battery catches each bug.
 #[doc(hidden)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[non_exhaustive]
@@ -37,6 +39,7 @@ pub struct Config {
     pub(crate) window: usize,
     pub(crate) max_batch: usize,
     pub(crate) seed: u64,
+    #[cfg(feature = "negative-controls")]
     pub(crate) mutation: Option<Mutation>,
     pub(crate) probes: bool,
 }
@@ -60,6 +63,7 @@ impl Config {
             window: 16,
             max_batch: 256,
             seed: u64::from(id.0),
+            #[cfg(feature = "negative-controls")]
             mutation: None,
             probes: false,
         }
@@ -110,7 +114,9 @@ impl Config {
         self
     }
 
+    /// Re-introduces a known bug (test-only feature `negative-controls`).
     #[doc(hidden)]
+    #[cfg(feature = "negative-controls")]
     pub fn mutation(mut self, m: Option<Mutation>) -> Self {
         self.mutation = m;
         self

@@ -249,8 +249,16 @@ impl Replica {
         }
     }
 
+    /// Whether a negative control re-introduced bug `m`: never, unless
+    /// built with the test-only feature `negative-controls`.
+    #[cfg(feature = "negative-controls")]
     pub(crate) fn mutated(&self, m: Mutation) -> bool {
         self.cfg.mutation == Some(m)
+    }
+
+    #[cfg(not(feature = "negative-controls"))]
+    pub(crate) fn mutated(&self, _: Mutation) -> bool {
+        false
     }
 
     pub(crate) fn random_election_timeout(&mut self) -> Duration {
