@@ -15,10 +15,10 @@ use crate::endpoint::EndpointSpec;
 #[non_exhaustive]
 pub enum Overflow {
     /// Wait for room (backpressure). The I/O task stops reading, the kernel
-    /// buffers fill, and the *publisher* drops (silently, with the `zeromq`
-    /// crate) once its queue for this subscriber is full: nothing is lost
-    /// inside the subscriber, but one slow shard slows all shards fed by
-    /// that socket.
+    /// buffers fill, and the *publisher* holds the backlog: a libzmq PUB
+    /// drops at its HWM, a `zeromq` PUB queues it without bound (see the
+    /// README's limits). Nothing is lost inside the subscriber, but one
+    /// slow shard slows all shards fed by that socket.
     #[default]
     Block,
     /// Drop the new messages and count them per worker
