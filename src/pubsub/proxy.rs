@@ -334,8 +334,6 @@ impl<H: Hooks> Run<H> {
         Counters::bump(&self.counters.bytes_in, len as u64);
         self.hooks.on_message(&msg);
         let d = self.xpub.publish(&msg);
-        Counters::bump(&self.counters.messages_out, 1);
-        Counters::bump(&self.counters.bytes_out, len as u64);
         Counters::bump(&self.counters.deliveries, d.queued as u64);
         Counters::bump(&self.counters.slow_drops, d.dropped as u64);
         // The frontend can always have more to read; let the subscribers'
