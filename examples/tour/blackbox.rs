@@ -40,10 +40,7 @@ fn once(workers: usize) -> anyhow::Result<()> {
         stop.clone(),
         sent.clone(),
     )?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = rt.block_on(async {
+    let result = crate::block_on(async {
         let config = BlackBoxConfig::new()
             .socket(vec![EndpointSpec::connect(&ep)?], &[""])
             .workers(workers)
@@ -68,7 +65,8 @@ fn once(workers: usize) -> anyhow::Result<()> {
             lost.snapshot().iter().sum::<u64>().saturating_sub(stats.total_dropped())
         );
         anyhow::Ok(())
-    });
+    })
+    .and_then(|r| r); // the runtime's error or the run's
     stop.cancel();
     publisher
         .join()

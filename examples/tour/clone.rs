@@ -9,10 +9,7 @@ use tokio_util::sync::CancellationToken;
 use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, ServerAddr, ServerConfig};
 
 pub(crate) fn run() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(tour())
+    crate::block_on(tour())?
 }
 
 async fn tour() -> anyhow::Result<()> {

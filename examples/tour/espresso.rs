@@ -10,10 +10,7 @@ use zpatterns::frames::render;
 use zpatterns::pubsub::ProxyConfig;
 
 pub(crate) fn run() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(tour())
+    crate::block_on(tour())?
 }
 
 async fn tour() -> anyhow::Result<()> {

@@ -15,10 +15,7 @@ const UPDATE_EVERY: Duration = Duration::from_millis(50);
 const PATIENCE: Duration = Duration::from_secs(3);
 
 pub(crate) fn run() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(tour())
+    crate::block_on(tour())?
 }
 
 async fn tour() -> anyhow::Result<()> {

@@ -29,6 +29,16 @@ struct Args {
     list: bool,
 }
 
+/// Runs `fut` on a fresh current-thread runtime: the sections measured
+/// fastest on one (the `zeromq` crate's tasks stay on one core; waking a
+/// thread on the other vCPU costs ~25 us on the reference machine).
+fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut))
+}
+
 type Section = (&'static str, &'static str, fn() -> anyhow::Result<()>);
 
 /// The sections, in the order of the Guide's chapter 5.

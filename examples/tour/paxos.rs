@@ -18,10 +18,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         "   {} acceptors (1 failed from the start), {} leaders, {} proposals from {} sessions; the leader is killed after {}",
         cfg.acceptors, cfg.leaders, cfg.proposals, cfg.sessions, 200
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let report = rt.block_on(run_zmq(&cfg, &CancellationToken::new()))?;
+    let report = crate::block_on(run_zmq(&cfg, &CancellationToken::new()))??;
     print!("{report}");
     println!(
         "   {:.0} commits/s, latency p50 {:.2} ms, p99 {:.2} ms (including the failover)",

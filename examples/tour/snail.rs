@@ -15,10 +15,7 @@ use zpatterns::snail::*;
 const MAX_LAG: Duration = Duration::from_millis(300);
 
 pub(crate) fn run() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    crate::block_on(async {
         let stop = CancellationToken::new();
         let ep = publisher(stop.clone()).await?;
         println!(
@@ -28,7 +25,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         recover(&ep).await?;
         stop.cancel();
         anyhow::Ok(())
-    })?;
+    })??;
     skew();
     Ok(())
 }
