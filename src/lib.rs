@@ -68,12 +68,13 @@
 //!   DEALERs out), an in-memory `MemNet`, and the tokio driver.
 //! - [`sim`]: `Sim`, a seeded virtual-time network that delays, reorders,
 //!   drops, duplicates, partitions and crashes on purpose.
-//! - [`durable`]: the write-ahead log trait for acceptor (and Raft) state:
-//!   fsynced files, and a simulated disk that loses unsynced writes.
+//! - [`durable`]: the write-ahead log trait for a consensus core's state
+//!   (the Paxos acceptor's): fsynced files, and a simulated disk that loses
+//!   unsynced writes.
 //! - `task` and `ratelog` (internal): the handle plumbing shared by every
 //!   pattern, and the rate limiter for peer-triggered log lines.
-//! - [`paxos`]: Multi-Paxos replicated key-value store (the seed's Paxos
-//!   demo, done right).
+//! - [`paxos`]: a Multi-Paxos replicated key-value store, proven by a
+//!   seeded fault-injection battery on [`sim`].
 //!
 //! # Limits of the underlying `zeromq` crate
 //!
