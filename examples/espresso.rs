@@ -20,9 +20,10 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use zeromq::prelude::*;
 use zpatterns::endpoint::{bind_by_default, connect_by_default, EndpointSpec};
-use zpatterns::espresso::{self, CaptureEvent, CaptureFilter, EventKind};
+use zpatterns::espresso::EspressoStats;
+use zpatterns::espresso::{CaptureEvent, CaptureFilter, Espresso, EspressoConfig, EventKind};
 use zpatterns::frames::render;
-use zpatterns::pubsub::{ProxyConfig, ProxyStats};
+use zpatterns::pubsub::ProxyConfig;
 
 /// Espresso: a pub-sub tracing proxy (ZeroMQ Guide, chapter 5).
 ///
@@ -78,10 +79,10 @@ async fn standalone(args: &Args, filter: CaptureFilter) -> anyhow::Result<()> {
         Some(ep) => ep.clone(),
         None => bind_by_default("tcp://*:6001")?,
     };
-    let config = ProxyConfig::new(frontend, backend);
-    let cancel = CancellationToken::new();
-    let (proxy, mut events) =
-        espresso::start(config, filter, args.capacity as usize, cancel.clone()).await?;
+    let config = EspressoConfig::new(ProxyConfig::new(frontend, backend))
+        .filter(filter)
+        .capacity(args.capacity as usize);
+    let mut proxy = Espresso::start(config, &CancellationToken::new()).await?;
     eprintln!(
         "espresso: publishers at {}, subscribers at {}; ctrl-c to stop",
         proxy.frontend_endpoint(),
@@ -89,7 +90,7 @@ async fn standalone(args: &Args, filter: CaptureFilter) -> anyhow::Result<()> {
     );
     loop {
         tokio::select! {
-            ev = events.recv() => match ev {
+            ev = proxy.events().recv() => match ev {
                 Some(ev) => print_event(&ev, args.json),
                 None => break,
             },
@@ -106,8 +107,10 @@ async fn demo(args: &Args, filter: CaptureFilter) -> anyhow::Result<()> {
     // Publisher: one random "%c-%05d" every 100 ms, as in the Guide.
     let pub_ep = common::spawn_letter_publisher(Duration::from_millis(100), cancel.clone()).await?;
     let config = ProxyConfig::new(EndpointSpec::connect(&pub_ep)?, EndpointSpec::loopback());
-    let (proxy, mut events) =
-        espresso::start(config, filter, args.capacity as usize, cancel.clone()).await?;
+    let config = EspressoConfig::new(config)
+        .filter(filter)
+        .capacity(args.capacity as usize);
+    let mut proxy = Espresso::start(config, &cancel).await?;
     eprintln!(
         "publisher at {pub_ep}; espresso backend at {}",
         proxy.backend_endpoint()
@@ -134,7 +137,7 @@ async fn demo(args: &Args, filter: CaptureFilter) -> anyhow::Result<()> {
     tokio::pin!(deadline);
     while unsubscribes < 2 {
         tokio::select! {
-            ev = events.recv() => {
+            ev = proxy.events().recv() => {
                 let Some(ev) = ev else { break };
                 unsubscribes += usize::from(ev.kind == EventKind::Unsubscribe);
                 print_event(&ev, args.json);
@@ -188,7 +191,8 @@ fn print_event(ev: &CaptureEvent, json: bool) {
     }
 }
 
-fn print_stats(s: &ProxyStats) {
+fn print_stats(stats: &EspressoStats) {
+    let s = &stats.proxy;
     eprintln!(
         "stats: {} msgs / {} B in, {} delivered, {} dropped (slow subscribers); {} subscribes, {} unsubscribes, {} malformed; capture drops {}",
         s.messages_in, s.bytes_in, s.deliveries, s.slow_drops, s.subscribes, s.unsubscribes, s.malformed, s.capture_drops

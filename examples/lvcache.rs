@@ -8,7 +8,7 @@ mod common;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use zpatterns::endpoint::{bind_by_default, EndpointSpec};
-use zpatterns::lvc::{self, CacheLimits, LvcConfig};
+use zpatterns::lvc::{CacheLimits, Lvc, LvcConfig};
 use zpatterns::pubsub::ProxyConfig;
 
 /// Last Value Cache proxy (ZeroMQ Guide, chapter 5). Endpoints bind unless
@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let proxy = ProxyConfig::new(args.frontend, args.backend).subscriber_hwm(args.hwm);
     let config =
         LvcConfig::new(proxy).limits(CacheLimits::new(args.max_topics, args.max_mib << 20));
-    let cache = lvc::start(config, CancellationToken::new()).await?;
+    let cache = Lvc::start(config, &CancellationToken::new()).await?;
     eprintln!(
         "lvcache: publishers at {}, subscribers at {}; ctrl-c to stop",
         cache.frontend_endpoint(),

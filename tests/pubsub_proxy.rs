@@ -3,27 +3,31 @@
 mod common;
 use common::*;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use zpatterns::endpoint::EndpointSpec;
-use zpatterns::pubsub::{self, ProxyConfig};
+use zpatterns::pubsub::{Proxy, ProxyConfig};
 
-async fn proxy_bound_both() -> pubsub::ProxyHandle {
+async fn proxy_bound_both() -> Proxy {
     let config = ProxyConfig::new(EndpointSpec::loopback(), EndpointSpec::loopback());
-    pubsub::start(config, (), CancellationToken::new())
+    Proxy::start(config, (), &CancellationToken::new())
         .await
         .unwrap()
 }
 
 /// A libzmq XPUB publisher (it shows what the proxy sends upstream) and a
 /// proxy whose frontend connects to it.
-async fn proxy_behind_libzmq_xpub() -> (Lz, pubsub::ProxyHandle) {
+async fn proxy_behind_libzmq_xpub() -> (Lz, Proxy) {
     let publisher = Lz::new(zmq::XPUB);
     let ep = publisher.bind_loopback();
     let config = ProxyConfig::new(
         EndpointSpec::connect(&ep).unwrap(),
         EndpointSpec::loopback(),
     );
-    let proxy = pubsub::start(config, (), CancellationToken::new())
+    let proxy = Proxy::start(config, (), &CancellationToken::new())
         .await
         .unwrap();
     (publisher, proxy)
@@ -126,7 +130,7 @@ async fn a_stalled_subscriber_loses_only_its_own_messages() {
     trace_init();
     let config =
         ProxyConfig::new(EndpointSpec::loopback(), EndpointSpec::loopback()).subscriber_hwm(1000);
-    let proxy = pubsub::start(config, (), CancellationToken::new())
+    let proxy = Proxy::start(config, (), &CancellationToken::new())
         .await
         .unwrap();
     // A zeromq-crate SUB that is never polled: nothing reads its stream.
@@ -146,7 +150,9 @@ async fn a_stalled_subscriber_loses_only_its_own_messages() {
         proxy.stats().upstream_sent == 1
     })
     .await;
-    tokio::time::sleep(ms(200)).await;
+    // The subscription has reached the libzmq publisher once a probe gets
+    // through (probes are skipped below).
+    publish_until_received(&publisher, &[b"WARM"], &reader).await;
     // Enough 1 KiB messages to fill the stalled subscriber's kernel buffers
     // (a few MiB each side) and its queue many times over.
     const N: u32 = 30_000;
@@ -172,6 +178,9 @@ async fn a_stalled_subscriber_loses_only_its_own_messages() {
             };
             if m[0] == b"END" {
                 break;
+            }
+            if m[0] == b"WARM" {
+                continue;
             }
             let seq = u32::from_be_bytes(m[0][..4].try_into().unwrap());
             assert!(
@@ -240,14 +249,136 @@ async fn libzmq_subscribers_with_heartbeats_stay_connected() {
         s.set_heartbeat_timeout(500).unwrap();
     });
     sub.subscribe(b"");
-    sub.connect(proxy.backend_endpoint());
+    // Through a relay that counts the proxy's PONGs.
+    let (relay, pongs) = pong_counting_relay(proxy.backend_endpoint()).await;
+    sub.connect(&relay);
     let publisher = Lz::new(zmq::PUB);
     publisher.connect(proxy.frontend_endpoint());
     publish_until_received(&publisher, &[b"hello"], &sub).await;
-    // Several heartbeat intervals later the connection is the same one.
-    tokio::time::sleep(ms(1500)).await;
+    // A quiet spell: only heartbeats cross, and libzmq drops a connection
+    // that hears nothing for 500 ms. 20 PONGs at one per 50 ms PING span
+    // two such timeouts.
+    let before = pongs.load(Ordering::Relaxed);
+    eventually(secs(20), "20 PONGs from the proxy", || {
+        pongs.load(Ordering::Relaxed) >= before + 20
+    })
+    .await;
     publish_until_received(&publisher, &[b"still"], &sub).await;
+    // The connection is the same one.
     let stats = proxy.stats();
     assert_eq!((stats.connects, stats.disconnects), (1, 0), "{stats:?}");
     proxy.shutdown().await.unwrap();
+}
+
+/// A TCP relay in front of `target` (`tcp://host:port`): returns its own
+/// endpoint and a count of the ZMTP PONG commands `target` sent back
+/// through it (the command name, length-prefixed: `\x04PONG`).
+async fn pong_counting_relay(target: &str) -> (String, Arc<AtomicUsize>) {
+    let target = target.trim_start_matches("tcp://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ep = format!("tcp://{}", listener.local_addr().unwrap());
+    let pongs = Arc::new(AtomicUsize::new(0));
+    let count = pongs.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        tail.extend_from_slice(&buf[..n]);
+                        let found = tail.windows(5).filter(|w| w == b"\x04PONG").count();
+                        count.fetch_add(found, Ordering::Relaxed);
+                        // Keep 4 bytes: a match split across reads.
+                        tail.drain(..tail.len().saturating_sub(4));
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                // Either side closing ends both.
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    (ep, pongs)
+}
+
+/// The host:port of a `tcp://` endpoint.
+fn addr(ep: &str) -> String {
+    ep.trim_start_matches("tcp://").to_owned()
+}
+
+/// Polls until nothing accepts TCP connections at `ep` any more.
+async fn port_closed(ep: &str) {
+    let addr = addr(ep);
+    within(secs(10), "the port to close", async {
+        while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            tokio::time::sleep(ms(10)).await;
+        }
+    })
+    .await
+}
+
+/// Shutting down one proxy stops it alone; dropping another's handle stops
+/// that one (its port closes); the parent token is never cancelled and a
+/// third proxy under it keeps forwarding between libzmq peers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_proxy_stopped_by_shutdown_or_drop_leaves_the_others_on_the_parent_running() {
+    trace_init();
+    let parent = CancellationToken::new();
+    let config = || ProxyConfig::new(EndpointSpec::loopback(), EndpointSpec::loopback());
+    let a = Proxy::start(config(), (), &parent).await.unwrap();
+    let b = Proxy::start(config(), (), &parent).await.unwrap();
+    let c = Proxy::start(config(), (), &parent).await.unwrap();
+    let sub = Lz::new(zmq::SUB);
+    sub.subscribe(b"");
+    sub.connect(c.backend_endpoint());
+    let publisher = Lz::new(zmq::PUB);
+    publisher.connect(c.frontend_endpoint());
+    assert_eq!(
+        publish_until_received(&publisher, &[b"before"], &sub).await,
+        b"before"
+    );
+
+    let a_backend = a.backend_endpoint().to_owned();
+    assert!(tokio::net::TcpStream::connect(addr(&a_backend))
+        .await
+        .is_ok());
+    let last = within(secs(10), "shutdown", a.shutdown()).await.unwrap();
+    assert_eq!(last.messages_in, 0, "{last:?}");
+    assert!(!parent.is_cancelled());
+    port_closed(&a_backend).await;
+    assert_eq!(
+        publish_until_received(&publisher, &[b"after shutdown"], &sub).await,
+        b"after shutdown"
+    );
+
+    let b_backend = b.backend_endpoint().to_owned();
+    assert!(tokio::net::TcpStream::connect(addr(&b_backend))
+        .await
+        .is_ok());
+    drop(b);
+    port_closed(&b_backend).await;
+    assert!(!parent.is_cancelled());
+    assert_eq!(
+        publish_until_received(&publisher, &[b"after drop"], &sub).await,
+        b"after drop"
+    );
+    let last = c.shutdown().await.unwrap();
+    assert!(last.messages_out >= 3, "{last:?}");
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use zpatterns::endpoint::EndpointSpec;
-use zpatterns::espresso::{self, CaptureFilter};
-use zpatterns::lvc::{self, LvcConfig};
-use zpatterns::pubsub::{self, ProxyConfig, ProxyStats};
+use zpatterns::espresso::{Espresso, EspressoConfig};
+use zpatterns::lvc::{Lvc, LvcConfig};
+use zpatterns::pubsub::{Proxy, ProxyConfig, ProxyStats};
 
 use crate::cases::Pattern;
 use crate::proto::{emit, Control, Report};
@@ -26,14 +26,14 @@ pub(crate) async fn run(a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
     let captured = Arc::new(AtomicU64::new(0));
     let stats: Box<dyn Fn() -> ProxyStats> = match a.pattern {
         Pattern::Proxy => {
-            let p = pubsub::start(config, (), cancel.clone()).await?;
+            let p = Proxy::start(config, (), &cancel).await?;
             ready(p.frontend_endpoint(), p.backend_endpoint());
             Box::new(move || p.stats())
         }
         Pattern::Espresso => {
-            let filter = CaptureFilter::all();
-            let (p, mut events) =
-                espresso::start(config, filter, CAPTURE_CAPACITY, cancel.clone()).await?;
+            let config = EspressoConfig::new(config).capacity(CAPTURE_CAPACITY);
+            let mut p = Espresso::start(config, &cancel).await?;
+            let mut events = p.take_events();
             let count = captured.clone();
             // The listener: takes every event off the channel, as a
             // logging or recording listener would, and counts it.
@@ -44,10 +44,10 @@ pub(crate) async fn run(a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
                 }
             });
             ready(p.frontend_endpoint(), p.backend_endpoint());
-            Box::new(move || p.stats())
+            Box::new(move || p.stats().proxy)
         }
         Pattern::Lvc => {
-            let c = lvc::start(LvcConfig::new(config), cancel.clone()).await?;
+            let c = Lvc::start(LvcConfig::new(config), &cancel).await?;
             ready(c.frontend_endpoint(), c.backend_endpoint());
             Box::new(move || c.stats().proxy)
         }

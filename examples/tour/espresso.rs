@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use zeromq::prelude::*;
 use zpatterns::endpoint::EndpointSpec;
-use zpatterns::espresso::{self, CaptureFilter, EventKind};
+use zpatterns::espresso::{Espresso, EspressoConfig, EventKind};
 use zpatterns::frames::render;
 use zpatterns::pubsub::ProxyConfig;
 
@@ -18,8 +18,7 @@ async fn tour() -> anyhow::Result<()> {
     let pub_ep =
         crate::common::spawn_letter_publisher(Duration::from_millis(20), cancel.clone()).await?;
     let config = ProxyConfig::new(EndpointSpec::connect(&pub_ep)?, EndpointSpec::loopback());
-    let (proxy, mut events) =
-        espresso::start(config, CaptureFilter::all(), 1024, cancel.clone()).await?;
+    let mut proxy = Espresso::start(EspressoConfig::new(config).capacity(1024), &cancel).await?;
     println!(
         "   publisher {pub_ep} -> espresso -> subscriber on {}",
         proxy.backend_endpoint()
@@ -39,7 +38,7 @@ async fn tour() -> anyhow::Result<()> {
     });
     let mut unsubscribes = 0;
     while unsubscribes < 2 {
-        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        let ev = tokio::time::timeout(Duration::from_secs(10), proxy.events().recv())
             .await?
             .ok_or_else(|| anyhow::anyhow!("capture closed"))?;
         unsubscribes += usize::from(ev.kind == EventKind::Unsubscribe);
@@ -53,7 +52,7 @@ async fn tour() -> anyhow::Result<()> {
         );
     }
     subscriber.await??;
-    let s = proxy.stats();
+    let s = proxy.stats().proxy;
     println!(
         "   proxy counters: {} messages in, {} delivered, {} subscribes, {} unsubscribes (the disconnect cancelled them), {} capture drops",
         s.messages_in, s.deliveries, s.subscribes, s.unsubscribes, s.capture_drops

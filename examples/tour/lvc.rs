@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use zeromq::prelude::*;
 use zpatterns::endpoint::EndpointSpec;
 use zpatterns::frames::message;
-use zpatterns::lvc::{self, LvcConfig};
+use zpatterns::lvc::{Lvc, LvcConfig};
 use zpatterns::pubsub::ProxyConfig;
 
 const TOPICS: u32 = 1000;
@@ -27,7 +27,7 @@ async fn tour() -> anyhow::Result<()> {
         EndpointSpec::connect(&pub_ep)?,
         EndpointSpec::loopback(),
     ));
-    let cache = lvc::start(config, cancel.clone()).await?;
+    let cache = Lvc::start(config, &cancel).await?;
     let t0 = Instant::now();
     while cache.stats().proxy.upstream_sent == 0 || t0.elapsed() < Duration::from_millis(300) {
         tokio::time::sleep(Duration::from_millis(10)).await;

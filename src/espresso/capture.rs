@@ -1,10 +1,12 @@
 //! Capture events and filters: what the Espresso tracer records about each
-//! message and subscription crossing the proxy, and which ones it keeps.
-//! Pure: no sockets; timestamps are supplied by the caller.
+//! message and subscription crossing the proxy, which ones it keeps, and
+//! the [`Recorder`] that numbers and timestamps them. Pure: no sockets, no
+//! clock; every `now` and the wall-clock anchor are supplied by the driver
+//! (`tracer.rs`).
 
 use std::borrow::Cow;
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -75,7 +77,9 @@ pub struct CaptureEvent {
     /// Capture order, from 0, counting events dropped by a slow listener
     /// (a gap in `seq` shows where events were lost).
     pub seq: u64,
-    /// Wall-clock time of capture.
+    /// Wall-clock time of capture: the wall clock read once when the
+    /// capture started, plus the monotonic time elapsed since (so events
+    /// are ordered even if the system clock is stepped meanwhile).
     pub at: SystemTime,
     /// Which way it flowed.
     pub dir: Direction,
@@ -178,6 +182,83 @@ impl CaptureFilter {
     }
 }
 
+/// Maps the proxy's monotonic `now` to wall-clock time from one anchor
+/// pair read by the driver when the capture starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeBase {
+    instant: Instant,
+    wall: SystemTime,
+}
+
+impl TimeBase {
+    /// `instant` and `wall` read at (about) the same moment.
+    pub(crate) fn new(instant: Instant, wall: SystemTime) -> Self {
+        Self { instant, wall }
+    }
+
+    /// The wall-clock time of `now` (the anchor's time for a `now` before it).
+    pub(crate) fn wall(&self, now: Instant) -> SystemTime {
+        self.wall + now.saturating_duration_since(self.instant)
+    }
+}
+
+/// The capture's state machine: filters events, numbers the kept ones in
+/// capture order and stamps them from the `now` it is given.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorder {
+    filter: CaptureFilter,
+    seq: u64,
+    base: TimeBase,
+}
+
+impl Recorder {
+    pub(crate) fn new(filter: CaptureFilter, base: TimeBase) -> Self {
+        Self {
+            filter,
+            seq: 0,
+            base,
+        }
+    }
+
+    /// Would a data message with this topic be kept? (Checked before the
+    /// driver reads a clock or builds anything: data is the hot path.)
+    pub(crate) fn wants_message(&self, topic: &[u8]) -> bool {
+        self.filter.accepts(EventKind::Message, topic)
+    }
+
+    /// A data message seen at `now`, if the filter keeps it.
+    pub(crate) fn message(&mut self, frames: &[Bytes], now: Instant) -> Option<CaptureEvent> {
+        let ev = CaptureEvent::message(frames, self.base.wall(now));
+        self.keep(ev)
+    }
+
+    /// A subscription event from `peer` seen at `now`, if kept.
+    pub(crate) fn subscription(
+        &mut self,
+        peer: PeerId,
+        event: &SubEvent,
+        now: Instant,
+    ) -> Option<CaptureEvent> {
+        let ev = CaptureEvent::subscription(peer, event, self.base.wall(now));
+        self.keep(ev)
+    }
+
+    /// Garbage from a subscriber seen at `now`, if kept.
+    pub(crate) fn malformed(&mut self, frames: &[Bytes], now: Instant) -> Option<CaptureEvent> {
+        let ev = CaptureEvent::malformed(frames, self.base.wall(now));
+        self.keep(ev)
+    }
+
+    fn keep(&mut self, mut ev: CaptureEvent) -> Option<CaptureEvent> {
+        if !self.filter.accepts(ev.kind, &ev.topic) {
+            return None;
+        }
+        ev.seq = self.seq;
+        self.seq += 1;
+        Some(ev)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +299,43 @@ mod tests {
         assert_eq!(msg.frames.len(), 2);
         let bin = CaptureEvent::message(&[Bytes::from_static(&[0xff, b'x'])], at);
         assert_eq!(bin.topic_lossy(), "\u{fffd}x");
+    }
+
+    #[test]
+    fn the_recorder_numbers_kept_events_and_stamps_them_from_the_given_now() {
+        use std::time::Duration;
+        let t0 = Instant::now();
+        let wall0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let filter = CaptureFilter::all().topic_prefix("A");
+        let mut rec = Recorder::new(filter, TimeBase::new(t0, wall0));
+        let a = [Bytes::from("A-1"), Bytes::from("x")];
+        let b = [Bytes::from("B-1"), Bytes::from("x")];
+        assert!(rec.wants_message(b"A-1"));
+        assert!(!rec.wants_message(b"B-1"));
+        let sub = rec
+            .subscription(
+                3,
+                &SubEvent::Subscribe(Bytes::from("A")),
+                t0 + Duration::from_millis(5),
+            )
+            .expect("kept");
+        assert_eq!((sub.seq, sub.at), (0, wall0 + Duration::from_millis(5)));
+        assert_eq!(rec.message(&b, t0 + Duration::from_millis(6)), None);
+        let msg = rec.message(&a, t0 + Duration::from_secs(2)).expect("kept");
+        // Filtered-out events take no sequence number; kept ones are dense.
+        assert_eq!((msg.seq, msg.at), (1, wall0 + Duration::from_secs(2)));
+        assert_eq!(
+            rec.malformed(&[Bytes::from("?")], t0),
+            None,
+            "topic is empty"
+        );
+        let all = CaptureFilter::all();
+        let mut rec = Recorder::new(all, TimeBase::new(t0 + Duration::from_secs(1), wall0));
+        // A `now` older than the anchor is clamped to the anchor.
+        let bad = rec.malformed(&[Bytes::from("?")], t0).expect("kept");
+        assert_eq!(
+            (bad.seq, bad.at, bad.kind),
+            (0, wall0, EventKind::Malformed)
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Last Value Cache, the Guide's answer to late-joining subscribers: a proxy
+//! Last Value Cache (Guide ch. 5, "Last Value Caching", program `lvcache`),
+//! the Guide's answer to late-joining subscribers: a proxy
 //! that remembers the last message of every topic and gives it to each new
 //! subscriber at once.
 //!
@@ -17,19 +18,25 @@
 //! bytes, least recently updated evicted first, counted); unsubscribes and
 //! malformed frames are counted and ignored.
 //!
+//! [`Lvc`] follows the crate's one handle shape (crate docs, "Using a
+//! pattern"): [`Lvc::start`] under the caller's token, `stats()`,
+//! `shutdown()`, and a drop that stops it.
+//!
 //! ```no_run
 //! use tokio_util::sync::CancellationToken;
 //! use zpatterns::endpoint::bind_by_default;
-//! use zpatterns::lvc::{self, CacheLimits, LvcConfig};
+//! use zpatterns::lvc::{CacheLimits, Lvc, LvcConfig};
 //! use zpatterns::pubsub::ProxyConfig;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let proxy = ProxyConfig::new(bind_by_default("tcp://*:5557")?, bind_by_default("tcp://*:5558")?);
 //! let config = LvcConfig::new(proxy).limits(CacheLimits::new(100_000, 64 << 20));
-//! let cache = lvc::start(config, CancellationToken::new()).await?;
+//! let parent = CancellationToken::new();
+//! let cache = Lvc::start(config, &parent).await?;
 //! println!("{:?}", cache.stats());
-//! # cache.shutdown().await?;
+//! let last = cache.shutdown().await?; // `parent` is not cancelled
+//! println!("{} replays", last.replays);
 //! # Ok(()) }
 //! ```
 
@@ -37,4 +44,4 @@ mod cache;
 mod proxy;
 
 pub use cache::{CacheLimits, CacheStats, LastValueCache, Stored, ENTRY_OVERHEAD};
-pub use proxy::{start, CacheHook, LvcConfig, LvcHandle, LvcStats};
+pub use proxy::{CacheHook, Lvc, LvcConfig, LvcStats};

@@ -2,22 +2,23 @@
 //! subscribes upstream to everything, remembers the last message of every
 //! topic, and answers each new subscription with the cached values that
 //! match it, sent to that subscriber only and before any live message.
+//! The [`Lvc`] handle is the crate's one handle shape around it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::cache::{CacheLimits, CacheStats, LastValueCache, Stored};
-use crate::pubsub::{
-    self, Hooks, ProxyConfig, ProxyError, ProxyHandle, ProxyStats, SubEvent, UpstreamMode,
-};
+use crate::pubsub::{Hooks, Proxy, ProxyConfig, ProxyError, ProxyStats, SubEvent, UpstreamMode};
 use crate::zmtp::{PeerId, Shared};
 
-/// The cache hook. Use it directly to combine a cache with other hooks
-/// (e.g. `(CacheHook::new(limits), espresso::Capture::new(..))`).
+/// The cache hook. [`Lvc`] installs one; use it directly only to combine a
+/// cache with other hooks on a [`Proxy`] (e.g.
+/// `(CacheHook::new(limits), espresso::Capture::new(..))`, with
+/// [`UpstreamMode::Everything`] set on the proxy's config).
 #[derive(Debug)]
 pub struct CacheHook {
     cache: LastValueCache,
@@ -93,7 +94,8 @@ impl Hooks for CacheHook {
             return;
         };
         reply.extend(self.cache.matching(prefix).cloned());
-        info!(peer, prefix = %String::from_utf8_lossy(prefix), values = reply.len(), "sending cached values");
+        // DEBUG: a subscriber can send any number of subscriptions.
+        debug!(peer, prefix = %String::from_utf8_lossy(prefix), values = reply.len(), "sending cached values");
         self.shared.replays.fetch_add(1, Relaxed);
     }
 }
@@ -106,8 +108,9 @@ pub struct LvcConfig {
 }
 
 impl LvcConfig {
-    /// A cache between publishers (frontend) and subscribers (backend). The
-    /// proxy always subscribes upstream to everything.
+    /// A cache between publishers (`proxy`'s frontend) and subscribers (its
+    /// backend); the proxy's other settings are kept, except that it always
+    /// subscribes upstream to everything ([`UpstreamMode::Everything`]).
     pub fn new(proxy: ProxyConfig) -> Self {
         Self {
             proxy: proxy.upstream(UpstreamMode::Everything),
@@ -115,7 +118,8 @@ impl LvcConfig {
         }
     }
 
-    /// Bounds the cache.
+    /// Bounds the cache (default [`CacheLimits::default`]: 1,000,000
+    /// topics, 256 MiB).
     pub fn limits(mut self, limits: CacheLimits) -> Self {
         self.limits = limits;
         self
@@ -134,15 +138,34 @@ pub struct LvcStats {
     pub replays: u64,
 }
 
-/// A running Last Value Cache.
+/// A running Last Value Cache, started with [`Lvc::start`].
+///
+/// Like every pattern's handle, [`shutdown`](Self::shutdown) stops this
+/// cache only (other tasks under the same parent token keep running), and
+/// dropping the handle cancels it without waiting: the proxy stops in the
+/// background and its sockets close shortly after. Errors are
+/// [`ProxyError`]s (the cache itself cannot fail).
 #[derive(Debug)]
-#[must_use = "the cache runs until cancelled; keep the handle to stop it and read its counters"]
-pub struct LvcHandle {
-    proxy: ProxyHandle,
+#[must_use = "dropping the handle stops the cache; keep it for as long as the cache should run"]
+pub struct Lvc {
+    proxy: Proxy,
     shared: Arc<LvcCounters>,
 }
 
-impl LvcHandle {
+impl Lvc {
+    /// Starts a Last Value Cache under a child of `parent`: binds its bind
+    /// endpoints before returning (so errors and port 0 surface here),
+    /// connects its connect endpoints in the background, and runs until
+    /// [`shutdown`](Self::shutdown), a drop of the handle, or `parent` is
+    /// cancelled. Must be called inside a tokio runtime. Never cancels
+    /// `parent`.
+    pub async fn start(config: LvcConfig, parent: &CancellationToken) -> Result<Self, ProxyError> {
+        let hook = CacheHook::new(config.limits);
+        let shared = hook.shared.clone();
+        let proxy = Proxy::start(config.proxy, hook, parent).await?;
+        Ok(Self { proxy, shared })
+    }
+
     /// The frontend (publisher side) endpoint, resolved if bound.
     pub fn frontend_endpoint(&self) -> &str {
         self.proxy.frontend_endpoint()
@@ -153,25 +176,25 @@ impl LvcHandle {
         self.proxy.backend_endpoint()
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters (cheap: a few atomic loads).
     pub fn stats(&self) -> LvcStats {
+        Self::snapshot(self.proxy.stats(), &self.shared)
+    }
+
+    fn snapshot(proxy: ProxyStats, shared: &LvcCounters) -> LvcStats {
         LvcStats {
-            proxy: self.proxy.stats(),
-            cache: self.shared.load(),
-            replays: self.shared.replays.load(Relaxed),
+            proxy,
+            cache: shared.load(),
+            replays: shared.replays.load(Relaxed),
         }
     }
 
-    /// Stops the cache and waits for it.
-    pub async fn shutdown(self) -> Result<(), ProxyError> {
-        self.proxy.shutdown().await
+    /// Stops this cache (only), waits for its task, and returns the final
+    /// counters, or the error the proxy ended with
+    /// ([`ProxyError::Panicked`] if its task panicked).
+    pub async fn shutdown(self) -> Result<LvcStats, ProxyError> {
+        let shared = self.shared;
+        let proxy = self.proxy.shutdown().await?;
+        Ok(Self::snapshot(proxy, &shared))
     }
-}
-
-/// Starts a Last Value Cache; it runs until `cancel` fires.
-pub async fn start(config: LvcConfig, cancel: CancellationToken) -> Result<LvcHandle, ProxyError> {
-    let hook = CacheHook::new(config.limits);
-    let shared = hook.shared.clone();
-    let proxy = pubsub::start(config.proxy, hook, cancel).await?;
-    Ok(LvcHandle { proxy, shared })
 }

@@ -5,12 +5,18 @@
 //! The `zeromq` crate's own `proxy()` is not `Send`, its XSUB forgets a topic
 //! when one of two subscribers leaves, its XPUB `send` blocks on one stalled
 //! subscriber, and nothing reports subscribers that disconnect. This module
-//! replaces it, with [`crate::zmtp::XPubServer`] as the backend. See `patterns/espresso.md` for what it guarantees.
+//! replaces it, with [`crate::zmtp::XPubServer`] as the backend. See
+//! `patterns/espresso.md` for what it guarantees.
+//!
+//! A [`Proxy`] follows the crate's one handle shape (crate docs, "Using a
+//! pattern"): [`Proxy::start`] runs it under a child of the caller's token,
+//! [`Proxy::shutdown`] stops it alone and returns its final [`ProxyStats`],
+//! and dropping the handle stops it too. Errors are [`ProxyError`].
 //!
 //! ```no_run
 //! use tokio_util::sync::CancellationToken;
 //! use zpatterns::endpoint::{Attach, EndpointSpec};
-//! use zpatterns::pubsub::{self, ProxyConfig};
+//! use zpatterns::pubsub::{Proxy, ProxyConfig};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,9 +24,11 @@
 //!     EndpointSpec::parse(">tcp://localhost:6000", Attach::Connect)?, // publishers
 //!     EndpointSpec::parse("@tcp://*:6001", Attach::Bind)?,            // subscribers
 //! );
-//! let proxy = pubsub::start(config, (), CancellationToken::new()).await?;
+//! let parent = CancellationToken::new();
+//! let proxy = Proxy::start(config, (), &parent).await?; // `()`: no hooks
 //! println!("{:?}", proxy.stats());
-//! proxy.shutdown().await?;
+//! let last = proxy.shutdown().await?; // `parent` is not cancelled
+//! println!("forwarded {} messages", last.messages_out);
 //! # Ok(()) }
 //! ```
 
@@ -29,7 +37,7 @@ mod registry;
 mod stats;
 mod subscription;
 
-pub use proxy::{start, Hooks, ProxyConfig, ProxyCounters, ProxyError, ProxyHandle, UpstreamMode};
+pub use proxy::{Hooks, Proxy, ProxyConfig, ProxyCounters, ProxyError, UpstreamMode};
 pub use registry::{matches_any, Registry, Upstream};
 pub use stats::ProxyStats;
 pub use subscription::{prefix_matches, SubEvent, SubscriptionError};

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 use zeromq::prelude::*;
@@ -32,6 +31,7 @@ use super::registry::{Registry, Upstream};
 use super::stats::{Counters, ProxyStats};
 use super::subscription::{SubEvent, SubscriptionError};
 use crate::endpoint::{Attach, EndpointError, EndpointSpec};
+use crate::task::{PatternTask, TaskPanicked};
 use crate::zmtp::{PeerId, Shared, XPubEvent, XPubOptions, XPubServer};
 
 /// Errors that stop a proxy from starting or running.
@@ -41,7 +41,8 @@ pub enum ProxyError {
     /// An endpoint could not be bound or connected.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
-    /// The proxy task panicked (a bug: please report it).
+    /// The proxy task panicked (a bug: please report it); returned by
+    /// [`Proxy::shutdown`].
     #[error("proxy task panicked")]
     Panicked,
 }
@@ -141,7 +142,9 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// A proxy between publishers at `frontend` and subscribers at `backend`.
+    /// A proxy between publishers at `frontend` and subscribers at
+    /// `backend` (each `@`bind or `>`connect); every other setting has a
+    /// default, given on its setter.
     pub fn new(frontend: EndpointSpec, backend: EndpointSpec) -> Self {
         Self {
             frontend,
@@ -152,7 +155,9 @@ impl ProxyConfig {
         }
     }
 
-    /// Sets what the proxy asks of publishers.
+    /// Sets what the proxy asks of publishers (default
+    /// [`UpstreamMode::Forward`]; the Last Value Cache sets
+    /// [`UpstreamMode::Everything`]).
     pub fn upstream(mut self, mode: UpstreamMode) -> Self {
         self.upstream = mode;
         self
@@ -165,13 +170,14 @@ impl ProxyConfig {
         self
     }
 
-    /// All tunables of the backend.
+    /// All tunables of the backend (default [`XPubOptions::default`]).
     pub fn backend_options(mut self, options: XPubOptions) -> Self {
         self.backend_options = options;
         self
     }
 
-    /// How often to retry a frontend connect whose publisher is not up yet.
+    /// How often to retry a frontend connect whose publisher is not up yet
+    /// (default 500 ms).
     pub fn connect_retry(mut self, every: Duration) -> Self {
         self.connect_retry = every;
         self
@@ -188,19 +194,73 @@ impl ProxyConfig {
     }
 }
 
-/// A running proxy. Dropping the handle does not stop the proxy; call
-/// [`shutdown`](Self::shutdown) or cancel the token it was started with.
+/// A running proxy (XSUB frontend, XPUB backend), started with
+/// [`Proxy::start`].
+///
+/// The proxy runs under a child of the token it was started with:
+/// [`shutdown`](Self::shutdown) stops this proxy only, and cancelling the
+/// parent stops it along with everything else under the parent. Dropping
+/// the handle cancels the proxy's token without waiting: the proxy stops in
+/// the background (its sockets close shortly after) and an error it ended
+/// with is only logged.
 #[derive(Debug)]
-#[must_use = "a proxy runs until cancelled; keep the handle to stop it and read its counters"]
-pub struct ProxyHandle {
+#[must_use = "dropping the handle stops the proxy; keep it for as long as the proxy should run"]
+pub struct Proxy {
     frontend: String,
     backend: String,
     counters: ProxyCounters,
-    cancel: CancellationToken,
-    task: JoinHandle<Result<(), ProxyError>>,
+    task: PatternTask<Result<(), ProxyError>>,
 }
 
-impl ProxyHandle {
+impl Proxy {
+    /// Starts a proxy under a child of `parent`: binds its bind endpoints
+    /// before returning (so bind errors surface here and port 0 resolves),
+    /// connects its connect endpoints in the background (retrying every
+    /// [`ProxyConfig::connect_retry`] until the peer is up), and runs until
+    /// [`shutdown`](Self::shutdown), a drop of the handle, or `parent` is
+    /// cancelled. `hooks` observe or extend it (`()` for a plain proxy).
+    /// Must be called inside a tokio runtime. Never cancels `parent`.
+    pub async fn start<H: Hooks>(
+        config: ProxyConfig,
+        mut hooks: H,
+        parent: &CancellationToken,
+    ) -> Result<Self, ProxyError> {
+        let mut xsub = XSubSocket::new();
+        let frontend = match config.frontend.attach() {
+            Attach::Bind => config.frontend.attach_to(&mut xsub).await?,
+            Attach::Connect => config.frontend.endpoint().to_owned(),
+        };
+        let xpub = XPubServer::attach(&config.backend, config.backend_options).await?;
+        let backend = xpub.endpoint().to_owned();
+        let counters = ProxyCounters(Arc::new(Counters::default()));
+        hooks.attach_counters(&counters);
+        let span = tracing::info_span!("pubsub_proxy", %frontend, %backend);
+        let run = Run {
+            xsub,
+            xpub,
+            registry: Registry::new(),
+            counters: counters.0.clone(),
+            hooks,
+            upstream: config.upstream,
+        };
+        let task = PatternTask::spawn(parent, move |child| {
+            async move {
+                let result = run.run(config, child).await;
+                if let Err(error) = &result {
+                    warn!(%error, "proxy stopped with an error");
+                }
+                result
+            }
+            .instrument(span)
+        });
+        Ok(Self {
+            frontend,
+            backend,
+            counters,
+            task,
+        })
+    }
+
     /// The frontend endpoint (resolved, if it was bound).
     pub fn frontend_endpoint(&self) -> &str {
         &self.frontend
@@ -211,65 +271,28 @@ impl ProxyHandle {
         &self.backend
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters (cheap: a few atomic loads).
     pub fn stats(&self) -> ProxyStats {
         self.counters.snapshot()
     }
 
-    /// A clonable handle on the counters.
+    /// A clonable handle on the counters, readable after the proxy stopped.
     pub fn counters(&self) -> ProxyCounters {
         self.counters.clone()
     }
 
-    /// Stops the proxy and waits for its task.
-    pub async fn shutdown(self) -> Result<(), ProxyError> {
-        self.cancel.cancel();
-        self.join().await
-    }
-
-    /// Waits for the proxy to stop (after its token is cancelled).
-    pub async fn join(self) -> Result<(), ProxyError> {
-        match self.task.await {
-            Ok(r) => r,
-            Err(_) => Err(ProxyError::Panicked),
+    /// Stops this proxy (only: its parent token and anything else under it
+    /// keep running), waits for its task, and returns the final counters,
+    /// or the error the proxy ended with ([`ProxyError::Panicked`] if its
+    /// task panicked).
+    pub async fn shutdown(self) -> Result<ProxyStats, ProxyError> {
+        let counters = self.counters;
+        match self.task.shutdown().await {
+            Ok(Ok(())) => Ok(counters.snapshot()),
+            Ok(Err(e)) => Err(e),
+            Err(TaskPanicked) => Err(ProxyError::Panicked),
         }
     }
-}
-
-/// Starts a proxy: binds its bind endpoints now (so errors surface here and
-/// port 0 resolves), connects its connect endpoints in the background
-/// (retrying until the peer is up), and runs until `cancel` fires.
-pub async fn start<H: Hooks>(
-    config: ProxyConfig,
-    mut hooks: H,
-    cancel: CancellationToken,
-) -> Result<ProxyHandle, ProxyError> {
-    let mut xsub = XSubSocket::new();
-    let frontend = match config.frontend.attach() {
-        Attach::Bind => config.frontend.attach_to(&mut xsub).await?,
-        Attach::Connect => config.frontend.endpoint().to_owned(),
-    };
-    let xpub = XPubServer::attach(&config.backend, config.backend_options).await?;
-    let backend = xpub.endpoint().to_owned();
-    let counters = ProxyCounters(Arc::new(Counters::default()));
-    hooks.attach_counters(&counters);
-    let span = tracing::info_span!("pubsub_proxy", %frontend, %backend);
-    let run = Run {
-        xsub,
-        xpub,
-        registry: Registry::new(),
-        counters: counters.0.clone(),
-        hooks,
-        upstream: config.upstream,
-    };
-    let task = tokio::spawn(run.run(config, cancel.clone()).instrument(span));
-    Ok(ProxyHandle {
-        frontend,
-        backend,
-        counters,
-        cancel,
-        task,
-    })
 }
 
 struct Run<H> {
