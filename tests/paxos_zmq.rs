@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use zpatterns::durable::FileWal;
-use zpatterns::paxos::{ClientConfig, ClientId, Config, KvClient, Op, OpRecord, Replica};
+use zpatterns::paxos::{ClientId, KvClient, KvClientConfig, Op, OpRecord, Replica, ReplicaConfig};
 use zpatterns::transport::driver;
 use zpatterns::transport::zmq::{ZmqConfig, ZmqTransport};
 use zpatterns::transport::{NodeId, Time, Transport};
@@ -62,7 +62,7 @@ fn spawn_replica(
     dir: &Path,
     shutdown: &CancellationToken,
 ) -> Node {
-    let cfg = Config::symmetric(id, &IDS)
+    let cfg = ReplicaConfig::symmetric(id, &IDS)
         .heartbeat(ms(20))
         .election_timeout(ms(150), ms(300))
         .retransmit(ms(50))
@@ -99,7 +99,7 @@ async fn client(
     let transport = ZmqTransport::start(cfg, shutdown).await.unwrap();
     let mut c = KvClient::new(
         NodeId(100),
-        ClientConfig::new(&IDS).request_timeout(ms(300)),
+        KvClientConfig::new(&IDS).request_timeout(ms(300)),
         &[ClientId(session)],
     );
     for op in ops {

@@ -13,12 +13,8 @@
 //! the same seed gives the same hash, so a failing seed replays exactly.
 //! The simulator contains no networking code and reads no clock.
 
-mod hash;
 mod net;
-mod rng;
 mod types;
 
-pub use hash::{fnv1a64, TraceHash};
 pub use net::Sim;
-pub use rng::{splitmix64, Rng};
 pub use types::{Envelope, Fate, LinkProfile, PumpProfile, SimStats, Step, StepKind};

@@ -21,7 +21,6 @@ pub mod driver;
 pub mod mem;
 mod time;
 pub mod zmq;
-mod zmq_peer;
 
 use std::fmt;
 use std::task::{Context, Poll};
@@ -206,7 +205,8 @@ impl<A: Process, B: Process> Process for Either<A, B> {
     }
 }
 
-/// Counters every transport keeps (all monotonic).
+/// Counters every transport keeps (all monotonic, except the
+/// `queued_bytes` gauge).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TransportStats {
@@ -219,8 +219,14 @@ pub struct TransportStats {
     /// Inbound messages refused as malformed (bad frame count, unknown
     /// identity).
     pub garbage: u64,
+    /// Inbound messages refused as larger than the transport's limit
+    /// ([`zmq::ZmqConfig::max_message`]).
+    pub oversized: u64,
     /// Times an outgoing connection was (re)established.
     pub connects: u64,
+    /// Payload bytes received and not yet taken by the node (a gauge, not a
+    /// counter; bounded by [`zmq::ZmqConfig::inbound_bytes`]).
+    pub queued_bytes: u64,
 }
 
 /// A message-oriented transport: send bytes to a node, receive
@@ -263,6 +269,10 @@ pub enum TransportError {
     /// The same node id was given two endpoints, or a node was given its own.
     #[error("peer {0} configured twice or equal to this node")]
     DuplicatePeer(NodeId),
+    /// One of the transport's tasks panicked (reported by
+    /// [`zmq::ZmqTransport::shutdown`]).
+    #[error("a transport task panicked")]
+    TaskPanicked,
 }
 
 #[cfg(test)]

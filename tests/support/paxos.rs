@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use zpatterns::durable::Wal;
 use zpatterns::paxos::{
-    Ballot, ClientConfig, ClientId, Config, KvClient, Mutation, Op, OpRecord, Outcome, Probe,
-    Replica, Slot,
+    Ballot, ClientId, KvClient, KvClientConfig, Mutation, Op, OpRecord, Outcome, Probe, Replica,
+    ReplicaConfig, Slot,
 };
 use zpatterns::sim::{LinkProfile, Sim};
 use zpatterns::transport::{Either, NodeId, Time};
@@ -151,7 +151,7 @@ impl Cluster {
         sim.set_default_link(spec.link);
         let replicas = spec.replicas();
         for id in &replicas {
-            let cfg = Config::new(*id, &spec.acceptors, &spec.proposers)
+            let cfg = ReplicaConfig::new(*id, &spec.acceptors, &spec.proposers)
                 .election_timeout(spec.election.0, spec.election.1)
                 .seed(seed.wrapping_mul(0x9E37_79B9).wrapping_add(u64::from(id.0)))
                 .mutation(spec.mutation)
@@ -164,7 +164,7 @@ impl Cluster {
         let mut clients = Vec::new();
         for c in 0..spec.clients {
             let id = NodeId(CLIENT_BASE + c as u32);
-            let ccfg = ClientConfig::new(&spec.proposers)
+            let ccfg = KvClientConfig::new(&spec.proposers)
                 .request_timeout(spec.request_timeout)
                 .think(Duration::ZERO, spec.think)
                 .seed(seed ^ u64::from(id.0));
