@@ -117,7 +117,7 @@ async fn client(
         }),
     )
     .await;
-    t.close().await;
+    t.shutdown().await.unwrap();
     c.history().to_vec()
 }
 
@@ -169,7 +169,7 @@ async fn leader_killed_and_restarted_over_zeromq() {
     let (replica, transport) = within(secs(10), "leader stops", old.task).await.unwrap();
     let promised = replica.acceptor().unwrap().promised();
     drop(replica);
-    transport.close().await;
+    transport.shutdown().await.unwrap();
 
     let second = client(2, puts("b", 20), &eps, &shutdown).await;
     assert!(second.iter().all(|r| r.completed.is_some()));
@@ -201,7 +201,7 @@ async fn leader_killed_and_restarted_over_zeromq() {
         }
         let log: Vec<(ClientId, u64)> = r.learner().commands().map(|c| (c.client, c.seq)).collect();
         logs.push(log);
-        t.close().await;
+        t.shutdown().await.unwrap();
     }
     assert_eq!(logs[0], logs[1]);
     assert_eq!(logs[1], logs[2]);

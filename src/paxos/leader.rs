@@ -3,8 +3,8 @@
 //! only, with a window of slots in flight and batching of client commands.
 //!
 //! A new leader re-proposes, for every slot from its first undecided one,
-//! the highest-ballot value any promise reported (fixing the seed, which
-//! only looked at the promise that completed the quorum) and fills holes
+//! the highest-ballot value any promise of its quorum reported (not just
+//! the value of the promise that completed the quorum) and fills holes
 //! with no-ops. It contains no networking code and reads no clock.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

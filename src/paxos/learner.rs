@@ -6,9 +6,9 @@
 //! counted a quorum; a commit notice from the leader of ballot `b` covers
 //! a slot its own acceptor accepted in `b` (that value is the decided one);
 //! or a `Decided` message carries it (an answer to `Fetch`, or a push to a
-//! learner that is not an acceptor). Unlike the seed's leaders, every
-//! learner counts from the first acceptance on. It contains no networking
-//! code and reads no clock.
+//! learner that is not an acceptor). Every learner, not only the leader
+//! that proposed a slot, learns it. It contains no networking code and
+//! reads no clock.
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
-//! Message transports for the consensus demos, and the sans-IO contract that
-//! protocol cores implement so one core runs over any of them.
+//! Message transports for the consensus protocol cores, and the sans-IO
+//! contract that they implement so one core runs over any of them.
 //!
-//! A protocol core (a Paxos or Raft replica, a client) is a [`Process`]: it
+//! A protocol core (a Paxos replica, a client) is a [`Process`]: it
 //! takes messages and `now` in and puts messages into an [`Outbox`]; it
 //! asks for a timer with [`Process::poll_timeout`]. It contains no networking
 //! code and reads no clock. Three things can drive it:
