@@ -3,7 +3,7 @@
 //! batched sessions), and the wire codec. The ZeroMQ numbers come from
 //! `cargo run --release --example paxos` (see `patterns/paxos.md`).
 
-#[allow(dead_code)] // the bench runs the simulator scenario only
+#[allow(dead_code, unused_imports)] // the bench runs the simulator scenario only
 #[path = "../examples/paxos_demo/mod.rs"]
 mod demo;
 

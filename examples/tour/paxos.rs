@@ -1,7 +1,7 @@
 //! Tour section: Multi-Paxos over ZeroMQ on loopback, with a leader killed
 //! halfway, then every learner's history compared.
 
-#[allow(dead_code)] // the tour runs the ZeroMQ scenario only
+#[allow(dead_code, unused_imports)] // the tour runs the ZeroMQ scenario only
 #[path = "../paxos_demo/mod.rs"]
 mod demo;
 
