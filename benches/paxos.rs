@@ -3,11 +3,15 @@
 //! batched sessions), and the wire codec. The ZeroMQ numbers come from
 //! `cargo run --release --example paxos` (see `patterns/paxos.md`).
 
+#[allow(dead_code, unused_imports)] // the bench runs the simulator scenario only
+#[path = "../examples/paxos_demo/mod.rs"]
+mod demo;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use zpatterns::paxos::demo::{run_sim, DemoConfig};
+use demo::{run_sim, DemoConfig};
 use zpatterns::paxos::{Ballot, ClientId, Command, Msg, Op, Value};
 use zpatterns::transport::NodeId;
 

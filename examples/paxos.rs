@@ -1,5 +1,6 @@
-//! The seed's Paxos scenario, done right: 5 acceptors, 2 leaders, 2
-//! acceptors failed, 1000 proposals, over real ZeroMQ sockets on loopback
+//! The Paxos demo: a Multi-Paxos replicated key-value store with 5
+//! acceptors, 2 leaders, 2 acceptors failed from the start and 1000
+//! proposals, over real ZeroMQ sockets on loopback
 //! (or, with `--sim SEED`, on the deterministic simulator). Prints whether
 //! all learners' histories agree (identical, complete, in order), the time
 //! taken and commits/s; exits non-zero if they do not agree.
@@ -13,16 +14,18 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "paxos_demo/mod.rs"]
+mod demo;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use demo::{run_sim, run_zmq, DemoConfig, DemoReport, Storage};
 use tokio_util::sync::CancellationToken;
-use zpatterns::paxos::demo::{run_sim, run_zmq, DemoConfig, DemoReport, Storage};
 
-/// Multi-Paxos replicated key-value store: the seed's test scenario.
+/// Multi-Paxos replicated key-value store: the demo scenario.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {

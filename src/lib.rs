@@ -86,6 +86,7 @@
 
 pub mod blackbox;
 pub mod clone;
+pub mod det;
 pub mod durable;
 pub mod endpoint;
 pub mod espresso;

@@ -1,5 +1,5 @@
-//! The Multi-Paxos test battery (`consensus.md` P2-P8, P10, S1-S5) on the
-//! deterministic simulator: every scenario runs over many seeds
+//! The Multi-Paxos test battery (scenarios P2-P8, P10, L1 and invariants
+//! S1-S5, listed in `patterns/paxos.md`) on the deterministic simulator: every scenario runs over many seeds
 //! (`CONSENSUS_SEEDS=n`, default 16; `CONSENSUS_SEED=s` for one), checks
 //! the safety invariants after every step, and prints a one-line replay
 //! command for a failing seed.
@@ -325,13 +325,13 @@ fn acceptor_crash_restart() {
     });
 }
 
-/// P7: the seed's adversarial pump plus 5 % drops and 5 % duplicates.
+/// P7: the adversarial pump plus 5 % drops and 5 % duplicates.
 fn pump(seed: u64) -> Result<Cluster, String> {
     let spec = Spec::symmetric(5)
         .clients(2, 2)
         .link(LinkProfile::uniform(ms(0), ms(2)).lossy(0.05, 0.05));
     let mut c = Cluster::new(spec, seed);
-    c.sim.set_pump(Some(PumpProfile::seed(ms(1))));
+    c.sim.set_pump(Some(PumpProfile::adversarial(ms(1))));
     chaos(&mut c, secs(4), ms(500), |c| {
         // Now and then the leader dies too.
         if c.sim.rng().chance(0.2) {
@@ -453,6 +453,74 @@ fn lin_kv(seed: u64, n: u32) -> Result<(), String> {
             c.sim.partition(&[&a, &b]);
         }
     })
+}
+
+/// L1: the session table is bounded. 3 replicas with room for 4 sessions,
+/// one client with 12 sessions writing in turns: no store ever holds more
+/// than 4, every replica evicts the same sessions (same counts at the same
+/// applied slot, same data), evicted clients are told (`SessionExpired`,
+/// recorded as indeterminate) and the history stays linearizable.
+#[test]
+fn session_table_is_bounded_and_evicts_identically() {
+    run_seeds(
+        FILE,
+        "session_table_is_bounded_and_evicts_identically",
+        |seed| {
+            let mut c = Cluster::new(Spec::symmetric(3).clients(1, 12).max_sessions(4), seed);
+            c.stable_leader()?;
+            let client = c.clients[0];
+            for round in 0..3 {
+                for s in 0..12 {
+                    c.submit(client, s, put(&format!("k{s}"), &format!("r{round}")));
+                }
+            }
+            let deadline = c.sim.now() + secs(30);
+            let mut peak = 0;
+            let replicas = c.replicas.clone();
+            let idle = c.run_until(deadline, |c| {
+                for id in &replicas {
+                    if let Some(r) = c.replica(*id) {
+                        peak = peak.max(r.learner().kv().sessions());
+                    }
+                }
+                c.client(client).is_idle()
+            })?;
+            if !idle {
+                return Err("the client did not finish in 30 s".into());
+            }
+            c.run_for(secs(1))?;
+            if peak > 4 {
+                return Err(format!("a store held {peak} sessions (bound 4)"));
+            }
+            let views: Vec<_> = replicas
+                .iter()
+                .map(|id| {
+                    let r = c.replica(*id).expect("all replicas up");
+                    let kv = r.learner().kv();
+                    let data: Vec<_> = (0..12)
+                        .map(|s| kv.get(format!("k{s}").as_bytes()).cloned())
+                        .collect();
+                    (
+                        r.learner().next_apply(),
+                        kv.evicted_sessions(),
+                        kv.expired_commands(),
+                        data,
+                    )
+                })
+                .collect();
+            if views.windows(2).any(|w| w[0] != w[1]) {
+                return Err(format!("replicas differ: {views:?}"));
+            }
+            let (_, evicted, expired, _) = &views[0];
+            let told = c.client(client).stats().expired;
+            if *evicted == 0 || *expired == 0 || told == 0 {
+                return Err(format!(
+                    "the bound was never hit: evicted {evicted}, expired {expired}, told {told}"
+                ));
+            }
+            c.check_linearizable()
+        },
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use zpatterns::durable::FileWal;
-use zpatterns::paxos::{ClientConfig, ClientId, Config, KvClient, Op, OpRecord, Replica};
+use zpatterns::paxos::{ClientId, KvClient, KvClientConfig, Op, OpRecord, Replica, ReplicaConfig};
 use zpatterns::transport::driver;
 use zpatterns::transport::zmq::{ZmqConfig, ZmqTransport};
 use zpatterns::transport::{NodeId, Time, Transport};
@@ -62,7 +62,7 @@ fn spawn_replica(
     dir: &Path,
     shutdown: &CancellationToken,
 ) -> Node {
-    let cfg = Config::symmetric(id, &IDS)
+    let cfg = ReplicaConfig::symmetric(id, &IDS)
         .heartbeat(ms(20))
         .election_timeout(ms(150), ms(300))
         .retransmit(ms(50))
@@ -99,7 +99,7 @@ async fn client(
     let transport = ZmqTransport::start(cfg, shutdown).await.unwrap();
     let mut c = KvClient::new(
         NodeId(100),
-        ClientConfig::new(&IDS).request_timeout(ms(300)),
+        KvClientConfig::new(&IDS).request_timeout(ms(300)),
         &[ClientId(session)],
     );
     for op in ops {
@@ -117,7 +117,7 @@ async fn client(
         }),
     )
     .await;
-    t.close().await;
+    t.shutdown().await.unwrap();
     c.history().to_vec()
 }
 
@@ -169,7 +169,7 @@ async fn leader_killed_and_restarted_over_zeromq() {
     let (replica, transport) = within(secs(10), "leader stops", old.task).await.unwrap();
     let promised = replica.acceptor().unwrap().promised();
     drop(replica);
-    transport.close().await;
+    transport.shutdown().await.unwrap();
 
     let second = client(2, puts("b", 20), &eps, &shutdown).await;
     assert!(second.iter().all(|r| r.completed.is_some()));
@@ -201,7 +201,7 @@ async fn leader_killed_and_restarted_over_zeromq() {
         }
         let log: Vec<(ClientId, u64)> = r.learner().commands().map(|c| (c.client, c.seq)).collect();
         logs.push(log);
-        t.close().await;
+        t.shutdown().await.unwrap();
     }
     assert_eq!(logs[0], logs[1]);
     assert_eq!(logs[1], logs[2]);

@@ -1,6 +1,8 @@
 //! `ZmqTransport` against libzmq 4.3: a libzmq DEALER talking to a node's
-//! ROUTER, and a node's DEALER talking to a libzmq ROUTER peer. The wire
-//! contract: one payload frame; identities are `n<id>`.
+//! ROUTER, a node's DEALER talking to a libzmq ROUTER peer, and a hostile
+//! libzmq DEALER (oversized frames, garbage, a flood) contained while a
+//! well-behaved one is served. The wire contract: one payload frame;
+//! identities are `n<id>`.
 
 mod common;
 use common::*;
@@ -71,5 +73,111 @@ async fn a_node_talks_to_a_libzmq_router_peer() {
     })
     .await;
     assert_eq!((from, &m[..]), (NodeId(5), &b"hello rust"[..]));
+    stop.cancel();
+}
+
+/// The process's resident set size in KiB (`/proc/self/status` VmRSS).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Receives from `node` until `want` arrives from `from`; returns how many
+/// other messages were taken first.
+async fn recv_until(node: &mut ZmqTransport, from: NodeId, want: &[u8]) -> usize {
+    within(secs(20), "the good peer's message", async {
+        let mut others = 0;
+        loop {
+            let (f, m) = recv(node).await.expect("transport open");
+            if f == from && &m[..] == want {
+                return others;
+            }
+            others += 1;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_libzmq_dealer_is_contained_while_a_good_one_is_served() {
+    trace_init();
+    const LIMIT: usize = 64 * 1024;
+    const BUDGET: usize = 1 << 20;
+    const BIG: usize = 1 << 20;
+    const BIGS: u64 = 128;
+    const MEDIUM: usize = 32 * 1024;
+    const FLOOD: u64 = 256;
+    let stop = CancellationToken::new();
+    let cfg = ZmqConfig::new(NodeId(1))
+        .max_message(LIMIT)
+        .inbound_bytes(BUDGET);
+    let mut node = ZmqTransport::start(cfg, &stop).await.unwrap();
+    let ep = node.endpoint().unwrap().to_owned();
+    let good = Lz::new(zmq::DEALER);
+    good.with(|s| s.set_identity(b"n42").unwrap());
+    good.connect(&ep);
+    good.send(&[b"hello"]).await;
+    assert_eq!(recv_until(&mut node, NodeId(42), b"hello").await, 0);
+
+    let hostile = Lz::new(zmq::DEALER);
+    hostile.with(|s| s.set_identity(b"n66").unwrap());
+    hostile.connect(&ep);
+    let rss_before = rss_kib();
+    // 1. 128 MiB in 1 MiB frames, each over the 64 KiB limit, and 100
+    //    messages with a wrong frame count.
+    let big = vec![0xAB_u8; BIG];
+    for _ in 0..BIGS {
+        hostile.send_owned(vec![big.clone()]).await;
+    }
+    for _ in 0..100 {
+        hostile.send(&[b"two", b"frames"]).await;
+    }
+    eventually(secs(60), "oversized frames and garbage counted", || {
+        let s = node.stats();
+        s.oversized == BIGS && s.garbage == 100
+    })
+    .await;
+    let rss_after = rss_kib();
+    eprintln!(
+        "VmRSS before {rss_before} KiB, after {BIGS} x {} KiB oversized frames {rss_after} KiB",
+        BIG / 1024
+    );
+    // Nothing of them was kept: no queued bytes, and RSS grew by far less
+    // than the 128 MiB sent.
+    assert_eq!(node.stats().queued_bytes, 0);
+    assert!(
+        rss_after < rss_before + 48 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+
+    // 2. A flood of acceptable 32 KiB messages the node does not read: only
+    //    the 1 MiB inbound budget is kept, the rest is dropped.
+    let medium = vec![1_u8; MEDIUM];
+    for _ in 0..FLOOD {
+        hostile.send_owned(vec![medium.clone()]).await;
+    }
+    eventually(secs(60), "the flood to arrive", || {
+        let s = node.stats();
+        s.dropped + s.queued_bytes / MEDIUM as u64 == FLOOD
+    })
+    .await;
+    let s = node.stats();
+    assert!(s.queued_bytes <= BUDGET as u64, "{s:?}");
+    assert!(s.dropped >= FLOOD - (BUDGET / MEDIUM) as u64, "{s:?}");
+
+    // 3. The good peer is still served, both ways.
+    good.send(&[b"still there"]).await;
+    let before = recv_until(&mut node, NodeId(42), b"still there").await;
+    assert!(before as u64 <= (BUDGET / MEDIUM) as u64, "{before}");
+    node.send(NodeId(42), Bytes::from_static(b"yes"));
+    let got = good.recv(secs(10)).await.expect("reply at the good peer");
+    assert_eq!(text(&got), ["yes"]);
+    assert_eq!(node.stats().queued_bytes, 0);
     stop.cancel();
 }

@@ -86,7 +86,7 @@ async fn a_restarted_peer_is_reconnected() {
     until_received(&mut a, NodeId(2), &mut b, b"before").await;
     let connects = a.stats().connects;
     // B dies and comes back on the same port.
-    b.close().await;
+    b.shutdown().await.unwrap();
     let mut b = within(secs(10), "rebind", async {
         loop {
             let cfg = ZmqConfig::new(NodeId(2)).bind(Some(&b_ep)).unwrap();
@@ -167,4 +167,65 @@ async fn garbage_senders_are_counted_and_ignored() {
     let got = zrecv(&mut named, secs(10)).await.expect("reply");
     assert_eq!(text(&got), ["reply"]);
     stop.cancel();
+}
+
+/// Binds a new node on `ep` as soon as the port is free (within 10 s).
+async fn rebind(id: u32, ep: &str, parent: &CancellationToken) -> ZmqTransport {
+    within(secs(10), "the port to come free", async {
+        loop {
+            let cfg = ZmqConfig::new(NodeId(id)).bind(Some(ep)).unwrap();
+            match ZmqTransport::start(cfg, parent).await {
+                Ok(t) => return t,
+                Err(_) => tokio::time::sleep(ms(20)).await,
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutting_down_one_transport_leaves_its_siblings_running() {
+    trace_init();
+    let parent = CancellationToken::new();
+    let mut a = node(1, Some("tcp://127.0.0.1:0"), &parent).await;
+    let mut b = node(2, Some("tcp://127.0.0.1:0"), &parent).await;
+    let mut c = node(3, Some("tcp://127.0.0.1:0"), &parent).await;
+    let a_ep = a.endpoint().unwrap().to_owned();
+    a.add_peer(NodeId(2), b.endpoint().unwrap()).unwrap();
+    b.add_peer(NodeId(3), c.endpoint().unwrap()).unwrap();
+    c.add_peer(NodeId(2), b.endpoint().unwrap()).unwrap();
+    until_received(&mut a, NodeId(2), &mut b, b"a to b").await;
+    until_received(&mut b, NodeId(3), &mut c, b"b to c").await;
+    // Stop A: it reports its final counters and frees its port ...
+    let stats = a.shutdown().await.expect("clean shutdown");
+    assert!(stats.sent >= 1, "{stats:?}");
+    assert!(!parent.is_cancelled(), "the parent token is untouched");
+    let again = rebind(1, &a_ep, &parent).await;
+    // ... while B and C, under the same parent, keep talking.
+    let (from, _) = until_received(&mut c, NodeId(2), &mut b, b"c to b").await;
+    assert_eq!(from, NodeId(3));
+    let (from, _) = until_received(&mut b, NodeId(3), &mut c, b"b to c again").await;
+    assert_eq!(from, NodeId(2));
+    drop(again);
+    parent.cancel();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_a_transport_stops_it() {
+    trace_init();
+    let parent = CancellationToken::new();
+    let mut a = node(1, Some("tcp://127.0.0.1:0"), &parent).await;
+    let mut b = node(2, Some("tcp://127.0.0.1:0"), &parent).await;
+    let b_ep = b.endpoint().unwrap().to_owned();
+    a.add_peer(NodeId(2), &b_ep).unwrap();
+    until_received(&mut a, NodeId(2), &mut b, b"hello").await;
+    // Dropping B cancels its tasks: its ROUTER goes away and the port can
+    // be bound again (it could not while B's tasks ran); A and the parent
+    // token are untouched.
+    drop(b);
+    let mut b = rebind(2, &b_ep, &parent).await;
+    assert!(!parent.is_cancelled());
+    let (from, _) = until_received(&mut a, NodeId(2), &mut b, b"hello again").await;
+    assert_eq!(from, NodeId(1));
+    parent.cancel();
 }

@@ -1,8 +1,12 @@
 //! Tour section: Multi-Paxos over ZeroMQ on loopback, with a leader killed
 //! halfway, then every learner's history compared.
 
+#[allow(dead_code, unused_imports)] // the tour runs the ZeroMQ scenario only
+#[path = "../paxos_demo/mod.rs"]
+mod demo;
+
+use demo::{run_zmq, DemoConfig, Storage};
 use tokio_util::sync::CancellationToken;
-use zpatterns::paxos::demo::{run_zmq, DemoConfig, Storage};
 
 pub(crate) fn run() -> anyhow::Result<()> {
     let cfg = DemoConfig {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::{DurableError, Wal};
-use crate::sim::fnv1a64;
+use crate::det::fnv1a64;
 
 const MAGIC: &[u8; 8] = b"ZPWAL01\n";
 const HEADER: usize = 12;

@@ -1,12 +1,13 @@
-//! Durable state for the consensus demos: an append-only record log with
-//! explicit sync, and three implementations.
+//! Durable state for the consensus protocol cores: an append-only record
+//! log with explicit sync, and three implementations.
 //!
 //! A protocol core writes its state changes as records (for a Paxos
 //! acceptor: "promised b", "accepted slot s at b with v"), calls
 //! [`Wal::sync`] before any reply that depends on them leaves (the
 //! [`Process::persist`](crate::transport::Process::persist) step), and on
 //! restart replays [`Wal::records`] to rebuild its state. The abstraction
-//! is protocol-agnostic so Raft can keep its term, vote and log the same way.
+//! is protocol-agnostic: records are opaque bytes. Checksums use
+//! [`det::fnv1a64`](crate::det::fnv1a64).
 //!
 //! - [`FileWal`]: a file of checksummed, length-prefixed records; `sync` is
 //!   `fsync`; a torn tail after a crash is detected and cut off;

@@ -5,9 +5,9 @@
 //! [`Record`] must reach the disk before the answer leaves; the node writes
 //! it to its [`Wal`](crate::durable::Wal) and the driver fsyncs before
 //! sending. On restart [`AcceptorState::replay`] rebuilds the state from the
-//! records, so a promise survives a crash. Unlike the seed, an acceptor
-//! rejects (`Nack`) what it must refuse, accepts only ballots at least as
-//! high as its promise, and answers duplicates idempotently.
+//! records, so a promise survives a crash. An acceptor rejects (`Nack`)
+//! what it must refuse, accepts only ballots at least as high as its
+//! promise, and answers duplicates idempotently.
 
 use std::collections::BTreeMap;
 
@@ -236,7 +236,7 @@ mod tests {
             }
         );
         assert_eq!(r, None);
-        // The seed's phase-2 bug: an accept below the promise must fail.
+        // A classic phase-2 bug: an accept below the promise must fail.
         let (m, _) = a.handle_accept(b(1, 9), 0, &Value::Noop);
         assert!(matches!(m, Msg::Nack { .. }));
         assert_eq!(a.accepted(0), None);

@@ -6,8 +6,12 @@
 //! next replica, so a retried command is applied once (the store's
 //! sessions deduplicate). Every operation is recorded with its invocation
 //! and completion times, for the linearizability checker; one that never
-//! completed is indeterminate (it may or may not have taken effect). It
-//! contains no networking code and reads no clock.
+//! completed is indeterminate (it may or may not have taken effect), and
+//! so is one answered [`Outcome::SessionExpired`] (the store had evicted
+//! the session; see [`KvStore`](super::KvStore)): the session then carries
+//! on with its next operation. It contains no networking code and reads no
+//! clock; it is a protocol core driven by a driver, not a handle (it owns
+//! no task).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -17,31 +21,33 @@ use tracing::warn;
 
 use super::kv::{ClientId, Op, Outcome};
 use super::msg::Msg;
-use super::node::random_between;
-use crate::sim::Rng;
+use super::node::{random_between, LogGate};
+use crate::det::Rng;
 use crate::transport::{NodeId, Outbox, Process, Time};
 
 /// Configuration of a [`KvClient`].
 #[derive(Clone, Debug)]
-pub struct ClientConfig {
+pub struct KvClientConfig {
     replicas: Vec<NodeId>,
     request_timeout: Duration,
     redirect_backoff: Duration,
     think_min: Duration,
     think_max: Duration,
     seed: u64,
+    max_message: usize,
 }
 
-impl ClientConfig {
+impl KvClientConfig {
     /// A client of the replicas that can lead (the proposers).
     pub fn new(replicas: &[NodeId]) -> Self {
-        ClientConfig {
+        KvClientConfig {
             replicas: replicas.to_vec(),
             request_timeout: Duration::from_millis(500),
             redirect_backoff: Duration::from_millis(20),
             think_min: Duration::ZERO,
             think_max: Duration::ZERO,
             seed: 0,
+            max_message: 16 << 20,
         }
     }
 
@@ -60,9 +66,18 @@ impl ClientConfig {
         self
     }
 
-    /// Seed of the random workload and think times.
+    /// Seed of the random workload and think times (default 0).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Largest message accepted from a replica, in bytes (default 16 MiB;
+    /// larger ones are dropped and counted as garbage). Operations larger
+    /// than a quarter of it are refused by [`KvClient::push`] (replicas
+    /// with the same setting would refuse them).
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes.max(1024);
         self
     }
 }
@@ -110,7 +125,7 @@ struct RandomOps {
 /// Counters of a client.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ClientStats {
+pub struct KvClientStats {
     /// Requests sent, retries included.
     pub sent: u64,
     /// Retries after a timeout.
@@ -121,27 +136,33 @@ pub struct ClientStats {
     pub completed: u64,
     /// Replies that matched no outstanding request (late duplicates).
     pub stray: u64,
-    /// Undecodable messages.
+    /// Undecodable or oversized messages.
     pub garbage: u64,
+    /// Operations answered [`Outcome::SessionExpired`] (recorded as
+    /// indeterminate).
+    pub expired: u64,
+    /// Operations refused by [`KvClient::push`] as too large.
+    pub refused: u64,
 }
 
 /// A client process hosting sessions of the key-value store.
 #[derive(Debug)]
 pub struct KvClient {
     me: NodeId,
-    cfg: ClientConfig,
+    cfg: KvClientConfig,
     sessions: Vec<Session>,
     history: Vec<OpRecord>,
     leader: Option<NodeId>,
     next_replica: usize,
     rng: Rng,
     random: Option<RandomOps>,
-    stats: ClientStats,
+    stats: KvClientStats,
+    log: LogGate,
 }
 
 impl KvClient {
     /// A client at node `me` with the given sessions.
-    pub fn new(me: NodeId, cfg: ClientConfig, sessions: &[ClientId]) -> Self {
+    pub fn new(me: NodeId, cfg: KvClientConfig, sessions: &[ClientId]) -> Self {
         let rng = Rng::new(cfg.seed ^ u64::from(me.0).rotate_left(17));
         KvClient {
             me,
@@ -161,13 +182,21 @@ impl KvClient {
             rng,
             random: None,
             cfg,
-            stats: ClientStats::default(),
+            stats: KvClientStats::default(),
+            log: LogGate::default(),
         }
     }
 
     /// Queues `op` on the session at `index` (runs as soon as the session
-    /// is idle).
+    /// is idle). An operation larger than a quarter of
+    /// [`KvClientConfig::max_message`] is refused (counted in
+    /// [`KvClientStats::refused`], logged).
     pub fn push(&mut self, index: usize, op: Op) {
+        if op.size() > self.cfg.max_message / 4 {
+            self.stats.refused += 1;
+            warn!(client = %self.me, bytes = op.size(), "operation too large; refused");
+            return;
+        }
         if let Some(s) = self.sessions.get_mut(index) {
             s.queue.push_back(op);
             s.ready_at.get_or_insert(Time::ZERO);
@@ -186,7 +215,8 @@ impl KvClient {
         }
     }
 
-    /// Stops issuing new operations (outstanding ones still retry).
+    /// Stops issuing new operations: clears the queues and the random
+    /// workload (outstanding ones still retry until answered).
     pub fn stop(&mut self) {
         self.random = None;
         for s in &mut self.sessions {
@@ -209,7 +239,7 @@ impl KvClient {
     }
 
     /// Counters.
-    pub fn stats(&self) -> ClientStats {
+    pub fn stats(&self) -> KvClientStats {
         self.stats
     }
 
@@ -318,8 +348,14 @@ impl KvClient {
         let Some(c) = self.sessions[i].current.take() else {
             return;
         };
-        self.history[c.record].completed = Some((now, outcome));
-        self.stats.completed += 1;
+        if outcome == Outcome::SessionExpired {
+            // Not executed now, but an earlier copy may have run before
+            // the store evicted the session: indeterminate.
+            self.stats.expired += 1;
+        } else {
+            self.history[c.record].completed = Some((now, outcome));
+            self.stats.completed += 1;
+        }
         self.leader = Some(from);
         let think = random_between(&mut self.rng, self.cfg.think_min, self.cfg.think_max);
         self.sessions[i].ready_at = Some(now + think);
@@ -356,6 +392,13 @@ impl KvClient {
 
 impl Process for KvClient {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Bytes, out: &mut Outbox) {
+        if msg.len() > self.cfg.max_message {
+            self.stats.garbage += 1;
+            if let Some(suppressed) = self.log.check(now) {
+                warn!(client = %self.me, peer = %from, bytes = msg.len(), suppressed, "oversized message ignored");
+            }
+            return;
+        }
         match Msg::decode(msg) {
             Ok(Msg::Reply {
                 client,
@@ -370,7 +413,9 @@ impl Process for KvClient {
             Ok(_) => self.stats.stray += 1,
             Err(e) => {
                 self.stats.garbage += 1;
-                warn!(client = %self.me, peer = %from, cause = %e, "undecodable message ignored");
+                if let Some(suppressed) = self.log.check(now) {
+                    warn!(client = %self.me, peer = %from, cause = %e, suppressed, "undecodable message ignored");
+                }
             }
         }
         self.handle_timeout(now, out);

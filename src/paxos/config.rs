@@ -1,4 +1,4 @@
-//! `Config`: a replica's roles in the cluster and its timing.
+//! `ReplicaConfig`: a replica's roles in the cluster and its timing.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use crate::transport::NodeId;
 ///
 /// Hidden from the documentation, and inert unless the crate is built with
 /// the test-only cargo feature `negative-controls` (which the crate's own
-/// tests turn on): only then can `Config::mutation` switch one on, to
+/// tests turn on): only then can `ReplicaConfig::mutation` switch one on, to
 /// prove that the battery catches each bug.
 #[doc(hidden)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -27,7 +27,7 @@ pub enum Mutation {
 /// Every node in `acceptors`, `proposers` and `learners` is a learner and
 /// holds a copy of the key-value store; only proposers can lead.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub struct ReplicaConfig {
     pub(crate) id: NodeId,
     pub(crate) acceptors: Vec<NodeId>,
     pub(crate) proposers: Vec<NodeId>,
@@ -38,20 +38,23 @@ pub struct Config {
     pub(crate) retransmit: Duration,
     pub(crate) window: usize,
     pub(crate) max_batch: usize,
+    pub(crate) max_sessions: usize,
+    pub(crate) max_pending: usize,
+    pub(crate) max_message: usize,
     pub(crate) seed: u64,
     #[cfg(feature = "negative-controls")]
     pub(crate) mutation: Option<Mutation>,
     pub(crate) probes: bool,
 }
 
-impl Config {
+impl ReplicaConfig {
     /// A replica `id` in a cluster with these acceptors and proposers
     /// (leader candidates). Learners are all of them.
     pub fn new(id: NodeId, acceptors: &[NodeId], proposers: &[NodeId]) -> Self {
         let mut learners: Vec<NodeId> = acceptors.iter().chain(proposers).copied().collect();
         learners.sort_unstable();
         learners.dedup();
-        Config {
+        ReplicaConfig {
             id,
             acceptors: acceptors.to_vec(),
             proposers: proposers.to_vec(),
@@ -62,6 +65,9 @@ impl Config {
             retransmit: Duration::from_millis(100),
             window: 16,
             max_batch: 256,
+            max_sessions: super::kv::DEFAULT_MAX_SESSIONS,
+            max_pending: 10_000,
+            max_message: 16 << 20,
             seed: u64::from(id.0),
             #[cfg(feature = "negative-controls")]
             mutation: None,
@@ -72,7 +78,7 @@ impl Config {
     /// A replica `id` in a cluster where every node is acceptor, proposer
     /// and learner.
     pub fn symmetric(id: NodeId, nodes: &[NodeId]) -> Self {
-        Config::new(id, nodes, nodes)
+        ReplicaConfig::new(id, nodes, nodes)
     }
 
     /// Leader heartbeat interval (default 50 ms).
@@ -104,6 +110,38 @@ impl Config {
     /// Commands a leader batches into one slot (default 256).
     pub fn max_batch(mut self, commands: usize) -> Self {
         self.max_batch = commands.max(1);
+        self
+    }
+
+    /// Client sessions the key-value store keeps (default 10,000; at least
+    /// 1); the least recently used is evicted beyond that (see
+    /// [`KvStore`](super::KvStore) for what an evicted client gets).
+    ///
+    /// The session table is replicated state: **every replica of a cluster
+    /// must use the same value**, or their stores diverge.
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// Client commands a leader queues beyond the slots in flight (default
+    /// 10,000). A request arriving when the queue is full is dropped and
+    /// counted in [`ReplicaStats::requests_refused`](super::ReplicaStats);
+    /// its client retries after its request timeout.
+    pub fn max_pending(mut self, commands: usize) -> Self {
+        self.max_pending = commands.max(1);
+        self
+    }
+
+    /// Largest message accepted, in bytes (default 16 MiB). Larger ones are
+    /// dropped before decoding and counted in
+    /// [`ReplicaStats::oversized`](super::ReplicaStats). A leader keeps the
+    /// batches it proposes and the catch-up messages it sends under half
+    /// of it. A candidate whose promises would be larger (it is that far
+    /// behind in accepted values) cannot win until it has caught up from
+    /// the current leader.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes.max(1024);
         self
     }
 

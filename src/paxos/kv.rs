@@ -6,6 +6,29 @@
 //! highest sequence number applied and its outcome: a command with an
 //! older or equal sequence is not applied again, and the equal one is
 //! answered from the session (exactly-once under retries).
+//!
+//! # Bounded sessions
+//!
+//! Client ids are chosen by clients, so the session table is bounded
+//! ([`KvStore::with_max_sessions`], default [`DEFAULT_MAX_SESSIONS`]): when
+//! a command from a client without a session would exceed the bound, the
+//! least recently used session is evicted (counted in
+//! [`KvStore::evicted_sessions`]). Recency is measured in applied commands,
+//! and eviction happens while applying the log, so every replica evicts the
+//! same sessions at the same slot: the table is part of the replicated
+//! state, and every replica must use the same bound.
+//!
+//! What an evicted client gets: a command with `seq > 1` from a client the
+//! store has no session for is **not executed**; its outcome is
+//! [`Outcome::SessionExpired`], remembered as that client's new session (so
+//! retries of it get the same answer, and its next command runs normally).
+//! The client cannot tell whether an earlier copy of that command ran
+//! before the eviction, so it must treat it as indeterminate
+//! ([`KvClient`](super::KvClient) records it so). The one case the bound
+//! cannot catch: a retry of a client's *first* command (`seq` 1) that
+//! arrives after that client's session was evicted runs again. For that,
+//! [`DEFAULT_MAX_SESSIONS`] other clients must be served while the retry is
+//! in flight.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -13,7 +36,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use super::wire::{Reader, Writer};
-use super::DecodeError;
+use super::MsgDecodeError;
 
 /// A client session identity (unique per client; one process may host
 /// many clients).
@@ -54,6 +77,20 @@ pub enum Op {
 }
 
 impl Op {
+    /// An upper bound of the operation's encoded size in bytes (the
+    /// lengths of its byte strings plus their prefixes and tags).
+    pub fn size(&self) -> usize {
+        const OVERHEAD: usize = 32;
+        OVERHEAD
+            + match self {
+                Op::Get { key } => key.len(),
+                Op::Put { key, value } => key.len() + value.len(),
+                Op::Cas { key, expect, new } => {
+                    key.len() + expect.as_ref().map_or(0, Bytes::len) + new.len()
+                }
+            }
+    }
+
     /// The key the operation touches.
     pub fn key(&self) -> &Bytes {
         match self {
@@ -74,6 +111,10 @@ pub enum Outcome {
     Swapped,
     /// A cas did not match; the current value.
     Mismatch(Option<Bytes>),
+    /// Not executed: the store had no session for this client (evicted as
+    /// least recently used) and the command was not its first. An earlier
+    /// copy of it may have run before the eviction: indeterminate.
+    SessionExpired,
 }
 
 /// A client's request as it is ordered in the log.
@@ -98,6 +139,15 @@ pub enum Value {
 }
 
 impl Value {
+    /// An upper bound of the value's encoded size in bytes.
+    pub fn size(&self) -> usize {
+        8 + self
+            .commands()
+            .iter()
+            .map(|c| 20 + c.op.size())
+            .sum::<usize>()
+    }
+
     /// The commands of the slot (none for a no-op).
     pub fn commands(&self) -> &[Command] {
         match self {
@@ -110,7 +160,7 @@ impl Value {
     pub fn digest(&self) -> u64 {
         let mut w = Writer::new();
         encode_value(&mut w, self);
-        crate::sim::fnv1a64(&w.finish())
+        crate::det::fnv1a64(&w.finish())
     }
 }
 
@@ -124,11 +174,11 @@ fn opt_bytes(w: &mut Writer, b: &Option<Bytes>) {
     }
 }
 
-fn read_opt_bytes(r: &mut Reader) -> Result<Option<Bytes>, DecodeError> {
+fn read_opt_bytes(r: &mut Reader) -> Result<Option<Bytes>, MsgDecodeError> {
     match r.u8()? {
         0 => Ok(None),
         1 => Ok(Some(r.bytes()?)),
-        t => Err(DecodeError::UnknownTag(t)),
+        t => Err(MsgDecodeError::UnknownTag(t)),
     }
 }
 
@@ -152,7 +202,7 @@ pub(crate) fn encode_op(w: &mut Writer, op: &Op) {
     }
 }
 
-pub(crate) fn decode_op(r: &mut Reader) -> Result<Op, DecodeError> {
+pub(crate) fn decode_op(r: &mut Reader) -> Result<Op, MsgDecodeError> {
     Ok(match r.u8()? {
         0 => Op::Get { key: r.bytes()? },
         1 => Op::Put {
@@ -164,7 +214,7 @@ pub(crate) fn decode_op(r: &mut Reader) -> Result<Op, DecodeError> {
             expect: read_opt_bytes(r)?,
             new: r.bytes()?,
         },
-        t => return Err(DecodeError::UnknownTag(t)),
+        t => return Err(MsgDecodeError::UnknownTag(t)),
     })
 }
 
@@ -180,16 +230,18 @@ pub(crate) fn encode_outcome(w: &mut Writer, o: &Outcome) {
             w.u8(3);
             opt_bytes(w, v);
         }
+        Outcome::SessionExpired => w.u8(4),
     }
 }
 
-pub(crate) fn decode_outcome(r: &mut Reader) -> Result<Outcome, DecodeError> {
+pub(crate) fn decode_outcome(r: &mut Reader) -> Result<Outcome, MsgDecodeError> {
     Ok(match r.u8()? {
         0 => Outcome::Read(read_opt_bytes(r)?),
         1 => Outcome::Written,
         2 => Outcome::Swapped,
         3 => Outcome::Mismatch(read_opt_bytes(r)?),
-        t => return Err(DecodeError::UnknownTag(t)),
+        4 => Outcome::SessionExpired,
+        t => return Err(MsgDecodeError::UnknownTag(t)),
     })
 }
 
@@ -208,13 +260,13 @@ pub(crate) fn encode_value(w: &mut Writer, v: &Value) {
     }
 }
 
-pub(crate) fn decode_value(r: &mut Reader) -> Result<Value, DecodeError> {
+pub(crate) fn decode_value(r: &mut Reader) -> Result<Value, MsgDecodeError> {
     Ok(match r.u8()? {
         0 => Value::Noop,
         1 => {
             // A command takes at least 4 bytes (client, seq, tag, key len).
             let n = r.count(4)?;
-            let mut cmds = Vec::with_capacity(n);
+            let mut cmds = Vec::with_capacity(n.min(PREALLOC));
             for _ in 0..n {
                 cmds.push(Command {
                     client: ClientId(r.varint()?),
@@ -224,12 +276,20 @@ pub(crate) fn decode_value(r: &mut Reader) -> Result<Value, DecodeError> {
             }
             Value::Batch(cmds)
         }
-        t => return Err(DecodeError::UnknownTag(t)),
+        t => return Err(MsgDecodeError::UnknownTag(t)),
     })
 }
 
+/// At most this many items are allocated ahead of decoding them (the
+/// rest grow as they are actually read), whatever count a message claims.
+pub(crate) const PREALLOC: usize = 1024;
+
+/// Default bound of the session table ([`KvStore::with_max_sessions`]).
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+
 /// What applying one command did.
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub enum Applied {
     /// Applied for the first time, with this outcome.
     Fresh(Outcome),
@@ -237,69 +297,146 @@ pub enum Applied {
     Repeat(Outcome),
     /// Older than the session's last command: ignored, no outcome kept.
     Stale,
+    /// Not executed: no session for this client and not its first command
+    /// (the answer is [`Outcome::SessionExpired`]).
+    Expired,
 }
 
-/// The store: data plus client sessions.
-#[derive(Clone, Debug, Default)]
+/// One client's session: its last sequence, that command's outcome, and
+/// when it was last used (in applied commands).
+#[derive(Clone, Debug)]
+struct Session {
+    seq: u64,
+    outcome: Outcome,
+    used: u64,
+}
+
+/// The store: data plus a bounded table of client sessions.
+#[derive(Clone, Debug)]
 pub struct KvStore {
     data: HashMap<Bytes, Bytes>,
-    sessions: BTreeMap<ClientId, (u64, Outcome)>,
+    sessions: BTreeMap<ClientId, Session>,
+    /// Sessions by last use (`Session::used` is unique): the front is the
+    /// least recently used.
+    lru: BTreeMap<u64, ClientId>,
+    /// Commands seen by `apply` (the recency clock).
+    clock: u64,
+    max_sessions: usize,
     applied_commands: u64,
+    evicted: u64,
+    expired: u64,
+}
+
+impl Default for KvStore {
+    fn default() -> Self {
+        Self::with_max_sessions(DEFAULT_MAX_SESSIONS)
+    }
 }
 
 impl KvStore {
-    /// An empty store.
+    /// An empty store with the default session bound
+    /// ([`DEFAULT_MAX_SESSIONS`]).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Applies one command, deduplicating by session.
-    pub fn apply(&mut self, cmd: &Command) -> Applied {
-        if let Some((last, outcome)) = self.sessions.get(&cmd.client) {
-            if cmd.seq == *last {
-                return Applied::Repeat(outcome.clone());
-            }
-            if cmd.seq < *last {
-                return Applied::Stale;
-            }
+    /// An empty store keeping at most `max_sessions` client sessions (at
+    /// least 1). Every replica of one store must use the same bound.
+    pub fn with_max_sessions(max_sessions: usize) -> Self {
+        KvStore {
+            data: HashMap::new(),
+            sessions: BTreeMap::new(),
+            lru: BTreeMap::new(),
+            clock: 0,
+            max_sessions: max_sessions.max(1),
+            applied_commands: 0,
+            evicted: 0,
+            expired: 0,
         }
-        let outcome = self.execute(&cmd.op);
-        self.applied_commands += 1;
-        self.sessions.insert(cmd.client, (cmd.seq, outcome.clone()));
-        Applied::Fresh(outcome)
     }
 
-    fn execute(&mut self, op: &Op) -> Outcome {
-        match op {
-            Op::Get { key } => Outcome::Read(self.data.get(key).cloned()),
-            Op::Put { key, value } => {
-                self.data.insert(key.clone(), value.clone());
-                Outcome::Written
+    /// Applies one command, deduplicating by session (see the module docs
+    /// for sessions that were evicted).
+    pub fn apply(&mut self, cmd: &Command) -> Applied {
+        self.clock += 1;
+        let now = self.clock;
+        if let Some(s) = self.sessions.get_mut(&cmd.client) {
+            if cmd.seq < s.seq {
+                return Applied::Stale;
             }
-            Op::Cas { key, expect, new } => {
-                let current = self.data.get(key);
-                if current == expect.as_ref() {
-                    self.data.insert(key.clone(), new.clone());
-                    Outcome::Swapped
-                } else {
-                    Outcome::Mismatch(current.cloned())
-                }
+            self.lru.remove(&s.used);
+            self.lru.insert(now, cmd.client);
+            s.used = now;
+            if cmd.seq == s.seq {
+                return Applied::Repeat(s.outcome.clone());
             }
+            let outcome = execute(&mut self.data, &cmd.op);
+            self.applied_commands += 1;
+            s.seq = cmd.seq;
+            s.outcome = outcome.clone();
+            return Applied::Fresh(outcome);
         }
+        // A client without a session.
+        while self.sessions.len() >= self.max_sessions {
+            let Some((_, victim)) = self.lru.pop_first() else {
+                break;
+            };
+            self.sessions.remove(&victim);
+            self.evicted += 1;
+        }
+        let (applied, outcome) = if cmd.seq > 1 {
+            self.expired += 1;
+            (Applied::Expired, Outcome::SessionExpired)
+        } else {
+            let o = execute(&mut self.data, &cmd.op);
+            self.applied_commands += 1;
+            (Applied::Fresh(o.clone()), o)
+        };
+        self.sessions.insert(
+            cmd.client,
+            Session {
+                seq: cmd.seq,
+                outcome,
+                used: now,
+            },
+        );
+        self.lru.insert(now, cmd.client);
+        applied
     }
 
     /// The outcome remembered for `client`'s command `seq`, if that is its
     /// latest applied one.
     pub fn session_outcome(&self, client: ClientId, seq: u64) -> Option<&Outcome> {
         match self.sessions.get(&client) {
-            Some((last, o)) if *last == seq => Some(o),
+            Some(s) if s.seq == seq => Some(&s.outcome),
             _ => None,
         }
     }
 
-    /// The highest sequence applied for `client`.
+    /// The highest sequence applied for `client` (`None`: no session, never
+    /// seen or evicted).
     pub fn last_seq(&self, client: ClientId) -> Option<u64> {
-        self.sessions.get(&client).map(|(s, _)| *s)
+        self.sessions.get(&client).map(|s| s.seq)
+    }
+
+    /// Sessions held now (at most the bound).
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The session bound.
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    /// Sessions evicted as least recently used, since the start.
+    pub fn evicted_sessions(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Commands answered [`Outcome::SessionExpired`] (not executed).
+    pub fn expired_commands(&self) -> u64 {
+        self.expired
     }
 
     /// Reads a key directly (not linearizable on its own: for tests and
@@ -321,6 +458,25 @@ impl KvStore {
     /// Commands applied for the first time.
     pub fn applied_commands(&self) -> u64 {
         self.applied_commands
+    }
+}
+
+fn execute(data: &mut HashMap<Bytes, Bytes>, op: &Op) -> Outcome {
+    match op {
+        Op::Get { key } => Outcome::Read(data.get(key).cloned()),
+        Op::Put { key, value } => {
+            data.insert(key.clone(), value.clone());
+            Outcome::Written
+        }
+        Op::Cas { key, expect, new } => {
+            let current = data.get(key);
+            if current == expect.as_ref() {
+                data.insert(key.clone(), new.clone());
+                Outcome::Swapped
+            } else {
+                Outcome::Mismatch(current.cloned())
+            }
+        }
     }
 }
 
@@ -375,6 +531,58 @@ mod tests {
         );
         assert_eq!(kv.session_outcome(ClientId(1), 2), Some(&Outcome::Swapped));
         assert_eq!(kv.last_seq(ClientId(2)), Some(1));
+    }
+
+    #[test]
+    fn sessions_are_bounded_lru_and_evicted_clients_are_told() {
+        let mut kv = KvStore::with_max_sessions(3);
+        for c in 1..=3 {
+            assert!(matches!(
+                kv.apply(&cmd(c, 1, put("k", "a"))),
+                Applied::Fresh(_)
+            ));
+        }
+        // Client 1 is used again: client 2 is now the least recently used.
+        assert_eq!(
+            kv.apply(&cmd(1, 2, put("k", "b"))),
+            Applied::Fresh(Outcome::Written)
+        );
+        assert_eq!(
+            kv.apply(&cmd(4, 1, put("k", "c"))),
+            Applied::Fresh(Outcome::Written)
+        );
+        assert_eq!((kv.sessions(), kv.evicted_sessions()), (3, 1));
+        assert_eq!(kv.last_seq(ClientId(2)), None, "the LRU session went");
+        assert_eq!(kv.last_seq(ClientId(1)), Some(2), "the recent one stayed");
+        // Client 2 comes back with its next command: refused, not run.
+        assert_eq!(kv.apply(&cmd(2, 2, put("k", "evil"))), Applied::Expired);
+        assert_eq!(kv.get(b"k"), Some(&Bytes::from("c")));
+        assert_eq!(kv.expired_commands(), 1);
+        // Its retry gets the same answer; its next command runs.
+        assert_eq!(
+            kv.apply(&cmd(2, 2, put("k", "evil"))),
+            Applied::Repeat(Outcome::SessionExpired)
+        );
+        assert_eq!(
+            kv.apply(&cmd(2, 3, put("k", "d"))),
+            Applied::Fresh(Outcome::Written)
+        );
+        assert_eq!(kv.sessions(), 3);
+        assert_eq!(kv.evicted_sessions(), 2);
+        // A flood of new clients never grows the table past the bound, and
+        // two stores fed the same commands evict the same sessions.
+        let mut twin = kv.clone();
+        for c in 100..10_100 {
+            kv.apply(&cmd(c, 1, Op::Get { key: Bytes::new() }));
+            twin.apply(&cmd(c, 1, Op::Get { key: Bytes::new() }));
+            assert!(kv.sessions() <= 3);
+        }
+        assert_eq!(kv.evicted_sessions(), 10_002);
+        for c in 10_097..10_100 {
+            assert_eq!(kv.last_seq(ClientId(c)), Some(1));
+            assert_eq!(twin.last_seq(ClientId(c)), Some(1));
+        }
+        assert_eq!(kv.lru, twin.lru);
     }
 
     #[test]

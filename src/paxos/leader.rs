@@ -3,8 +3,8 @@
 //! only, with a window of slots in flight and batching of client commands.
 //!
 //! A new leader re-proposes, for every slot from its first undecided one,
-//! the highest-ballot value any promise reported (fixing the seed, which
-//! only looked at the promise that completed the quorum) and fills holes
+//! the highest-ballot value any promise of its quorum reported (not just
+//! the value of the promise that completed the quorum) and fills holes
 //! with no-ops. It contains no networking code and reads no clock.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -235,7 +235,20 @@ impl Replica {
             if l.inflight.len() >= self.cfg.window || l.pending.is_empty() {
                 return;
             }
-            let n = l.pending.len().min(self.cfg.max_batch);
+            // At most max_batch commands and half of max_message bytes
+            // (one command at least: each is under a quarter of it).
+            let budget = self.cfg.max_message / 2;
+            let mut bytes = 0;
+            let n = l
+                .pending
+                .iter()
+                .take(self.cfg.max_batch)
+                .take_while(|c| {
+                    bytes += 20 + c.op.size();
+                    bytes <= budget
+                })
+                .count()
+                .max(1);
             let batch: Vec<_> = l.pending.drain(..n).collect();
             let slot = l.next_slot;
             l.next_slot += 1;
@@ -318,6 +331,10 @@ impl Replica {
             info!(node = %self.cfg.id, "stepping down");
         }
         self.role = Role::Follower;
+        // Forget which clients wait here: their commands may never be
+        // decided now, and they retry elsewhere after their timeout. (This
+        // also keeps the table bounded by the queue of the current term.)
+        self.waiting.clear();
         if self.leader == Some(self.cfg.id) {
             self.leader = None;
         }
@@ -405,12 +422,33 @@ impl Replica {
         if pure.is_empty() {
             return;
         }
-        let entries: Vec<(Slot, Value)> = (from..to)
-            .filter_map(|s| self.learner.decided(s).map(|v| (s, v.clone())))
-            .collect();
-        let msg = Msg::Decided { entries }.encode();
-        for n in pure {
-            out.send(n, msg.clone());
+        // In messages under half of max_message each.
+        let budget = self.cfg.max_message / 2;
+        let mut chunk: Vec<(Slot, Value)> = Vec::new();
+        let mut bytes = 0;
+        let flush = |chunk: &mut Vec<(Slot, Value)>, out: &mut Outbox| {
+            if chunk.is_empty() {
+                return;
+            }
+            let msg = Msg::Decided {
+                entries: std::mem::take(chunk),
+            }
+            .encode();
+            for n in &pure {
+                out.send(*n, msg.clone());
+            }
+        };
+        for s in from..to {
+            let Some(v) = self.learner.decided(s) else {
+                continue;
+            };
+            if !chunk.is_empty() && bytes + v.size() > budget {
+                flush(&mut chunk, out);
+                bytes = 0;
+            }
+            bytes += v.size();
+            chunk.push((s, v.clone()));
         }
+        flush(&mut chunk, out);
     }
 }

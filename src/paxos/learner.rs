@@ -6,9 +6,9 @@
 //! counted a quorum; a commit notice from the leader of ballot `b` covers
 //! a slot its own acceptor accepted in `b` (that value is the decided one);
 //! or a `Decided` message carries it (an answer to `Fetch`, or a push to a
-//! learner that is not an acceptor). Unlike the seed's leaders, every
-//! learner counts from the first acceptance on. It contains no networking
-//! code and reads no clock.
+//! learner that is not an acceptor). Every learner, not only the leader
+//! that proposed a slot, learns it. It contains no networking code and
+//! reads no clock.
 
 use std::collections::BTreeMap;
 
@@ -40,8 +40,11 @@ pub struct Learner {
 }
 
 impl Learner {
-    pub(crate) fn new() -> Self {
-        Self::default()
+    pub(crate) fn new(max_sessions: usize) -> Self {
+        Learner {
+            kv: KvStore::with_max_sessions(max_sessions),
+            ..Self::default()
+        }
     }
 
     /// The first slot not applied yet (every slot below is decided and
@@ -203,14 +206,18 @@ impl Replica {
 
     pub(crate) fn on_fetch(&mut self, from: NodeId, from_slot: Slot, out: &mut Outbox) {
         let mut commands = 0;
+        let mut bytes = 0;
+        let budget = self.cfg.max_message / 2;
         let entries: Vec<(Slot, Value)> = self
             .learner
             .decided
             .range(from_slot..)
             .take(FETCH_ENTRIES)
             .take_while(|(_, v)| {
+                let first = commands == 0 && bytes == 0;
                 commands += v.commands().len();
-                commands <= FETCH_COMMANDS || v.commands().len() == commands
+                bytes += v.size();
+                first || (commands <= FETCH_COMMANDS && bytes <= budget)
             })
             .map(|(s, v)| (*s, v.clone()))
             .collect();

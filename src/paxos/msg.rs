@@ -2,8 +2,15 @@
 //!
 //! Every message is one ZeroMQ frame: `[version = 1][kind][fields...]`,
 //! numbers as LEB128 varints, byte strings length-prefixed. Decoding never
-//! panics and never allocates more than the message could hold: garbage
-//! from a peer is a typed [`DecodeError`], which the node counts and logs.
+//! panics and its memory is bounded by the frame: every length and count
+//! is checked against the bytes left before anything is read (a byte
+//! string must fit in what remains, a list of `n` items needs at least `n`
+//! times its smallest item's size), at most a fixed number of items is
+//! allocated ahead of reading them, byte strings are slices of the frame
+//! (no copy), and trailing bytes are refused. The frame itself is bounded
+//! by [`ReplicaConfig::max_message`](super::ReplicaConfig::max_message)
+//! (and by the transport's limit). Garbage from a peer is a typed
+//! [`MsgDecodeError`], which the node counts and logs (rate-limited).
 
 use bytes::Bytes;
 
@@ -123,7 +130,7 @@ pub enum Msg {
 /// The kinds of [`Msg`], for counting.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 #[allow(missing_docs)]
-pub enum Kind {
+pub enum MsgKind {
     Prepare = 1,
     Promise = 2,
     Accept = 3,
@@ -140,7 +147,7 @@ pub enum Kind {
 /// Why a message could not be decoded.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum DecodeError {
+pub enum MsgDecodeError {
     /// The message ends in the middle of a field.
     #[error("truncated message")]
     Truncated,
@@ -169,25 +176,25 @@ fn ballot(w: &mut Writer, b: Ballot) {
     w.varint(u64::from(b.node.0));
 }
 
-fn read_ballot(r: &mut Reader) -> Result<Ballot, DecodeError> {
+fn read_ballot(r: &mut Reader) -> Result<Ballot, MsgDecodeError> {
     Ok(Ballot::new(r.varint()?, NodeId(r.u32()?)))
 }
 
 impl Msg {
     /// The message's kind.
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> MsgKind {
         match self {
-            Msg::Prepare { .. } => Kind::Prepare,
-            Msg::Promise { .. } => Kind::Promise,
-            Msg::Accept { .. } => Kind::Accept,
-            Msg::Accepted { .. } => Kind::Accepted,
-            Msg::Nack { .. } => Kind::Nack,
-            Msg::Heartbeat { .. } => Kind::Heartbeat,
-            Msg::Fetch { .. } => Kind::Fetch,
-            Msg::Decided { .. } => Kind::Decided,
-            Msg::Request { .. } => Kind::Request,
-            Msg::Reply { .. } => Kind::Reply,
-            Msg::Redirect { .. } => Kind::Redirect,
+            Msg::Prepare { .. } => MsgKind::Prepare,
+            Msg::Promise { .. } => MsgKind::Promise,
+            Msg::Accept { .. } => MsgKind::Accept,
+            Msg::Accepted { .. } => MsgKind::Accepted,
+            Msg::Nack { .. } => MsgKind::Nack,
+            Msg::Heartbeat { .. } => MsgKind::Heartbeat,
+            Msg::Fetch { .. } => MsgKind::Fetch,
+            Msg::Decided { .. } => MsgKind::Decided,
+            Msg::Request { .. } => MsgKind::Request,
+            Msg::Reply { .. } => MsgKind::Reply,
+            Msg::Redirect { .. } => MsgKind::Redirect,
         }
     }
 
@@ -286,11 +293,11 @@ impl Msg {
     }
 
     /// Decodes one frame.
-    pub fn decode(frame: Bytes) -> Result<Msg, DecodeError> {
+    pub fn decode(frame: Bytes) -> Result<Msg, MsgDecodeError> {
         let mut r = Reader::new(frame);
         let version = r.u8()?;
         if version != VERSION {
-            return Err(DecodeError::Version(version));
+            return Err(MsgDecodeError::Version(version));
         }
         let msg = match r.u8()? {
             1 => Msg::Prepare {
@@ -301,7 +308,7 @@ impl Msg {
                 let b = read_ballot(&mut r)?;
                 let from_slot = r.varint()?;
                 let n = r.count(4)?;
-                let mut accepted = Vec::with_capacity(n);
+                let mut accepted = Vec::with_capacity(n.min(kv::PREALLOC));
                 for _ in 0..n {
                     accepted.push(AcceptedEntry {
                         slot: r.varint()?,
@@ -338,7 +345,7 @@ impl Msg {
             },
             8 => {
                 let n = r.count(2)?;
-                let mut entries = Vec::with_capacity(n);
+                let mut entries = Vec::with_capacity(n.min(kv::PREALLOC));
                 for _ in 0..n {
                     entries.push((r.varint()?, kv::decode_value(&mut r)?));
                 }
@@ -360,10 +367,10 @@ impl Msg {
                 leader: match r.u8()? {
                     0 => None,
                     1 => Some(NodeId(r.u32()?)),
-                    t => return Err(DecodeError::UnknownTag(t)),
+                    t => return Err(MsgDecodeError::UnknownTag(t)),
                 },
             },
-            k => return Err(DecodeError::UnknownKind(k)),
+            k => return Err(MsgDecodeError::UnknownKind(k)),
         };
         r.finish()?;
         Ok(msg)
@@ -455,18 +462,18 @@ mod tests {
 
     #[test]
     fn garbage_is_a_typed_error_never_a_panic() {
-        assert_eq!(Msg::decode(Bytes::new()), Err(DecodeError::Truncated));
+        assert_eq!(Msg::decode(Bytes::new()), Err(MsgDecodeError::Truncated));
         assert_eq!(
             Msg::decode(Bytes::from_static(&[2, 1])),
-            Err(DecodeError::Version(2))
+            Err(MsgDecodeError::Version(2))
         );
         assert_eq!(
             Msg::decode(Bytes::from_static(&[1, 99])),
-            Err(DecodeError::UnknownKind(99))
+            Err(MsgDecodeError::UnknownKind(99))
         );
         let mut extra = samples()[0].encode().to_vec();
         extra.push(0);
-        assert_eq!(Msg::decode(extra.into()), Err(DecodeError::Trailing(1)));
+        assert_eq!(Msg::decode(extra.into()), Err(MsgDecodeError::Trailing(1)));
         // Every truncation of every sample fails cleanly.
         for m in samples() {
             let full = m.encode();
@@ -481,7 +488,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = crate::sim::Rng::new(1);
+        let mut rng = crate::det::Rng::new(1);
         for _ in 0..20_000 {
             let len = rng.index(24);
             let mut data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();

@@ -1,5 +1,5 @@
 //! `Replica`: one Multi-Paxos node combining the acceptor, proposer
-//! (leader) and learner roles its [`Config`] gives it, as a sans-IO
+//! (leader) and learner roles its [`ReplicaConfig`] gives it, as a sans-IO
 //! [`Process`].
 //!
 //! This file holds the state, message dispatch, the acceptor role and the
@@ -14,16 +14,16 @@ use tracing::warn;
 
 use super::acceptor::{AcceptorState, Record};
 use super::ballot::{Ballot, Slot};
-use super::config::{Config, Mutation};
+use super::config::{Mutation, ReplicaConfig};
 use super::kv::{Applied, ClientId, Command, Op};
 use super::learner::Learner;
 use super::msg::{AcceptedEntry, Msg};
+use crate::det::Rng;
 use crate::durable::{DurableError, Wal};
-use crate::sim::Rng;
 use crate::transport::{NodeId, Outbox, Process, Time};
 
 /// An observation of a replica's internals, recorded only when
-/// [`Config::probes`] is on, for the test battery's invariant checker.
+/// [`ReplicaConfig::probes`] is on, for the test battery's invariant checker.
 #[doc(hidden)]
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
@@ -87,6 +87,43 @@ pub struct ReplicaStats {
     /// Learner conflicts: a slot learned with two different values. Must
     /// stay zero; non-zero means a safety violation.
     pub conflicts: u64,
+    /// Messages larger than [`ReplicaConfig::max_message`], dropped
+    /// undecoded.
+    pub oversized: u64,
+    /// Client requests dropped by a leader: its queue was full
+    /// ([`ReplicaConfig::max_pending`]) or the command was larger than a
+    /// quarter of [`ReplicaConfig::max_message`].
+    pub requests_refused: u64,
+    /// Client sessions evicted from this replica's store as least recently
+    /// used ([`ReplicaConfig::max_sessions`]).
+    pub sessions_evicted: u64,
+    /// Commands this replica's store answered
+    /// [`Outcome::SessionExpired`](super::Outcome::SessionExpired).
+    pub sessions_expired: u64,
+}
+
+/// At most one log line per second of the driver's time per call site,
+/// for lines a peer can trigger (garbage, oversized, refused requests).
+#[derive(Debug, Default)]
+pub(crate) struct LogGate {
+    next: Option<Time>,
+    suppressed: u64,
+}
+
+impl LogGate {
+    /// `Some(suppressed)` if a line may be written at `now`.
+    pub(crate) fn check(&mut self, now: Time) -> Option<u64> {
+        match self.next {
+            Some(next) if now < next => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.next = Some(now + Duration::from_secs(1));
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
 }
 
 /// The phase of a proposer.
@@ -133,7 +170,7 @@ pub(crate) struct LeaderState {
 /// A Multi-Paxos replica of the key-value store.
 #[derive(Debug)]
 pub struct Replica {
-    pub(crate) cfg: Config,
+    pub(crate) cfg: ReplicaConfig,
     pub(crate) acceptor: Option<AcceptorState>,
     pub(crate) wal: Box<dyn Wal>,
     pub(crate) wal_records: usize,
@@ -152,12 +189,14 @@ pub struct Replica {
     pub(crate) stats: ReplicaStats,
     pub(crate) probes: Vec<Probe>,
     pub(crate) storage_failed: bool,
+    pub(crate) log_garbage: LogGate,
+    pub(crate) log_refused: LogGate,
 }
 
 impl Replica {
     /// A replica that restores its acceptor state from `wal` (empty for a
     /// new node). `now` is the driver's current time.
-    pub fn new(cfg: Config, mut wal: Box<dyn Wal>, now: Time) -> Result<Self, DurableError> {
+    pub fn new(cfg: ReplicaConfig, mut wal: Box<dyn Wal>, now: Time) -> Result<Self, DurableError> {
         let records = wal.records()?;
         let wal_records = records.len();
         let acceptor = if cfg.is_acceptor(cfg.id) {
@@ -175,7 +214,7 @@ impl Replica {
             acceptor,
             wal,
             wal_records,
-            learner: Learner::new(),
+            learner: Learner::new(cfg.max_sessions),
             role: Role::Follower,
             max_seen,
             leader: None,
@@ -186,6 +225,8 @@ impl Replica {
             stats: ReplicaStats::default(),
             probes: Vec::new(),
             storage_failed: false,
+            log_garbage: LogGate::default(),
+            log_refused: LogGate::default(),
             cfg,
         })
     }
@@ -196,7 +237,7 @@ impl Replica {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &ReplicaConfig {
         &self.cfg
     }
 
@@ -234,7 +275,12 @@ impl Replica {
 
     /// Counters.
     pub fn stats(&self) -> ReplicaStats {
-        self.stats
+        let kv = self.learner.kv();
+        ReplicaStats {
+            sessions_evicted: kv.evicted_sessions(),
+            sessions_expired: kv.expired_commands(),
+            ..self.stats
+        }
     }
 
     /// Takes the probes recorded since the last call.
@@ -416,7 +462,7 @@ impl Replica {
             self.stats.ignored += 1;
             return;
         }
-        let Role::Leader(l) = &mut self.role else {
+        if !matches!(self.role, Role::Leader(_)) {
             self.stats.redirects += 1;
             let leader = self.leader.filter(|l| *l != self.cfg.id);
             out.send(
@@ -429,11 +475,23 @@ impl Replica {
                 .encode(),
             );
             return;
+        }
+        let Role::Leader(l) = &mut self.role else {
+            return;
         };
-        self.waiting.insert(client, (seq, from));
         if l.queued.get(&client).is_some_and(|s| *s >= seq) {
+            self.waiting.insert(client, (seq, from));
             return; // already pending or in flight here
         }
+        let too_big = op.size() > self.cfg.max_message / 4;
+        if too_big || l.pending.len() >= self.cfg.max_pending {
+            self.stats.requests_refused += 1;
+            if let Some(suppressed) = self.log_refused.check(now) {
+                warn!(node = %self.cfg.id, %client, peer = %from, too_big, suppressed, "client request refused (queue full or command too large)");
+            }
+            return;
+        }
+        self.waiting.insert(client, (seq, from));
         l.queued.insert(client, seq);
         l.pending.push_back(Command { client, seq, op });
         self.fill_window(now, out);
@@ -444,7 +502,8 @@ impl Replica {
         for (cmd, result) in applied {
             let outcome = match result {
                 Applied::Fresh(o) | Applied::Repeat(o) => o,
-                Applied::Stale => continue,
+                Applied::Expired => super::kv::Outcome::SessionExpired,
+                _ => continue,
             };
             if let Some((seq, to)) = self.waiting.get(&cmd.client).copied() {
                 if seq == cmd.seq {
@@ -487,6 +546,13 @@ pub(crate) fn random_between(rng: &mut Rng, min: Duration, max: Duration) -> Dur
 
 impl Process for Replica {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Bytes, out: &mut Outbox) {
+        if msg.len() > self.cfg.max_message {
+            self.stats.oversized += 1;
+            if let Some(suppressed) = self.log_garbage.check(now) {
+                warn!(node = %self.cfg.id, peer = %from, bytes = msg.len(), suppressed, "oversized message ignored");
+            }
+            return;
+        }
         match Msg::decode(msg) {
             Ok(m) => {
                 self.dispatch(now, from, m, out);
@@ -494,7 +560,9 @@ impl Process for Replica {
             }
             Err(e) => {
                 self.stats.garbage += 1;
-                warn!(node = %self.cfg.id, peer = %from, cause = %e, "undecodable message ignored");
+                if let Some(suppressed) = self.log_garbage.check(now) {
+                    warn!(node = %self.cfg.id, peer = %from, cause = %e, suppressed, "undecodable message ignored");
+                }
             }
         }
     }

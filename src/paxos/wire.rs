@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::DecodeError;
+use super::MsgDecodeError;
 
 /// Appends values to a buffer.
 #[derive(Debug, Default)]
@@ -41,7 +41,7 @@ impl Writer {
     }
 }
 
-/// Reads values from a message, failing with [`DecodeError`].
+/// Reads values from a message, failing with [`MsgDecodeError`].
 #[derive(Debug)]
 pub(crate) struct Reader {
     data: Bytes,
@@ -53,56 +53,56 @@ impl Reader {
         Reader { data, at: 0 }
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
-        let b = *self.data.get(self.at).ok_or(DecodeError::Truncated)?;
+    pub(crate) fn u8(&mut self) -> Result<u8, MsgDecodeError> {
+        let b = *self.data.get(self.at).ok_or(MsgDecodeError::Truncated)?;
         self.at += 1;
         Ok(b)
     }
 
-    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, MsgDecodeError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
             let bits = u64::from(b & 0x7f);
             if shift == 63 && bits > 1 {
-                return Err(DecodeError::BadVarint);
+                return Err(MsgDecodeError::BadVarint);
             }
             v |= bits << shift;
             if b & 0x80 == 0 {
                 return Ok(v);
             }
         }
-        Err(DecodeError::BadVarint)
+        Err(MsgDecodeError::BadVarint)
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
-        u32::try_from(self.varint()?).map_err(|_| DecodeError::OutOfRange)
+    pub(crate) fn u32(&mut self) -> Result<u32, MsgDecodeError> {
+        u32::try_from(self.varint()?).map_err(|_| MsgDecodeError::OutOfRange)
     }
 
     /// A count of items that each take at least `min_item` bytes: refused
     /// if the message cannot possibly hold that many (no huge allocations
     /// from a forged count).
-    pub(crate) fn count(&mut self, min_item: usize) -> Result<usize, DecodeError> {
+    pub(crate) fn count(&mut self, min_item: usize) -> Result<usize, MsgDecodeError> {
         let n = self.varint()?;
         let left = (self.data.len() - self.at) as u64;
         if n.saturating_mul(min_item.max(1) as u64) > left {
-            return Err(DecodeError::Truncated);
+            return Err(MsgDecodeError::Truncated);
         }
         Ok(n as usize)
     }
 
-    pub(crate) fn bytes(&mut self) -> Result<Bytes, DecodeError> {
+    pub(crate) fn bytes(&mut self) -> Result<Bytes, MsgDecodeError> {
         let n = self.count(1)?;
         let b = self.data.slice(self.at..self.at + n);
         self.at += n;
         Ok(b)
     }
 
-    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+    pub(crate) fn finish(self) -> Result<(), MsgDecodeError> {
         if self.at == self.data.len() {
             Ok(())
         } else {
-            Err(DecodeError::Trailing(self.data.len() - self.at))
+            Err(MsgDecodeError::Trailing(self.data.len() - self.at))
         }
     }
 }
@@ -121,9 +121,9 @@ mod tests {
             r.finish().unwrap();
         }
         let mut r = Reader::new(Bytes::from_static(&[0xff; 11]));
-        assert_eq!(r.varint(), Err(DecodeError::BadVarint));
+        assert_eq!(r.varint(), Err(MsgDecodeError::BadVarint));
         let mut r = Reader::new(Bytes::from_static(&[0x80]));
-        assert_eq!(r.varint(), Err(DecodeError::Truncated));
+        assert_eq!(r.varint(), Err(MsgDecodeError::Truncated));
     }
 
     #[test]
@@ -131,6 +131,6 @@ mod tests {
         let mut w = Writer::new();
         w.varint(u64::MAX / 2);
         let mut r = Reader::new(w.finish());
-        assert_eq!(r.bytes(), Err(DecodeError::Truncated));
+        assert_eq!(r.bytes(), Err(MsgDecodeError::Truncated));
     }
 }

@@ -6,19 +6,16 @@
 //! and duplicate rates, partitions and heal, one-way link cuts, crash and
 //! restart of a node with its durable state ([`SimDisk`](crate::durable::SimDisk)
 //! loses unsynced writes), crashes between a node's step and its fsync, and
-//! the seed Paxos's "adversarial message pump" (hold every inbound message,
-//! deliver a random held one with probability 0.95 per poll) as one profile.
+//! an adversarial message pump (hold every inbound message, deliver a random
+//! held one with probability 0.95 per poll) as one profile
+//! ([`PumpProfile`]).
 //!
 //! Every event (delivery, drop, duplicate, timer, crash) feeds a trace hash:
 //! the same seed gives the same hash, so a failing seed replays exactly.
 //! The simulator contains no networking code and reads no clock.
 
-mod hash;
 mod net;
-mod rng;
 mod types;
 
-pub use hash::{fnv1a64, TraceHash};
 pub use net::Sim;
-pub use rng::{splitmix64, Rng};
 pub use types::{Envelope, Fate, LinkProfile, PumpProfile, SimStats, Step, StepKind};

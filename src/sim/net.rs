@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::types::{Envelope, Fate, LinkProfile, PumpProfile, SimStats, Step, StepKind};
-use super::{Rng, TraceHash};
+use crate::det::{Rng, TraceHash};
 use crate::durable::SimDisk;
 use crate::transport::{NodeId, Outbox, Process, Time};
 

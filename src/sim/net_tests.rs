@@ -113,7 +113,7 @@ fn crash_drops_state_and_restart_rebuilds_from_the_factory() {
 fn the_pump_reorders_but_delivers_everything() {
     let mut sim = echo_sim(5);
     sim.set_default_link(LinkProfile::reliable(Duration::ZERO));
-    sim.set_pump(Some(PumpProfile::seed(Duration::from_millis(1))));
+    sim.set_pump(Some(PumpProfile::adversarial(Duration::from_millis(1))));
     for k in 0..50u8 {
         sim.inject(NodeId(0), NodeId(1), Bytes::copy_from_slice(&[k]));
     }

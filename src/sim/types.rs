@@ -95,7 +95,7 @@ impl Default for LinkProfile {
     }
 }
 
-/// The seed's adversarial message pump: every inbound message is held in a
+/// An adversarial message pump: every inbound message is held in a
 /// set; every `poll` the node's pump delivers one held message chosen at
 /// random with probability `deliver_chance`, else idles.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -103,13 +103,14 @@ impl Default for LinkProfile {
 pub struct PumpProfile {
     /// Interval between pump polls.
     pub poll: Duration,
-    /// Probability that a poll delivers a message (the seed: 0.95).
+    /// Probability that a poll delivers a message (0.95 in
+    /// [`PumpProfile::adversarial`]).
     pub deliver_chance: f64,
 }
 
 impl PumpProfile {
-    /// The seed's pump (0.95 per poll), polling every `poll`.
-    pub fn seed(poll: Duration) -> Self {
+    /// The adversarial pump: 0.95 per poll, polling every `poll`.
+    pub fn adversarial(poll: Duration) -> Self {
         PumpProfile {
             poll,
             deliver_chance: 0.95,

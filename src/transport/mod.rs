@@ -1,7 +1,7 @@
-//! Message transports for the consensus demos, and the sans-IO contract that
-//! protocol cores implement so one core runs over any of them.
+//! Message transports for the consensus protocol cores, and the sans-IO
+//! contract that they implement so one core runs over any of them.
 //!
-//! A protocol core (a Paxos or Raft replica, a client) is a [`Process`]: it
+//! A protocol core (a Paxos replica, a client) is a [`Process`]: it
 //! takes messages and `now` in and puts messages into an [`Outbox`]; it
 //! asks for a timer with [`Process::poll_timeout`]. It contains no networking
 //! code and reads no clock. Three things can drive it:
@@ -21,7 +21,6 @@ pub mod driver;
 pub mod mem;
 mod time;
 pub mod zmq;
-mod zmq_peer;
 
 use std::fmt;
 use std::task::{Context, Poll};
@@ -206,7 +205,8 @@ impl<A: Process, B: Process> Process for Either<A, B> {
     }
 }
 
-/// Counters every transport keeps (all monotonic).
+/// Counters every transport keeps (all monotonic, except the
+/// `queued_bytes` gauge).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TransportStats {
@@ -219,8 +219,14 @@ pub struct TransportStats {
     /// Inbound messages refused as malformed (bad frame count, unknown
     /// identity).
     pub garbage: u64,
+    /// Inbound messages refused as larger than the transport's limit
+    /// ([`zmq::ZmqConfig::max_message`]).
+    pub oversized: u64,
     /// Times an outgoing connection was (re)established.
     pub connects: u64,
+    /// Payload bytes received and not yet taken by the node (a gauge, not a
+    /// counter; bounded by [`zmq::ZmqConfig::inbound_bytes`]).
+    pub queued_bytes: u64,
 }
 
 /// A message-oriented transport: send bytes to a node, receive
@@ -263,6 +269,10 @@ pub enum TransportError {
     /// The same node id was given two endpoints, or a node was given its own.
     #[error("peer {0} configured twice or equal to this node")]
     DuplicatePeer(NodeId),
+    /// One of the transport's tasks panicked (reported by
+    /// [`zmq::ZmqTransport::shutdown`]).
+    #[error("a transport task panicked")]
+    TaskPanicked,
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Harness of the Multi-Paxos battery: a simulated cluster of replicas and
 //! clients, the per-step safety invariants (S1), liveness after heal (S4),
 //! durability (S3), linearizability (S2, through `linearizability.rs`) and
-//! the seed runner that prints a one-line replay command on failure.
+//! the multi-seed runner that prints a one-line replay command on failure.
 #![allow(unreachable_pub, dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use zpatterns::durable::Wal;
 use zpatterns::paxos::{
-    Ballot, ClientConfig, ClientId, Config, KvClient, Mutation, Op, OpRecord, Outcome, Probe,
-    Replica, Slot,
+    Ballot, ClientId, KvClient, KvClientConfig, Mutation, Op, OpRecord, Outcome, Probe, Replica,
+    ReplicaConfig, Slot,
 };
 use zpatterns::sim::{LinkProfile, Sim};
 use zpatterns::transport::{Either, NodeId, Time};
@@ -85,6 +85,8 @@ pub struct Spec {
     pub mutation: Option<Mutation>,
     pub request_timeout: Duration,
     pub think: Duration,
+    /// The replicas' session bound (`None`: the default).
+    pub max_sessions: Option<usize>,
 }
 
 impl Spec {
@@ -101,6 +103,7 @@ impl Spec {
             mutation: None,
             request_timeout: Duration::from_millis(400),
             think: Duration::from_millis(5),
+            max_sessions: None,
         }
     }
 
@@ -117,6 +120,11 @@ impl Spec {
 
     pub fn mutation(mut self, m: Option<Mutation>) -> Self {
         self.mutation = m;
+        self
+    }
+
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = Some(n);
         self
     }
 
@@ -151,11 +159,14 @@ impl Cluster {
         sim.set_default_link(spec.link);
         let replicas = spec.replicas();
         for id in &replicas {
-            let cfg = Config::new(*id, &spec.acceptors, &spec.proposers)
+            let mut cfg = ReplicaConfig::new(*id, &spec.acceptors, &spec.proposers)
                 .election_timeout(spec.election.0, spec.election.1)
                 .seed(seed.wrapping_mul(0x9E37_79B9).wrapping_add(u64::from(id.0)))
                 .mutation(spec.mutation)
                 .probes(true);
+            if let Some(n) = spec.max_sessions {
+                cfg = cfg.max_sessions(n);
+            }
             sim.add_node(*id, move |_, disk, now| {
                 let wal: Box<dyn Wal> = Box::new(disk);
                 Either::Left(Replica::new(cfg.clone(), wal, now).expect("replica from its disk"))
@@ -164,7 +175,7 @@ impl Cluster {
         let mut clients = Vec::new();
         for c in 0..spec.clients {
             let id = NodeId(CLIENT_BASE + c as u32);
-            let ccfg = ClientConfig::new(&spec.proposers)
+            let ccfg = KvClientConfig::new(&spec.proposers)
                 .request_timeout(spec.request_timeout)
                 .think(Duration::ZERO, spec.think)
                 .seed(seed ^ u64::from(id.0));

@@ -1,4 +1,6 @@
-//! `ZmqTransport`: the [`Transport`] over this crate's ZeroMQ sockets on TCP.
+//! `ZmqTransport`: the [`Transport`] over this crate's ZeroMQ sockets on TCP
+//! (this file: configuration, handle, ROUTER tasks; `peer.rs`: the per-peer
+//! DEALER supervisor).
 //!
 //! Topology: every node binds one ROUTER. To each configured peer it keeps
 //! one DEALER whose routing identity is its own node identity (`n<id>`),
@@ -10,9 +12,9 @@
 //! answers on its DEALERs.
 //!
 //! Wire contract, per message: one frame of opaque payload (the protocol's
-//! codec; Paxos's is versioned). The ROUTER drops, counts and logs any
-//! message that is not exactly `[identity][payload]` with a valid `n<id>`
-//! identity.
+//! codec; Paxos's is versioned). The ROUTER drops, counts and logs
+//! (rate-limited) any message that is not exactly `[identity][payload]`
+//! with a valid `n<id>` identity.
 //!
 //! The `zeromq` crate's DEALER neither reconnects nor connects in the
 //! background, so each peer has a supervisor task that connects with a
@@ -21,6 +23,32 @@
 //! restarts. [`Transport::send`] never waits: it queues into the peer's
 //! bounded queue and drops (and counts) when full, so a dead peer never
 //! blocks the node.
+//!
+//! # Limits
+//!
+//! | Limit | Default | A peer that exceeds it |
+//! |---|---|---|
+//! | [`ZmqConfig::max_message`]: largest payload accepted | 16 MiB | the message is dropped, counted in [`TransportStats::oversized`] |
+//! | [`ZmqConfig::inbound_bytes`]: payload bytes received and not yet taken by the node | 64 MiB | the message is dropped, counted in [`TransportStats::dropped`] |
+//! | [`ZmqConfig::inbound`]: messages received and not yet taken | 65,536 | the message is dropped, counted in [`TransportStats::dropped`] |
+//! | [`ZmqConfig::queue`]: messages queued for one peer | 4096 | (our own sends) dropped, counted in [`TransportStats::dropped`] |
+//!
+//! The size check happens after the `zeromq` crate has received the whole
+//! message: that crate reads every frame completely into memory before
+//! handing it over and has no receive-size limit, so one frame in flight is
+//! not bounded by this crate (a peer can make the process hold one frame of
+//! any size, briefly, per connection). What this crate bounds is what it
+//! keeps: an oversized frame is freed at once and never reaches the node.
+//! Consensus protocols tolerate loss, so every drop is silent to the
+//! sender; every other peer keeps being served.
+//!
+//! # Handle
+//!
+//! [`ZmqTransport::start`] runs the transport's tasks under a child of the
+//! caller's token; [`ZmqTransport::shutdown`] cancels that child only,
+//! waits for the tasks (the ROUTER's port is free afterwards) and returns
+//! the final counters. Dropping a `ZmqTransport` cancels its tasks without
+//! waiting.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,15 +58,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 use zeromq::prelude::*;
 use zeromq::RouterSocket;
 
-use super::zmq_peer::{supervise, PeerLink};
+mod peer;
+
 use super::{NodeId, Transport, TransportError, TransportStats};
 use crate::endpoint::{Attach, EndpointSpec};
+use crate::ratelog::LogLimiter;
+use peer::{supervise, PeerLink};
 
 /// Configuration of a [`ZmqTransport`].
 #[derive(Clone, Debug)]
@@ -48,6 +79,8 @@ pub struct ZmqConfig {
     peers: BTreeMap<NodeId, String>,
     pub(crate) queue: usize,
     inbound: usize,
+    pub(crate) inbound_bytes: usize,
+    pub(crate) max_message: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
@@ -62,6 +95,8 @@ impl ZmqConfig {
             peers: BTreeMap::new(),
             queue: 4096,
             inbound: 65_536,
+            inbound_bytes: 64 << 20,
+            max_message: 16 << 20,
             connect_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
@@ -92,6 +127,33 @@ impl ZmqConfig {
         self
     }
 
+    /// Messages received and not yet taken by the node (by
+    /// [`Transport::poll_recv`]) before further ones are dropped (default
+    /// 65,536).
+    pub fn inbound(mut self, messages: usize) -> Self {
+        self.inbound = messages.max(1);
+        self
+    }
+
+    /// Payload bytes received and not yet taken by the node before further
+    /// messages are dropped (default 64 MiB). One message larger than the
+    /// budget still passes when nothing else is queued.
+    pub fn inbound_bytes(mut self, bytes: usize) -> Self {
+        self.inbound_bytes = bytes.max(1);
+        self
+    }
+
+    /// Largest payload accepted from any peer, in bytes (default 16 MiB).
+    /// Larger messages are dropped after receipt and counted in
+    /// [`TransportStats::oversized`]; the bound applies to what this crate
+    /// keeps, not to the frame the `zeromq` crate reads (see the module
+    /// docs). Set it at least as large as the biggest message the protocol
+    /// sends.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes.max(1);
+        self
+    }
+
     /// Timeout of one connection attempt (default 1 s).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
@@ -114,41 +176,116 @@ pub(crate) struct Counters {
     pub(crate) received: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) garbage: AtomicU64,
+    pub(crate) oversized: AtomicU64,
     pub(crate) connects: AtomicU64,
+    /// Payload bytes in the inbound queue.
+    pub(crate) queued_bytes: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn snapshot(&self) -> TransportStats {
+        TransportStats {
+            sent: self.sent.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            garbage: self.garbage.load(Ordering::Relaxed),
+            oversized: self.oversized.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
-/// A node's ZeroMQ transport. Dropping it stops its tasks.
+/// The receiving side shared by the ROUTER reader and every peer's DEALER:
+/// applies the size limits, then queues for the node.
+#[derive(Debug, Clone)]
+pub(crate) struct Inbound {
+    tx: mpsc::Sender<(NodeId, Bytes)>,
+    counters: Arc<Counters>,
+    max_message: usize,
+    max_bytes: u64,
+}
+
+impl Inbound {
+    /// Queues `payload` from `from`, or drops and counts it. `log` limits
+    /// the caller's warnings.
+    pub(crate) fn offer(&self, from: NodeId, payload: Bytes, log: &mut LogLimiter) {
+        let len = payload.len();
+        if len > self.max_message {
+            Counters::bump(&self.counters.oversized);
+            if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                warn!(peer = %from, bytes = len, limit = self.max_message, suppressed, "oversized message dropped");
+            }
+            return;
+        }
+        let queued = self.counters.queued_bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued.saturating_add(len as u64) > self.max_bytes {
+            Counters::bump(&self.counters.dropped);
+            if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                warn!(peer = %from, queued, limit = self.max_bytes, suppressed, "inbound byte budget full; message dropped");
+            }
+            return;
+        }
+        self.counters
+            .queued_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+        if self.tx.try_send((from, payload)).is_err() {
+            self.counters
+                .queued_bytes
+                .fetch_sub(len as u64, Ordering::Relaxed);
+            Counters::bump(&self.counters.dropped);
+            if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                debug!(peer = %from, suppressed, "inbound queue full; message dropped");
+            }
+        }
+    }
+}
+
+/// A node's ZeroMQ transport: the handle of its ROUTER and peer tasks.
+///
+/// Dropping it cancels its tasks without waiting (they stop in the
+/// background and release the ROUTER's port shortly after); call
+/// [`shutdown`](Self::shutdown) to wait for them.
 #[derive(Debug)]
+#[must_use = "dropping the transport stops it"]
 pub struct ZmqTransport {
     id: NodeId,
     endpoint: Option<String>,
     inbound: mpsc::Receiver<(NodeId, Bytes)>,
-    inbound_tx: mpsc::Sender<(NodeId, Bytes)>,
+    inbound_tx: Inbound,
     peers: BTreeMap<NodeId, mpsc::Sender<Bytes>>,
     router_tx: Option<mpsc::Sender<(NodeId, Bytes)>>,
     counters: Arc<Counters>,
     cfg: ZmqConfig,
     cancel: CancellationToken,
-    tasks: TaskTracker,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl ZmqTransport {
-    /// Binds the ROUTER (if configured) and starts a supervisor per peer.
-    /// Stops when `shutdown` is cancelled or the transport is dropped.
+    /// Binds the ROUTER (if configured; errors and port 0 surface here) and
+    /// starts a supervisor per configured peer, all under
+    /// `parent.child_token()`. Cancelling `parent` stops the transport; the
+    /// transport never cancels `parent`. Must be called inside a tokio
+    /// runtime.
     pub async fn start(
-        cfg: ZmqConfig,
-        shutdown: &CancellationToken,
+        config: ZmqConfig,
+        parent: &CancellationToken,
     ) -> Result<Self, TransportError> {
-        let cancel = shutdown.child_token();
-        let tasks = TaskTracker::new();
+        let cfg = config;
+        let cancel = parent.child_token();
+        let mut tasks = Vec::new();
         let counters = Arc::new(Counters::default());
-        let (inbound_tx, inbound) = mpsc::channel(cfg.inbound);
+        let (tx, inbound) = mpsc::channel(cfg.inbound);
+        let inbound_tx = Inbound {
+            tx,
+            counters: counters.clone(),
+            max_message: cfg.max_message,
+            max_bytes: cfg.inbound_bytes as u64,
+        };
         let mut endpoint = None;
         let mut router_tx = None;
         if let Some(spec) = &cfg.bind {
@@ -157,7 +294,7 @@ impl ZmqTransport {
             let (tx, rx) = mpsc::channel(cfg.queue);
             let (send_half, recv_half) = router.split();
             let span = tracing::info_span!("zmq_router", node = %cfg.id, endpoint = %ep);
-            tasks.spawn(
+            tasks.push(tokio::spawn(
                 read_router(
                     recv_half,
                     inbound_tx.clone(),
@@ -165,10 +302,10 @@ impl ZmqTransport {
                     cancel.clone(),
                 )
                 .instrument(span.clone()),
-            );
-            tasks.spawn(
+            ));
+            tasks.push(tokio::spawn(
                 write_router(send_half, rx, counters.clone(), cancel.clone()).instrument(span),
-            );
+            ));
             endpoint = Some(ep);
             router_tx = Some(tx);
         }
@@ -215,7 +352,8 @@ impl ZmqTransport {
         };
         let span =
             tracing::info_span!("zmq_peer", node = %self.id, peer = %peer, endpoint = %endpoint);
-        self.tasks.spawn(supervise(link).instrument(span));
+        self.tasks
+            .push(tokio::spawn(supervise(link).instrument(span)));
     }
 
     /// The resolved endpoint of the ROUTER (with the real port), if bound.
@@ -223,11 +361,25 @@ impl ZmqTransport {
         self.endpoint.as_deref()
     }
 
-    /// Stops every task and waits for them (the ROUTER's port is released).
-    pub async fn close(self) {
+    /// A snapshot of the counters (the same as [`Transport::stats`]).
+    pub fn stats(&self) -> TransportStats {
+        self.counters.snapshot()
+    }
+
+    /// Cancels this transport's tasks (only them: other users of the
+    /// parent token keep running), waits for them to end (the ROUTER's
+    /// port is released) and returns the final counters, or
+    /// [`TransportError::TaskPanicked`] if a task panicked.
+    pub async fn shutdown(mut self) -> Result<TransportStats, TransportError> {
         self.cancel.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        let mut panicked = false;
+        for task in std::mem::take(&mut self.tasks) {
+            panicked |= task.await.is_err();
+        }
+        if panicked {
+            return Err(TransportError::TaskPanicked);
+        }
+        Ok(self.stats())
     }
 }
 
@@ -258,31 +410,29 @@ impl Transport for ZmqTransport {
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<(NodeId, Bytes)>> {
         let r = self.inbound.poll_recv(cx);
-        if let Poll::Ready(Some(_)) = r {
+        if let Poll::Ready(Some((_, m))) = &r {
             Counters::bump(&self.counters.received);
+            self.counters
+                .queued_bytes
+                .fetch_sub(m.len() as u64, Ordering::Relaxed);
         }
         r
     }
 
     fn stats(&self) -> TransportStats {
-        let c = &self.counters;
-        TransportStats {
-            sent: c.sent.load(Ordering::Relaxed),
-            received: c.received.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            garbage: c.garbage.load(Ordering::Relaxed),
-            connects: c.connects.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 }
 
 /// Reads `[identity][payload]` from the ROUTER into the inbound queue.
 async fn read_router(
     mut router: zeromq::RouterRecvHalf,
-    inbound: mpsc::Sender<(NodeId, Bytes)>,
+    inbound: Inbound,
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) {
+    let mut log = LogLimiter::default();
+    let mut errors = LogLimiter::default();
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -291,7 +441,9 @@ async fn read_router(
         let frames = match msg {
             Ok(m) => m.into_vec(),
             Err(e) => {
-                warn!(cause = %e, "ROUTER receive failed");
+                if let Some(suppressed) = errors.check(std::time::Instant::now()) {
+                    warn!(cause = %e, suppressed, "ROUTER receive failed");
+                }
                 continue;
             }
         };
@@ -299,18 +451,19 @@ async fn read_router(
         match (from, frames.len()) {
             (Some(from), 2) => {
                 let payload = frames.into_iter().nth(1).unwrap_or_default();
-                if inbound.try_send((from, payload)).is_err() {
-                    Counters::bump(&counters.dropped);
-                }
+                inbound.offer(from, payload, &mut log);
             }
             _ => {
                 Counters::bump(&counters.garbage);
-                let identity = frames.first().map(|f| crate::frames::render(f));
-                warn!(
-                    ?identity,
-                    frames = frames.len(),
-                    "malformed message dropped (want [n<id>][payload])"
-                );
+                if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                    let identity = frames.first().map(|f| crate::frames::render(f));
+                    warn!(
+                        ?identity,
+                        frames = frames.len(),
+                        suppressed,
+                        "malformed message dropped (want [n<id>][payload])"
+                    );
+                }
             }
         }
     }

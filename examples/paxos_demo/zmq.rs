@@ -1,4 +1,4 @@
-//! The demo scenario over [`ZmqTransport`] on loopback: one tokio task per
+//! The demo scenario over `ZmqTransport` on loopback: one tokio task per
 //! node, every node with its own ROUTER on an ephemeral port.
 
 use std::time::Duration;
@@ -7,14 +7,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use anyhow::Context;
+use zpatterns::durable::{FileWal, MemWal, Wal};
+use zpatterns::paxos::{KvClient, Replica};
+use zpatterns::transport::zmq::{ZmqConfig, ZmqTransport};
+use zpatterns::transport::{driver, NodeId, Time};
+
 use super::{
-    acceptor_ids, client, judge, leader_ids, node_report, replica_config, DemoConfig, DemoError,
-    DemoReport, Storage, CLIENT,
+    acceptor_ids, client, judge, leader_ids, node_report, replica_config, DemoConfig, DemoReport,
+    Storage, CLIENT,
 };
-use crate::durable::{FileWal, MemWal, Wal};
-use crate::paxos::{KvClient, Replica};
-use crate::transport::zmq::{ZmqConfig, ZmqTransport};
-use crate::transport::{driver, NodeId, Time};
 
 struct Running {
     id: NodeId,
@@ -31,10 +33,10 @@ fn zcfg(id: NodeId) -> ZmqConfig {
 
 /// Runs the scenario over ZeroMQ on `127.0.0.1`. Stops early if
 /// `shutdown` is cancelled.
-pub async fn run_zmq(
+pub(crate) async fn run_zmq(
     cfg: &DemoConfig,
     shutdown: &CancellationToken,
-) -> Result<DemoReport, DemoError> {
+) -> anyhow::Result<DemoReport> {
     let stop_all = shutdown.child_token();
     let acceptors = acceptor_ids(cfg);
     let replicas: Vec<NodeId> = acceptors.iter().copied().chain(leader_ids(cfg)).collect();
@@ -61,7 +63,7 @@ pub async fn run_zmq(
     for (id, mut t) in replicas.iter().copied().zip(transports) {
         if failed.contains(&id) {
             // Failed from the start: its port is closed; peers keep trying.
-            t.close().await;
+            t.shutdown().await?;
             continue;
         }
         for (p, ep) in &endpoints {
@@ -136,7 +138,7 @@ pub async fn run_zmq(
                     let victim = running.remove(i);
                     victim.stop.cancel();
                     if let Ok((replica, t)) = victim.task.await {
-                        t.close().await;
+                        t.shutdown().await?;
                         finished.push(replica);
                     }
                     killed = Some(victim.id);
@@ -148,8 +150,8 @@ pub async fn run_zmq(
             r = progress.changed() => if r.is_err() { break },
         }
     }
-    let (c, ct) = client_task.await.map_err(|_| DemoError::Task)?;
-    ct.close().await;
+    let (c, ct) = client_task.await.context("the client task failed")?;
+    ct.shutdown().await?;
 
     // Let the live learners catch up (a few heartbeats), then stop.
     let target = running
@@ -164,8 +166,8 @@ pub async fn run_zmq(
     let mut nodes = Vec::new();
     for r in running {
         r.stop.cancel();
-        let (replica, t) = r.task.await.map_err(|_| DemoError::Task)?;
-        t.close().await;
+        let (replica, t) = r.task.await.context("a node task failed")?;
+        t.shutdown().await?;
         finished.push(replica);
     }
     for id in &replicas {

@@ -1,4 +1,5 @@
-//! The demo scenario on [`Sim`](crate::sim::Sim): same seed, same run.
+//! The demo scenario on the simulator (`zpatterns::sim::Sim`): same seed,
+//! same run.
 
 use std::time::Duration;
 
@@ -6,16 +7,17 @@ use super::{
     acceptor_ids, client, judge, leader_ids, node_report, replica_config, DemoConfig, DemoReport,
     CLIENT,
 };
-use crate::durable::{MemWal, Wal};
-use crate::paxos::{KvClient, Replica};
-use crate::sim::{splitmix64, LinkProfile, Sim};
-use crate::transport::{Either, NodeId, Time};
+use zpatterns::det::splitmix64;
+use zpatterns::durable::{MemWal, Wal};
+use zpatterns::paxos::{KvClient, Replica};
+use zpatterns::sim::{LinkProfile, Sim};
+use zpatterns::transport::{Either, NodeId, Time};
 
 type Actor = Either<Replica, KvClient>;
 
 /// Runs the scenario on the simulator (LAN-like links, 0.5-2 ms) with
 /// `seed`; at most `limit` of virtual time.
-pub fn run_sim(cfg: &DemoConfig, seed: u64, limit: Duration) -> DemoReport {
+pub(crate) fn run_sim(cfg: &DemoConfig, seed: u64, limit: Duration) -> DemoReport {
     let mut sim: Sim<Actor> = Sim::new(seed);
     sim.set_default_link(LinkProfile::default());
     let mut st = seed;
@@ -27,7 +29,7 @@ pub fn run_sim(cfg: &DemoConfig, seed: u64, limit: Duration) -> DemoReport {
         let rc = replica_config(cfg, *id, splitmix64(&mut st));
         sim.add_node(*id, move |_, disk, now| {
             // The simulated disk is the acceptors' storage here.
-            let wal: Box<dyn Wal> = if rc.is_acceptor(rc.id()) {
+            let wal: Box<dyn Wal> = if rc.acceptors().contains(&rc.id()) {
                 Box::new(disk)
             } else {
                 Box::new(MemWal::new())

@@ -1,4 +1,4 @@
-//! The per-peer supervisor of [`ZmqTransport`](super::zmq::ZmqTransport):
+//! The per-peer supervisor of [`ZmqTransport`](super::ZmqTransport):
 //! one DEALER to one peer's ROUTER, connected in the background with
 //! backoff and recreated whenever the connection ends.
 
@@ -13,8 +13,9 @@ use zeromq::prelude::*;
 use zeromq::util::PeerIdentity;
 use zeromq::{DealerSocket, SocketEvent, SocketOptions, ZmqMessage};
 
-use super::zmq::{Counters, ZmqConfig};
-use super::NodeId;
+use super::{Counters, Inbound, ZmqConfig};
+use crate::ratelog::LogLimiter;
+use crate::transport::NodeId;
 use std::sync::Arc;
 
 /// Everything a supervisor needs.
@@ -23,7 +24,7 @@ pub(crate) struct PeerLink {
     pub(crate) peer: NodeId,
     pub(crate) endpoint: String,
     pub(crate) outgoing: mpsc::Receiver<Bytes>,
-    pub(crate) inbound: mpsc::Sender<(NodeId, Bytes)>,
+    pub(crate) inbound: Inbound,
     pub(crate) counters: Arc<Counters>,
     pub(crate) cfg: ZmqConfig,
     pub(crate) cancel: CancellationToken,
@@ -94,6 +95,7 @@ async fn connect(link: &PeerLink) -> Option<DealerSocket> {
 /// the peer sends back on this DEALER (a ROUTER answering) is inbound.
 async fn pump(link: &mut PeerLink, mut socket: DealerSocket) -> End {
     let mut monitor = socket.monitor();
+    let mut log = LogLimiter::default();
     loop {
         tokio::select! {
             _ = link.cancel.cancelled() => return End::Cancelled,
@@ -117,12 +119,12 @@ async fn pump(link: &mut PeerLink, mut socket: DealerSocket) -> End {
                     let frames = m.into_vec();
                     if frames.len() == 1 {
                         let payload = frames.into_iter().next().unwrap_or_default();
-                        if link.inbound.try_send((link.peer, payload)).is_err() {
-                            Counters::bump(&link.counters.dropped);
-                        }
+                        link.inbound.offer(link.peer, payload, &mut log);
                     } else {
                         Counters::bump(&link.counters.garbage);
-                        warn!(frames = frames.len(), "malformed message from peer dropped");
+                        if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                            warn!(frames = frames.len(), suppressed, "malformed message from peer dropped");
+                        }
                     }
                 }
                 Err(e) => {

@@ -1,6 +1,6 @@
-//! FNV-1a 64: a fixed, dependency-free hash for simulation trace hashes and
-//! WAL checksums (`std`'s `DefaultHasher` may change between Rust releases,
-//! so recorded hashes must not use it).
+//! FNV-1a 64: a fixed, dependency-free hash for simulation trace hashes,
+//! WAL checksums and value digests (`std`'s `DefaultHasher` may change
+//! between Rust releases, so recorded hashes must not use it).
 
 const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const PRIME: u64 = 0x0000_0100_0000_01b3;

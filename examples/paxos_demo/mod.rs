@@ -1,12 +1,13 @@
-//! The seed's Paxos scenario as a reusable runner, over real ZeroMQ
-//! sockets or on the simulator: `A` acceptors, `L` leaders (proposers),
-//! `F` acceptors failed from the start, `N` proposals from a client, an
-//! optional leader kill; then every learner's history is compared.
+//! The Paxos demo scenario as a runner shared by `examples/paxos.rs`, the
+//! tour's Paxos section and `benches/paxos.rs` (example-private code, not
+//! part of the library): `A` acceptors, `L` leaders (proposers), `F`
+//! acceptors failed from the start, `N` proposals from a client, an
+//! optional leader kill, over real ZeroMQ sockets or on the simulator;
+//! then every learner's history is compared.
 //!
-//! Used by `examples/paxos.rs`, the tour and the benchmark. The report
-//! says whether all live learners' histories are identical, complete (every
-//! proposal exactly once) and in order (each client session's proposals in
-//! the order sent).
+//! The report says whether all live learners' histories are identical,
+//! complete (every proposal exactly once) and in order (each client
+//! session's proposals in the order sent).
 
 mod sim;
 mod zmq;
@@ -15,61 +16,46 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use super::kv::{ClientId, Op};
-use super::learner::Learner;
-use super::{ClientConfig, Config, KvClient, OpRecord};
-use crate::transport::NodeId;
+use zpatterns::paxos::{
+    ClientId, KvClient, KvClientConfig, Learner, Op, OpRecord, Replica, ReplicaConfig,
+};
+use zpatterns::transport::NodeId;
 
-pub use sim::run_sim;
-pub use zmq::run_zmq;
-
-/// Why a demo run could not run.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DemoError {
-    /// A socket could not be set up.
-    #[error("transport: {0}")]
-    Transport(#[from] crate::transport::TransportError),
-    /// A WAL could not be opened.
-    #[error("storage: {0}")]
-    Durable(#[from] crate::durable::DurableError),
-    /// A node's task panicked.
-    #[error("a node task failed")]
-    Task,
-}
+pub(crate) use sim::run_sim;
+pub(crate) use zmq::run_zmq;
 
 /// How acceptors keep their state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Storage {
+pub(crate) enum Storage {
     /// In memory (no durability).
     Memory,
-    /// A [`FileWal`](crate::durable::FileWal) per acceptor in this
+    /// A [`FileWal`](zpatterns::durable::FileWal) per acceptor in this
     /// directory, fsynced before every reply.
     Files(std::path::PathBuf),
 }
 
 /// The scenario.
 #[derive(Clone, Debug)]
-pub struct DemoConfig {
-    /// Acceptors (the seed: 5).
-    pub acceptors: u32,
-    /// Leaders, i.e. proposers that are not acceptors (the seed: 2).
-    pub leaders: u32,
-    /// Acceptors failed from the start (the seed: 2).
-    pub failed: u32,
-    /// Proposals (the seed: 1000).
-    pub proposals: usize,
+pub(crate) struct DemoConfig {
+    /// Acceptors (default 5).
+    pub(crate) acceptors: u32,
+    /// Leaders, i.e. proposers that are not acceptors (default 2).
+    pub(crate) leaders: u32,
+    /// Acceptors failed from the start (default 2).
+    pub(crate) failed: u32,
+    /// Proposals (default 1000).
+    pub(crate) proposals: usize,
     /// Client sessions sending them concurrently (1: one at a time).
-    pub sessions: usize,
+    pub(crate) sessions: usize,
     /// Kill the leader once this many proposals completed.
-    pub kill_leader_after: Option<usize>,
+    pub(crate) kill_leader_after: Option<usize>,
     /// Acceptor storage.
-    pub storage: Storage,
+    pub(crate) storage: Storage,
 }
 
 impl Default for DemoConfig {
-    /// The seed's scenario.
+    /// 5 acceptors (2 failed), 2 leaders, 1000 proposals, one session.
     fn default() -> Self {
         DemoConfig {
             acceptors: 5,
@@ -85,58 +71,58 @@ impl Default for DemoConfig {
 
 /// What happened to one node.
 #[derive(Clone, Debug)]
-pub struct NodeReport {
+pub(crate) struct NodeReport {
     /// The node.
-    pub id: NodeId,
+    pub(crate) id: NodeId,
     /// "acceptor" or "leader".
-    pub role: &'static str,
+    pub(crate) role: &'static str,
     /// "live", "failed" (from the start) or "killed".
-    pub state: &'static str,
+    pub(crate) state: &'static str,
     /// Slots applied.
-    pub slots: u64,
+    pub(crate) slots: u64,
     /// Distinct commands applied, in log order.
-    pub history: Vec<(ClientId, u64)>,
+    pub(crate) history: Vec<(ClientId, u64)>,
     /// Elections this node won.
-    pub elected: u64,
+    pub(crate) elected: u64,
 }
 
 /// The outcome of a run.
 #[derive(Clone, Debug)]
-pub struct DemoReport {
+pub(crate) struct DemoReport {
     /// Per node.
-    pub nodes: Vec<NodeReport>,
+    pub(crate) nodes: Vec<NodeReport>,
     /// Proposals completed (acknowledged to the client).
-    pub completed: usize,
+    pub(crate) completed: usize,
     /// Proposals sent.
-    pub proposals: usize,
+    pub(crate) proposals: usize,
     /// All live learners' histories are identical.
-    pub identical: bool,
+    pub(crate) identical: bool,
     /// ...and contain every proposal exactly once.
-    pub complete: bool,
+    pub(crate) complete: bool,
     /// ...and each session's proposals in the order sent.
-    pub in_order: bool,
+    pub(crate) in_order: bool,
     /// Time from the first proposal to the last acknowledgement (virtual
     /// time on the simulator).
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// Per-proposal latency, sorted.
-    pub latencies: Vec<Duration>,
+    pub(crate) latencies: Vec<Duration>,
     /// The killed leader, if any.
-    pub killed: Option<NodeId>,
+    pub(crate) killed: Option<NodeId>,
 }
 
 impl DemoReport {
     /// True if every check passed.
-    pub fn agree(&self) -> bool {
+    pub(crate) fn agree(&self) -> bool {
         self.identical && self.complete && self.in_order && self.completed == self.proposals
     }
 
     /// Acknowledged proposals per second.
-    pub fn commits_per_sec(&self) -> f64 {
+    pub(crate) fn commits_per_sec(&self) -> f64 {
         self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// The latency at quantile `q` (0..=1).
-    pub fn latency(&self, q: f64) -> Duration {
+    pub(crate) fn latency(&self, q: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
@@ -187,8 +173,8 @@ pub(crate) fn leader_ids(cfg: &DemoConfig) -> Vec<NodeId> {
 
 pub(crate) const CLIENT: NodeId = NodeId(1000);
 
-pub(crate) fn replica_config(cfg: &DemoConfig, id: NodeId, seed: u64) -> Config {
-    Config::new(id, &acceptor_ids(cfg), &leader_ids(cfg))
+pub(crate) fn replica_config(cfg: &DemoConfig, id: NodeId, seed: u64) -> ReplicaConfig {
+    ReplicaConfig::new(id, &acceptor_ids(cfg), &leader_ids(cfg))
         .heartbeat(Duration::from_millis(20))
         .election_timeout(Duration::from_millis(150), Duration::from_millis(300))
         .retransmit(Duration::from_millis(50))
@@ -201,7 +187,7 @@ pub(crate) fn client(cfg: &DemoConfig, seed: u64) -> KvClient {
     let sessions: Vec<ClientId> = (0..cfg.sessions.max(1) as u64)
         .map(|s| ClientId(s + 1))
         .collect();
-    let ccfg = ClientConfig::new(&leader_ids(cfg))
+    let ccfg = KvClientConfig::new(&leader_ids(cfg))
         .request_timeout(Duration::from_millis(300))
         .seed(seed);
     let mut c = KvClient::new(CLIENT, ccfg, &sessions);
@@ -223,7 +209,7 @@ pub(crate) fn node_report(
     id: NodeId,
     failed: &[NodeId],
     killed: Option<NodeId>,
-    r: Option<&super::Replica>,
+    r: Option<&Replica>,
 ) -> NodeReport {
     let state = if failed.contains(&id) {
         "failed"

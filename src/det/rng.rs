@@ -1,6 +1,6 @@
 //! `Rng`: a small seeded PRNG (xoshiro256** seeded through SplitMix64),
-//! written here so recorded simulation traces never change with a
-//! dependency upgrade.
+//! written here so recorded simulation traces and seeded election timings
+//! never change with a dependency upgrade.
 
 /// A deterministic pseudo-random generator. Not for cryptography.
 #[derive(Clone, Debug, PartialEq, Eq)]
