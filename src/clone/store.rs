@@ -738,7 +738,7 @@ mod tests {
         );
         assert_eq!(s.bytes(), cost("a", "2"));
         assert_eq!(s.stats().kvsets_refused, 2);
-        assert_eq!(s.sequence(), 4);
+        assert_eq!(s.sequence(), 5);
         s.handle_kvset(kvset("e", "1", Some(1)), t0);
         s.handle_timeout(t0 + Duration::from_secs(1));
         assert_eq!(s.bytes(), cost("a", "2"), "expiry releases its bytes");
