@@ -6,10 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use zpatterns::clone::kvmsg::{KvMsg, TTL};
-use zpatterns::clone::proto::Update;
-use zpatterns::clone::snapshot::SnapshotCursor;
-use zpatterns::clone::store::{Store, StoreConfig};
+use zpatterns::clone::{KvMsg, SnapshotCursor, Store, StoreConfig, Update, TTL};
 
 fn sample() -> KvMsg {
     let mut m = KvMsg::new("/client/1234", "value-567890").unwrap();

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use zeromq::prelude::*;
-use zpatterns::clone::kvmsg::KvMsg;
-use zpatterns::clone::store::{Store, StoreConfig};
-use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, Phase, ServerAddr, ServerConfig};
+use zpatterns::clone::{
+    CloneClient, CloneClientConfig, CloneServer, CloneServerConfig, KvMsg, Phase, ServerAddr,
+};
 
 /// Clone throughput and snapshot benchmark.
 #[derive(Parser, Debug)]
@@ -67,17 +67,17 @@ fn main() -> anyhow::Result<()> {
 
 async fn throughput(args: &Args) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    let server = CloneServer::start(ServerConfig::loopback(), &token).await?;
+    let server = CloneServer::start(CloneServerConfig::loopback(), &token).await?;
     let addr = ServerAddr::from_endpoints(server.endpoints())?;
     let mut subs = Vec::new();
     for _ in 0..args.subscribers {
-        let c = CloneClient::new(ClientConfig::default(), &token);
+        let c = CloneClient::start(CloneClientConfig::new(), &token).await?;
         c.connect(addr.clone()).await?;
         subs.push(c);
     }
     let mut writers = Vec::new();
     for _ in 0..args.writers {
-        let c = CloneClient::new(ClientConfig::default(), &token);
+        let c = CloneClient::start(CloneClientConfig::new(), &token).await?;
         c.subtree("/nothing/").await?;
         c.connect(addr.clone()).await?;
         writers.push(c);
@@ -127,7 +127,7 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
     let applied = server.stats().sequence;
     let mut resyncs = 0;
     for s in &subs {
-        let st = s.stats().await?;
+        let st = s.stats();
         resyncs += st.agent.gaps + st.agent.buffer_overflows;
     }
     println!(
@@ -149,12 +149,12 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
 
 async fn snapshot(keys: usize) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    let now = std::time::Instant::now();
-    let mut store = Store::new(StoreConfig::default(), now);
+    let mut entries = Vec::with_capacity(keys);
     for i in 0..keys {
-        store.handle_kvset(KvMsg::new(format!("/k/{i:08}"), format!("value-{i}"))?, now);
+        entries.push(KvMsg::new(format!("/k/{i:08}"), format!("value-{i}"))?);
     }
-    let server = CloneServer::start_with_store(ServerConfig::loopback(), store, &token).await?;
+    let server =
+        CloneServer::start_preloaded(CloneServerConfig::loopback(), entries, &token).await?;
     // Server side: a raw DEALER reading to KTHXBAI.
     let mut dealer = zeromq::DealerSocket::new();
     dealer.connect(&server.endpoints().snapshot).await?;
@@ -173,7 +173,7 @@ async fn snapshot(keys: usize) -> anyhow::Result<()> {
     let raw = started.elapsed();
     // Full client: connect to active (includes waiting for the first HUGZ).
     let addr = ServerAddr::from_endpoints(server.endpoints())?;
-    let client = CloneClient::new(ClientConfig::default(), &token);
+    let client = CloneClient::start(CloneClientConfig::new(), &token).await?;
     let started = Instant::now();
     client.connect(addr).await?;
     client.wait_active().await?;
@@ -184,7 +184,7 @@ async fn snapshot(keys: usize) -> anyhow::Result<()> {
         raw,
         n as f64 / raw.as_secs_f64(),
         full,
-        client.stats().await?.keys
+        client.stats().keys
     );
     token.cancel();
     Ok(())

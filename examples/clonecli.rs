@@ -1,4 +1,4 @@
-//! `clonecli`: a Clone client (Guide models 5-6): keeps a copy of one
+//! `clonecli`: a Clone client (Guide ch. 5, `clonecli5` and `clonecli6`): keeps a copy of one
 //! subtree, sets a random key in it with a random ttl every second, and
 //! prints every change it sees.
 //!
@@ -16,7 +16,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
-use zpatterns::clone::{ClientConfig, CloneClient, ServerAddr};
+use zpatterns::clone::{CloneClient, CloneClientConfig, ServerAddr};
 
 /// Clone client: subscribes to a subtree, writes random ephemeral values.
 #[derive(Parser, Debug)]
@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    let client = CloneClient::new(ClientConfig::default(), &token);
+    let client = CloneClient::start(CloneClientConfig::new(), &token).await?;
     client.subtree(&args.subtree).await?;
     for server in args.servers {
         client.connect(server).await?;
@@ -90,7 +90,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             },
         }
     }
-    let stats = client.stats().await?;
+    let stats = client.shutdown().await?;
     println!("{} keys, {:?}", stats.keys, stats.agent);
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `clonesrv`: the Clone server (Guide models 3-5, speaking CHP): snapshots
+//! `clonesrv`: the Clone server (Guide ch. 5, `clonesrv3` to `clonesrv5`,
+//! speaking CHP): snapshots
 //! on ROUTER `P`, updates and HUGZ on PUB `P+1`, client KVSETs on SUB `P+2`.
 //!
 //! ```sh
@@ -11,7 +12,7 @@ mod common;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use zpatterns::clone::{CloneServer, ServerConfig};
+use zpatterns::clone::{CloneServer, CloneServerConfig};
 
 /// Clone server: a sequenced key-value store with snapshots, subtrees and
 /// ephemeral values, compatible with the Guide's CHP clients.
@@ -34,7 +35,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let token = CancellationToken::new();
-        let config = ServerConfig::on_port(&args.host, args.port)?;
+        let config = CloneServerConfig::on_port(&args.host, args.port)?;
         let server = CloneServer::start(config, &token).await?;
         println!(
             "I: clone server on {} / {} / {}",
@@ -43,8 +44,7 @@ fn main() -> anyhow::Result<()> {
             server.endpoints().collector
         );
         tokio::signal::ctrl_c().await?;
-        let stats = server.stats();
-        server.stop().await?;
+        let stats = server.shutdown().await?;
         println!(
             " Interrupted\n{} messages handled ({} keys, {} expired, {} snapshots)",
             stats.store.updates, stats.keys, stats.store.expired, stats.snapshots_completed

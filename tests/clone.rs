@@ -1,6 +1,7 @@
 //! Clone server and client together over loopback: convergence, subtrees,
-//! ephemeral values, and the reference implementation's bugs (peers.md §5)
-//! that must not happen here.
+//! ephemeral values, the handle shape (shutdown stops only its own
+//! pattern, drop stops it), and bugs of the Guide's reference programs
+//! (`clonesrv5`, `clonecli5`, the `clone` class) that must not happen here.
 
 mod common;
 use common::*;
@@ -9,29 +10,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use zpatterns::clone::agent::AgentConfig;
-use zpatterns::clone::kvmsg::KvMsg;
-use zpatterns::clone::store::{Store, StoreConfig};
 use zpatterns::clone::{
-    ClientConfig, CloneClient, CloneServer, Phase, ServerAddr, ServerConfig, ServerEndpoints,
+    AgentConfig, CloneClient, CloneClientConfig, CloneServer, CloneServerConfig,
+    CloneServerEndpoints, KvMsg, Phase, ServerAddr,
 };
 
-fn fast_client() -> ClientConfig {
-    let mut c = ClientConfig::default();
-    c.agent = agent_config(Duration::from_millis(1500));
-    c
+fn fast_client() -> CloneClientConfig {
+    CloneClientConfig::new().agent(agent_config(Duration::from_millis(1500)))
 }
 
 fn agent_config(server_ttl: Duration) -> AgentConfig {
-    let mut a = AgentConfig::default();
-    a.server_ttl = server_ttl;
-    a.min_backoff = ms(100);
-    a.max_backoff = ms(400);
-    a
+    AgentConfig::new()
+        .server_ttl(server_ttl)
+        .min_backoff(ms(100))
+        .max_backoff(ms(400))
 }
 
 async fn server(token: &CancellationToken) -> (CloneServer, ServerAddr) {
-    let s = CloneServer::start(ServerConfig::loopback(), token)
+    let s = CloneServer::start(CloneServerConfig::loopback(), token)
         .await
         .unwrap();
     let addr = ServerAddr::from_endpoints(s.endpoints()).unwrap();
@@ -40,11 +36,11 @@ async fn server(token: &CancellationToken) -> (CloneServer, ServerAddr) {
 
 /// Starts a server on the endpoints a stopped one used (retrying while the
 /// old listeners close).
-async fn restart_on(endpoints: &ServerEndpoints, token: &CancellationToken) -> CloneServer {
+async fn restart_on(endpoints: &CloneServerEndpoints, token: &CancellationToken) -> CloneServer {
     let spec = |e: &str| zpatterns::endpoint::EndpointSpec::bind(e).unwrap();
     within(secs(10), "rebind the same ports", async {
         loop {
-            let config = ServerConfig::new(
+            let config = CloneServerConfig::new(
                 spec(&endpoints.snapshot),
                 spec(&endpoints.publisher),
                 spec(&endpoints.collector),
@@ -60,7 +56,7 @@ async fn restart_on(endpoints: &ServerEndpoints, token: &CancellationToken) -> C
 }
 
 async fn client(subtree: &str, servers: &[&ServerAddr], token: &CancellationToken) -> CloneClient {
-    let c = CloneClient::new(fast_client(), token);
+    let c = CloneClient::start(fast_client(), token).await.unwrap();
     c.subtree(subtree).await.unwrap();
     for s in servers {
         c.connect((*s).clone()).await.unwrap();
@@ -150,17 +146,16 @@ async fn a_client_keeps_retrying_a_server_that_comes_back() {
     // Reserve three ports, then free them.
     let (srv, addr) = server(&token).await;
     let endpoints = srv.endpoints().clone();
-    srv.stop().await.unwrap();
-    let mut config = fast_client();
-    config.agent = agent_config(ms(300));
-    let c = CloneClient::new(config, &token);
+    srv.shutdown().await.unwrap();
+    let config = fast_client().agent(agent_config(ms(300)));
+    let c = CloneClient::start(config, &token).await.unwrap();
     c.connect(addr.clone()).await.unwrap();
-    tokio::time::sleep(secs(3)).await;
-    let failed = c.stats().await.unwrap().agent.failovers;
-    assert!(
-        failed >= 3,
-        "only {failed} attempts while the server was down"
-    );
+    // Several silence periods pass (and are counted) while it is down.
+    eventually(secs(20), "three failed attempts", || {
+        c.stats().agent.failovers >= 3
+    })
+    .await;
+    assert_eq!(c.stats().agent.syncs, 0, "nothing to sync from yet");
     let _srv = restart_on(&endpoints, &token).await;
     within(secs(20), "sync after the server came back", c.wait_active())
         .await
@@ -230,7 +225,7 @@ async fn a_restarted_server_is_detected_and_resynced() {
         c.set(format!("k{i}"), "old", None).await.unwrap();
     }
     eventually(secs(20), "server 1 has every key", || s1.stats().keys == 20).await;
-    s1.stop().await.unwrap();
+    s1.shutdown().await.unwrap();
     let _s2 = restart_on(&endpoints, &token).await;
     // Another writer gives the new server a few updates.
     let w = client("/w/", &[&addr], &token).await;
@@ -238,7 +233,7 @@ async fn a_restarted_server_is_detected_and_resynced() {
     w.set("fresh", "new", None).await.unwrap();
     wait_value(&c, "fresh", Some("new")).await;
     wait_value(&c, "k0", None).await;
-    let stats = c.stats().await.unwrap();
+    let stats = c.stats();
     assert!(stats.agent.restarts >= 1, "{stats:?}");
     token.cancel();
 }
@@ -252,12 +247,8 @@ async fn updates_during_a_million_key_snapshot_are_not_lost() {
     trace_init();
     let n = 1_000_000;
     let token = CancellationToken::new();
-    let now = std::time::Instant::now();
-    let mut store = Store::new(StoreConfig::default(), now);
-    for i in 0..n {
-        store.handle_kvset(KvMsg::new(format!("/k/{i:07}"), "v").unwrap(), now);
-    }
-    let srv = CloneServer::start_with_store(ServerConfig::loopback(), store, &token)
+    let entries = (0..n).map(|i| KvMsg::new(format!("/k/{i:07}"), "v").unwrap());
+    let srv = CloneServer::start_preloaded(CloneServerConfig::loopback(), entries, &token)
         .await
         .unwrap();
     let addr = ServerAddr::from_endpoints(srv.endpoints()).unwrap();
@@ -279,7 +270,7 @@ async fn updates_during_a_million_key_snapshot_are_not_lost() {
     eprintln!("{written} writes while the reader synced");
     writer.set("/w/last", "x", None).await.unwrap();
     wait_value(&reader, "/w/last", Some("x")).await;
-    let stats = reader.stats().await.unwrap();
+    let stats = reader.stats();
     assert_eq!(stats.keys, n + written + 1, "{stats:?}");
     assert_eq!(stats.agent.syncs, 1, "{stats:?}");
     assert_eq!(
@@ -289,4 +280,83 @@ async fn updates_during_a_million_key_snapshot_are_not_lost() {
     );
     assert!(written > 0);
     token.cancel();
+}
+
+/// The handle shape: shutting down one server and one client (under the
+/// same parent token as another pair) returns their final stats and leaves
+/// the other server and client running; the parent is never cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_one_server_or_client_leaves_the_others_running() {
+    trace_init();
+    let token = CancellationToken::new();
+    let (s1, a1) = server(&token).await;
+    let (s2, a2) = server(&token).await;
+    let c1 = client("", &[&a1], &token).await;
+    let c2 = client("", &[&a2], &token).await;
+    let c3 = client("", &[&a2], &token).await;
+    for c in [&c1, &c2, &c3] {
+        within(secs(20), "active", c.wait_active()).await.unwrap();
+    }
+    c1.set("/one", "1", None).await.unwrap();
+    wait_value(&c1, "/one", Some("1")).await;
+    eventually(secs(20), "server 1 stored /one", || s1.stats().keys == 1).await;
+    let final1 = s1.shutdown().await.unwrap();
+    assert_eq!((final1.keys, final1.store.updates), (1, 1));
+    let client_final = c3.shutdown().await.unwrap();
+    assert!(client_final.agent.syncs >= 1, "{client_final:?}");
+    assert!(!token.is_cancelled());
+    // Server 2 and client 2 still work: an update goes round trip.
+    c2.set("/two", "2", None).await.unwrap();
+    wait_value(&c2, "/two", Some("2")).await;
+    eventually(secs(20), "server 2 sequenced /two", || {
+        s2.stats().store.updates == 1
+    })
+    .await;
+    assert!(matches!(c2.phase(), Phase::Active { server: 0, .. }));
+    let c2_final = c2.shutdown().await.unwrap();
+    assert_eq!(c2_final.keys, 1);
+    s2.shutdown().await.unwrap();
+    drop(c1);
+}
+
+/// Dropping a server stops it (its ports are released, so a new server
+/// binds them), and dropping a client stops its task (its change stream
+/// closes); neither cancels the parent token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_handle_stops_its_pattern_only() {
+    trace_init();
+    let token = CancellationToken::new();
+    let (srv, addr) = server(&token).await;
+    let endpoints = srv.endpoints().clone();
+    let c = client("", &[&addr], &token).await;
+    within(secs(20), "active", c.wait_active()).await.unwrap();
+    let mut changes = c.changes();
+    drop(c);
+    let closed = within(secs(10), "change stream closed", async {
+        loop {
+            match changes.recv().await {
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return true,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) | Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed);
+    drop(srv);
+    assert!(!token.is_cancelled());
+    // The old server's listeners close in the background; the same ports
+    // can then be bound again, and the new server serves a client.
+    let again = restart_on(&endpoints, &token).await;
+    let c = client("", &[&addr], &token).await;
+    within(
+        secs(20),
+        "a client syncs from the new server",
+        c.wait_active(),
+    )
+    .await
+    .unwrap();
+    eventually(secs(10), "the new server counted its snapshot", || {
+        again.stats().snapshots_completed == 1
+    })
+    .await;
 }

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use zpatterns::clone::kvmsg::KvMsg;
-use zpatterns::clone::store::{Store, StoreConfig};
-use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, Phase, ServerAddr, ServerConfig};
+use zpatterns::clone::{
+    CloneClient, CloneClientConfig, CloneServer, CloneServerConfig, KvMsg, Phase, ServerAddr,
+    StoreConfig,
+};
 
 type Frames = Vec<Vec<u8>>;
 
@@ -75,7 +76,7 @@ async fn live_publisher(collector: &str, updates: &Lz) -> Lz {
 async fn libzmq_chp_client_against_this_server() {
     trace_init();
     let token = CancellationToken::new();
-    let server = CloneServer::start(ServerConfig::loopback(), &token)
+    let server = CloneServer::start(CloneServerConfig::loopback(), &token)
         .await
         .unwrap();
     let ep = server.endpoints().clone();
@@ -133,20 +134,34 @@ async fn libzmq_chp_client_against_this_server() {
     publisher.send(&[b"/client/bad", b"short"]).await;
     dealer.send(&[b"GIMME", b""]).await;
     publisher.send_owned(kvset("/client/after", "ok", "")).await;
-    recv_until(&sub, "server still works", |m| m[0] == b"/client/after").await;
+    let after = recv_until(&sub, "server still works", |m| m[0] == b"/client/after").await;
     eventually(secs(10), "bad input counted", || {
         let s = server.stats();
-        s.bad_kvsets == 1 && s.bad_requests == 1
+        s.store.bad_kvsets == 1 && s.store.bad_requests == 1
     })
     .await;
-    let others = sub.drain(ms(300)).await;
+    // Subtree filtering: everything this SUB receives, up to a marker sent
+    // after one more update outside the subtree, is in the subtree or HUGZ.
+    publisher.send_owned(kvset("/other/y", "hidden", "")).await;
+    publisher.send_owned(kvset("/client/marker", "m", "")).await;
+    let mut seen = Vec::new();
+    let marker = recv_until(&sub, "the marker", |m| {
+        seen.push(m[0].clone());
+        m[0] == b"/client/marker"
+    })
+    .await;
     assert!(
-        others
-            .iter()
-            .all(|m| m[0].starts_with(b"/client/") || m[0] == b"HUGZ"),
-        "subtree filtering"
+        seen.iter()
+            .all(|k| k.starts_with(b"/client/") || k == b"HUGZ"),
+        "subtree filtering: {:?}",
+        text(&seen)
     );
-    token.cancel();
+    assert_eq!(
+        seq_of(&marker),
+        seq_of(&after) + 2,
+        "/other/y was sequenced (and filtered) in between"
+    );
+    server.shutdown().await.unwrap();
 }
 
 /// A minimal CHP server on libzmq: ROUTER, PUB, SUB in one thread, C-style
@@ -154,6 +169,7 @@ async fn libzmq_chp_client_against_this_server() {
 struct LzServer {
     stop: Arc<AtomicBool>,
     addr: ServerAddr,
+    inject: std::sync::mpsc::Sender<Frames>,
     thread: Option<std::thread::JoinHandle<HashMap<Vec<u8>, Vec<u8>>>>,
 }
 
@@ -178,9 +194,17 @@ impl LzServer {
             map.insert(k.as_bytes().to_vec(), (seq, v.as_bytes().to_vec()));
         }
         let flag = stop.clone();
+        let (inject, injected) = std::sync::mpsc::channel::<Frames>();
         let thread = std::thread::spawn(move || {
             let mut next_hugz = Instant::now();
             while !flag.load(Ordering::Relaxed) {
+                // An injected KVSET is handled as if the collector got it.
+                while let Ok(mut m) = injected.try_recv() {
+                    seq += 1;
+                    m[1] = seq.to_be_bytes().to_vec();
+                    publisher.send_multipart(m.clone(), 0).unwrap();
+                    map.insert(m[0].clone(), (seq, m[4].clone()));
+                }
                 let mut items = [
                     router.as_poll_item(zmq::POLLIN),
                     collector.as_poll_item(zmq::POLLIN),
@@ -241,6 +265,7 @@ impl LzServer {
         Self {
             stop,
             addr,
+            inject,
             thread: Some(thread),
         }
     }
@@ -256,7 +281,9 @@ async fn this_client_against_a_libzmq_chp_server() {
     trace_init();
     let token = CancellationToken::new();
     let server = LzServer::start(&[("/x/1", "one"), ("/x/2", "two"), ("/y/1", "other")]);
-    let client = CloneClient::new(ClientConfig::default(), &token);
+    let client = CloneClient::start(CloneClientConfig::new(), &token)
+        .await
+        .unwrap();
     client.subtree("/x/").await.unwrap();
     client.connect(server.addr.clone()).await.unwrap();
     within(secs(20), "synced from libzmq", client.wait_active())
@@ -286,19 +313,15 @@ async fn this_client_against_a_libzmq_chp_server() {
     token.cancel();
 }
 
-fn preloaded(n: usize) -> Store {
+fn preloaded(n: usize) -> Vec<KvMsg> {
     preloaded_with(n, 0)
 }
 
-fn preloaded_with(n: usize, pad: usize) -> Store {
-    let now = std::time::Instant::now();
-    let mut store = Store::new(StoreConfig::default(), now);
+fn preloaded_with(n: usize, pad: usize) -> Vec<KvMsg> {
     let padding = "x".repeat(pad);
-    for i in 0..n {
-        let m = KvMsg::new(format!("/k/{i:07}"), format!("v{i}{padding}")).unwrap();
-        store.handle_kvset(m, now);
-    }
-    store
+    (0..n)
+        .map(|i| KvMsg::new(format!("/k/{i:07}"), format!("v{i}{padding}")).unwrap())
+        .collect()
 }
 
 /// Reference bugs 5 and 6: a large snapshot sent in one burst can be dropped
@@ -310,7 +333,7 @@ async fn large_snapshot_reaches_libzmq_whole(n: usize) {
     trace_init();
     let token = CancellationToken::new();
     let started = Instant::now();
-    let server = CloneServer::start_with_store(ServerConfig::loopback(), preloaded(n), &token)
+    let server = CloneServer::start_preloaded(CloneServerConfig::loopback(), preloaded(n), &token)
         .await
         .unwrap();
     let ep = server.endpoints().clone();
@@ -440,9 +463,10 @@ async fn a_million_key_snapshot_with_concurrent_updates_reaches_libzmq_whole() {
 async fn a_stalled_snapshot_reader_does_not_hold_up_others() {
     trace_init();
     let token = CancellationToken::new();
-    let server = CloneServer::start_with_store(
-        ServerConfig::loopback(),
-        preloaded_with(200_000, 200),
+    let n = 200_000;
+    let server = CloneServer::start_preloaded(
+        CloneServerConfig::loopback(),
+        preloaded_with(n, 200),
         &token,
     )
     .await
@@ -451,8 +475,12 @@ async fn a_stalled_snapshot_reader_does_not_hold_up_others() {
     let stalled = Lz::new(zmq::DEALER);
     stalled.connect(&ep.snapshot);
     stalled.send(&[b"ICANHAZ?", b""]).await;
-    // Let the stalled stream fill every buffer on the way.
-    tokio::time::sleep(secs(3)).await;
+    // Wait until the stalled stream has filled the ROUTER's 100,000-message
+    // queue for that peer (and the buffers behind it) and is stuck.
+    eventually(secs(60), "the stalled stream filled its queue", || {
+        server.stats().kvsyncs_sent >= 100_000
+    })
+    .await;
     let sub = Lz::new(zmq::SUB);
     sub.subscribe(b"");
     sub.connect(&ep.publisher);
@@ -481,6 +509,272 @@ async fn a_stalled_snapshot_reader_does_not_hold_up_others() {
         stats.snapshots_streaming, 1,
         "the stalled one is still waiting"
     );
+    assert!(
+        stats.kvsyncs_sent < n as u64 + 1,
+        "the stalled one did not finish: {stats:?}"
+    );
     drop(stalled);
     token.cancel();
+}
+
+/// The process's resident set size in KiB (Linux `/proc/self/status`), for
+/// the hostile-peer tests' reports. Other tests in this binary run at the
+/// same time, so it is printed, not asserted: the assertions use the
+/// crate's own accounting.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Limits on the server's inputs: a hostile libzmq PUB sends KVSETs with
+/// 32 MiB values to the collector and a hostile libzmq DEALER sends an
+/// `ICANHAZ?` with an 8 MiB subtree. Both are dropped and counted, nothing
+/// of them is kept, and a well-behaved libzmq client's update is still
+/// published and its snapshot still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_oversized_messages_are_dropped_while_others_are_served() {
+    trace_init();
+    let token = CancellationToken::new();
+    let store = StoreConfig::new().max_kvset_size(1 << 20);
+    let server = CloneServer::start(CloneServerConfig::loopback().store(store), &token)
+        .await
+        .unwrap();
+    let ep = server.endpoints().clone();
+    let sub = Lz::new(zmq::SUB);
+    sub.subscribe(b"");
+    sub.connect(&ep.publisher);
+    let good = live_publisher(&ep.collector, &sub).await;
+    let rss_before = rss_kib();
+    let hostile = Lz::new(zmq::PUB);
+    hostile.with(|s| s.set_sndhwm(0).unwrap());
+    hostile.connect(&ep.collector);
+    // Wait for the hostile PUB's subscription: its small probe arrives.
+    within(secs(20), "hostile collector subscription", async {
+        loop {
+            hostile.send_owned(kvset("/hostile/probe", "p", "")).await;
+            if let Some(m) = sub.recv(ms(100)).await {
+                if m[0] == b"/hostile/probe" {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let huge = "x".repeat(32 << 20);
+    for i in 0..4 {
+        hostile
+            .send_owned(kvset(&format!("/hostile/{i}"), &huge, ""))
+            .await;
+    }
+    let asker = Lz::new(zmq::DEALER);
+    asker.connect(&ep.snapshot);
+    asker.send(&[b"ICANHAZ?", &vec![b'/'; 8 << 20]]).await;
+    eventually(secs(60), "oversized input counted", || {
+        let s = server.stats();
+        s.store.oversized_kvsets == 4 && s.store.oversized_requests == 1
+    })
+    .await;
+    let rss_after = rss_kib();
+    eprintln!(
+        "oversized: VmRSS {rss_before} KiB before, {rss_after} KiB after 4 x 32 MiB KVSETs \
+         and an 8 MiB ICANHAZ? (limit 1 MiB)"
+    );
+    // The well-behaved peers are served.
+    good.send_owned(kvset("/client/ok", "fine", "")).await;
+    recv_until(&sub, "the good update", |m| m[0] == b"/client/ok").await;
+    let dealer = Lz::new(zmq::DEALER);
+    dealer.connect(&ep.snapshot);
+    dealer.send(&[b"ICANHAZ?", b"/client/"]).await;
+    let mut keys = Vec::new();
+    loop {
+        let m = dealer.recv(secs(10)).await.expect("snapshot");
+        if m[0] == b"KTHXBAI" {
+            break;
+        }
+        keys.push(m[0].clone());
+    }
+    assert_eq!(text(&keys), ["/client/ok", "/client/probe"]);
+    let s = server.stats();
+    assert_eq!(s.keys, 3, "nothing of the hostile messages kept: {s:?}");
+    assert!(s.bytes < 4096, "{s:?}");
+    assert_eq!(
+        asker.recv(ms(100)).await,
+        None,
+        "no reply to an oversized request"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Store limits: a hostile libzmq PUB floods distinct keys (`max_keys`),
+/// then grows its keys' values (`max_store_bytes`). The excess is refused
+/// and counted, the store stays within both bounds, and a well-behaved
+/// crate client still syncs and updates its own (existing) key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_key_flood_is_bounded_by_the_store_limits() {
+    trace_init();
+    let token = CancellationToken::new();
+    let (max_keys, max_bytes) = (1000, 4 << 20);
+    let store = StoreConfig::new()
+        .max_keys(max_keys)
+        .max_store_bytes(max_bytes);
+    let server = CloneServer::start(CloneServerConfig::loopback().store(store), &token)
+        .await
+        .unwrap();
+    let ep = server.endpoints().clone();
+    let addr = ServerAddr::from_endpoints(&ep).unwrap();
+    let good = CloneClient::start(CloneClientConfig::new(), &token)
+        .await
+        .unwrap();
+    good.subtree("/good/").await.unwrap();
+    good.connect(addr.clone()).await.unwrap();
+    within(secs(20), "good client active", good.wait_active())
+        .await
+        .unwrap();
+    good.set("/good/mine", "1", None).await.unwrap();
+    eventually(secs(20), "the good key stored", || server.stats().keys == 1).await;
+    // `live_publisher`'s probe is the second key.
+    let sub = Lz::new(zmq::SUB);
+    sub.subscribe(b"/client/");
+    sub.connect(&ep.publisher);
+    let hostile = live_publisher(&ep.collector, &sub).await;
+    let rss_before = rss_kib();
+    let handled = || {
+        let s = server.stats();
+        s.store.updates + s.store.kvsets_refused
+    };
+    let base = handled();
+    let flood = 20_000;
+    for i in 0..flood {
+        hostile
+            .send_owned(kvset(&format!("/hostile/{i}"), "v", ""))
+            .await;
+    }
+    eventually(secs(60), "the flood handled", || handled() == base + flood).await;
+    let s = server.stats();
+    assert_eq!(s.keys, max_keys, "{s:?}");
+    assert!(s.store.kvsets_refused >= flood - max_keys as u64, "{s:?}");
+    // Now grow the stored hostile keys' values to 64 KiB each.
+    let big = "y".repeat(64 << 10);
+    let refused_before = s.store.kvsets_refused;
+    for i in 0..200 {
+        hostile
+            .send_owned(kvset(&format!("/hostile/{i}"), &big, ""))
+            .await;
+    }
+    eventually(secs(60), "the growth handled", || {
+        handled() == base + flood + 200
+    })
+    .await;
+    let s = server.stats();
+    assert!(s.bytes <= max_bytes, "{s:?}");
+    assert!(s.store.kvsets_refused > refused_before, "{s:?}");
+    eprintln!(
+        "key flood: VmRSS {rss_before} KiB before, {} KiB after {flood} keys + 200 x 64 KiB \
+         (max_keys {max_keys}, max_store_bytes {max_bytes}): {} keys, {} bytes kept",
+        rss_kib(),
+        s.keys,
+        s.bytes
+    );
+    // The good client: an update of its existing key is published, and a
+    // new client syncs the whole (bounded) store.
+    good.set("/good/mine", "2", None).await.unwrap();
+    let watcher = CloneClient::start(CloneClientConfig::new(), &token)
+        .await
+        .unwrap();
+    watcher.connect(addr).await.unwrap();
+    within(secs(20), "watcher active", watcher.wait_active())
+        .await
+        .unwrap();
+    within(secs(20), "the good update reaches the watcher", async {
+        while watcher.get("/good/mine").await.unwrap().as_deref() != Some(&b"2"[..]) {
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(watcher.stats().keys, max_keys);
+    server.shutdown().await.unwrap();
+}
+
+/// Pending snapshot requests: a hostile libzmq DEALER sends 20 `ICANHAZ?`
+/// for a 150,000-key store and never reads. Two stream (and stall on its
+/// full queue), the other 18 are refused; a well-behaved libzmq DEALER
+/// still gets its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_snapshot_requests_are_bounded_per_peer() {
+    trace_init();
+    let token = CancellationToken::new();
+    let server =
+        CloneServer::start_preloaded(CloneServerConfig::loopback(), preloaded(150_000), &token)
+            .await
+            .unwrap();
+    let ep = server.endpoints().clone();
+    let hostile = Lz::new(zmq::DEALER);
+    hostile.connect(&ep.snapshot);
+    for _ in 0..20 {
+        hostile.send(&[b"ICANHAZ?", b""]).await;
+    }
+    eventually(secs(60), "all 20 requests handled", || {
+        let s = server.stats();
+        s.store.snapshot_requests + s.store.snapshots_refused == 20
+    })
+    .await;
+    let s = server.stats();
+    assert_eq!(s.store.snapshots_refused, 18, "{s:?}");
+    let good = Lz::new(zmq::DEALER);
+    good.connect(&ep.snapshot);
+    good.send(&[b"ICANHAZ?", b"/k/000000"]).await;
+    let mut n = 0;
+    loop {
+        let m = good.recv(secs(10)).await.expect("snapshot");
+        if m[0] == b"KTHXBAI" {
+            break;
+        }
+        n += 1;
+    }
+    assert_eq!(n, 10, "/k/0000000 to /k/0000009");
+    let s = server.stats();
+    assert!(
+        s.snapshots_streaming <= 2 && s.snapshots_queued == 0,
+        "{s:?}"
+    );
+    drop(hostile);
+    token.cancel();
+}
+
+/// The client's input limit: a libzmq CHP server publishes a 4 MiB update
+/// to a client whose `max_message_size` is 1 MiB. It is dropped and
+/// counted, and the next update is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_update_is_dropped_by_the_client() {
+    trace_init();
+    let token = CancellationToken::new();
+    let server = LzServer::start(&[("/x/1", "one")]);
+    let config = CloneClientConfig::new().max_message_size(1 << 20);
+    let client = CloneClient::start(config, &token).await.unwrap();
+    client.subtree("/x/").await.unwrap();
+    client.connect(server.addr.clone()).await.unwrap();
+    within(secs(20), "synced from libzmq", client.wait_active())
+        .await
+        .unwrap();
+    server
+        .inject
+        .send(kvset("/x/huge", &"z".repeat(4 << 20), ""))
+        .unwrap();
+    server.inject.send(kvset("/x/after", "small", "")).unwrap();
+    within(secs(20), "the update after it applied", async {
+        while client.get("/x/after").await.unwrap().is_none() {
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    let stats = client.stats();
+    assert_eq!(stats.agent.oversized, 1, "{stats:?}");
+    assert_eq!(client.get("/x/huge").await.unwrap(), None);
+    let map = server.stop();
+    assert!(map.contains_key(&b"/x/huge"[..]), "the server did send it");
+    client.shutdown().await.unwrap();
 }

@@ -6,7 +6,9 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, ServerAddr, ServerConfig};
+use zpatterns::clone::{
+    CloneClient, CloneClientConfig, CloneServer, CloneServerConfig, ServerAddr,
+};
 
 pub(crate) fn run() -> anyhow::Result<()> {
     crate::block_on(tour())?
@@ -14,7 +16,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
 
 async fn tour() -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    let server = CloneServer::start(ServerConfig::loopback(), &token).await?;
+    let server = CloneServer::start(CloneServerConfig::loopback(), &token).await?;
     let ep = server.endpoints();
     println!(
         "   server: snapshots {}, updates {}, collector {}",
@@ -53,20 +55,21 @@ async fn tour() -> anyhow::Result<()> {
         "   ephemeral key gone from A and B {:.1?} after it was set",
         set_at.elapsed()
     );
-    let s = server.stats();
+    a.shutdown().await?;
+    b.shutdown().await?;
+    let s = server.shutdown().await?;
     println!(
         "   server: {} updates sequenced, {} expired, {} snapshots sent, {} bad messages",
         s.store.updates,
         s.store.expired,
         s.snapshots_completed,
-        s.bad_kvsets + s.bad_requests
+        s.store.bad_kvsets + s.store.bad_requests
     );
-    token.cancel();
     Ok(())
 }
 
 async fn client(addr: &ServerAddr, token: &CancellationToken) -> anyhow::Result<CloneClient> {
-    let c = CloneClient::new(ClientConfig::default(), token);
+    let c = CloneClient::start(CloneClientConfig::new(), token).await?;
     c.connect(addr.clone()).await?;
     Ok(c)
 }

@@ -21,25 +21,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use super::error::DecodeError;
+use super::error::KvMsgError;
 use super::kvmsg::{KvMsg, TTL};
 use super::proto::{in_subtree, SnapshotReply, Update, HUGZ, ICANHAZ, KTHXBAI};
+use crate::ratelog::LogLimiter;
 
-/// Timers and bounds of the client state machine.
+/// Timers and bounds of the client state machine, built by chaining
+/// setters on [`AgentConfig::new`]; each setter's doc gives its default.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct AgentConfig {
-    /// Silence (no HUGZ, update or snapshot data) after which the server is
-    /// considered dead (the Guide's `SERVER_TTL`, 5 s).
-    pub server_ttl: Duration,
-    /// Live updates held in memory while a snapshot streams; beyond this
-    /// the sync starts again.
-    pub max_buffered: usize,
-    /// First pause after a whole round of servers failed (doubles, up to
-    /// `max_backoff`).
-    pub min_backoff: Duration,
-    /// Longest pause between rounds.
-    pub max_backoff: Duration,
+    server_ttl: Duration,
+    max_buffered: usize,
+    max_buffered_bytes: usize,
+    min_backoff: Duration,
+    max_backoff: Duration,
 }
 
 impl Default for AgentConfig {
@@ -47,16 +42,54 @@ impl Default for AgentConfig {
         Self {
             server_ttl: Duration::from_secs(5),
             max_buffered: 1_000_000,
+            max_buffered_bytes: 256 << 20,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
         }
     }
 }
 
+impl AgentConfig {
+    /// The defaults (see each setter).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Silence (no HUGZ, update or snapshot data) after which the server is
+    /// considered dead (the Guide's `SERVER_TTL`). Default 5 s.
+    pub fn server_ttl(mut self, ttl: Duration) -> Self {
+        self.server_ttl = ttl;
+        self
+    }
+    /// Live updates held in memory while a snapshot streams; one more
+    /// restarts the sync (`buffer_overflows`). Default 1,000,000.
+    pub fn max_buffered(mut self, n: usize) -> Self {
+        self.max_buffered = n;
+        self
+    }
+    /// Bytes (keys, values, properties) of the live updates held while a
+    /// snapshot streams; an update beyond it restarts the sync
+    /// (`buffer_overflows`). Default 256 MiB.
+    pub fn max_buffered_bytes(mut self, n: usize) -> Self {
+        self.max_buffered_bytes = n;
+        self
+    }
+    /// First pause after a whole round of servers failed (doubles, up to
+    /// the maximum backoff). Default 250 ms.
+    pub fn min_backoff(mut self, pause: Duration) -> Self {
+        self.min_backoff = pause;
+        self
+    }
+    /// Longest pause between rounds. Default 5 s.
+    pub fn max_backoff(mut self, pause: Duration) -> Self {
+        self.max_backoff = pause;
+        self
+    }
+}
+
 /// Why a key changed in the local map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Cause {
+pub enum ChangeCause {
     /// This client set it (applied at once, before the server confirms).
     Local,
     /// A (re)synchronisation from a snapshot.
@@ -71,7 +104,7 @@ pub struct Change {
     key: Bytes,
     value: Option<Bytes>,
     seq: Option<u64>,
-    cause: Cause,
+    cause: ChangeCause,
 }
 
 impl Change {
@@ -88,7 +121,7 @@ impl Change {
         self.seq
     }
     /// Why it changed.
-    pub fn cause(&self) -> Cause {
+    pub fn cause(&self) -> ChangeCause {
         self.cause
     }
 }
@@ -151,6 +184,9 @@ pub struct AgentStats {
     pub filtered: u64,
     /// Messages that did not decode.
     pub malformed: u64,
+    /// Messages dropped unread for exceeding the client's
+    /// `max_message_size`.
+    pub oversized: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +204,7 @@ enum State {
     Syncing {
         fresh: HashMap<Bytes, Item>,
         buffer: VecDeque<KvMsg>,
+        buffered_bytes: usize,
     },
     Active {
         seq: u64,
@@ -192,6 +229,7 @@ pub struct Agent {
     actions: VecDeque<AgentAction>,
     changes: VecDeque<Change>,
     stats: AgentStats,
+    bad_input_log: LogLimiter,
 }
 
 impl Agent {
@@ -213,6 +251,7 @@ impl Agent {
             actions: VecDeque::new(),
             changes: VecDeque::new(),
             stats: AgentStats::default(),
+            bad_input_log: LogLimiter::default(),
         }
     }
 
@@ -301,7 +340,7 @@ impl Agent {
         self.actions.push_back(AgentAction::Publish(msg));
         if in_subtree(&key, &self.subtree) {
             let item = (!value.is_empty()).then_some(Item { value, seq: 0 });
-            self.store(key, item, None, Cause::Local);
+            self.store(key, item, None, ChangeCause::Local);
         }
     }
 
@@ -342,17 +381,29 @@ impl Agent {
             return;
         }
         match (&mut self.state, update) {
-            (State::Syncing { buffer, .. }, Update::Kvpub(msg)) => {
+            (
+                State::Syncing {
+                    buffer,
+                    buffered_bytes,
+                    ..
+                },
+                Update::Kvpub(msg),
+            ) => {
                 // Buffered in memory, not left in a socket queue.
-                if buffer.len() >= self.config.max_buffered {
+                let size = msg.key().len() + msg.body().len() + msg.props().encoded_len();
+                if buffer.len() >= self.config.max_buffered
+                    || *buffered_bytes + size > self.config.max_buffered_bytes
+                {
                     self.stats.buffer_overflows += 1;
                     warn!(
                         max = self.config.max_buffered,
+                        max_bytes = self.config.max_buffered_bytes,
                         "too many updates during sync; restarting sync"
                     );
                     self.open(self.current, now);
                     return;
                 }
+                *buffered_bytes += size;
                 buffer.push_back(msg);
             }
             (State::Syncing { .. }, Update::Hugz { .. }) => {}
@@ -388,11 +439,27 @@ impl Agent {
         }
     }
 
-    /// A message from the link that did not decode.
-    pub fn handle_malformed(&mut self, attempt: u64, cause: &DecodeError) {
+    /// A message from the link that did not decode (logged at most once
+    /// a second).
+    pub fn handle_malformed(&mut self, attempt: u64, cause: &KvMsgError, now: Instant) {
         if attempt == self.attempt {
             self.stats.malformed += 1;
-            warn!(cause = %cause, "malformed message from server dropped");
+            if let Some(suppressed) = self.bad_input_log.check(now) {
+                warn!(cause = %cause, suppressed, "malformed message from server dropped");
+            }
+        }
+    }
+
+    /// The link dropped a message of `size` bytes unread, for exceeding the
+    /// client's `max_message_size` (logged at most once a second). The
+    /// local map lacks whatever it carried; without a subtree the sequence
+    /// gap it leaves triggers a resync.
+    pub fn handle_oversized(&mut self, attempt: u64, size: usize, now: Instant) {
+        if attempt == self.attempt {
+            self.stats.oversized += 1;
+            if let Some(suppressed) = self.bad_input_log.check(now) {
+                warn!(size, suppressed, "oversized message from server dropped");
+            }
         }
     }
 
@@ -440,6 +507,7 @@ impl Agent {
         self.state = State::Syncing {
             fresh: HashMap::new(),
             buffer: VecDeque::new(),
+            buffered_bytes: 0,
         };
         self.actions.push_back(AgentAction::Open {
             server,
@@ -448,7 +516,7 @@ impl Agent {
     }
 
     fn finish_sync(&mut self, snapshot_seq: u64, now: Instant) {
-        let State::Syncing { fresh, buffer } = std::mem::replace(&mut self.state, State::Idle)
+        let State::Syncing { fresh, buffer, .. } = std::mem::replace(&mut self.state, State::Idle)
         else {
             unreachable!("checked by the caller");
         };
@@ -481,7 +549,7 @@ impl Agent {
                     key: key.clone(),
                     value: Some(item.value.clone()),
                     seq: Some(item.seq),
-                    cause: Cause::Sync,
+                    cause: ChangeCause::Sync,
                 });
             }
         }
@@ -490,7 +558,7 @@ impl Agent {
                 key,
                 value: None,
                 seq: None,
-                cause: Cause::Sync,
+                cause: ChangeCause::Sync,
             });
         }
     }
@@ -519,11 +587,11 @@ impl Agent {
             value: msg.body().clone(),
             seq,
         });
-        self.store(msg.key().clone(), item, Some(seq), Cause::Live);
+        self.store(msg.key().clone(), item, Some(seq), ChangeCause::Live);
     }
 
     /// Applies one change; reports it only if the value changed.
-    fn store(&mut self, key: Bytes, item: Option<Item>, seq: Option<u64>, cause: Cause) {
+    fn store(&mut self, key: Bytes, item: Option<Item>, seq: Option<u64>, cause: ChangeCause) {
         let changed = match &item {
             Some(new) => self
                 .map
@@ -550,9 +618,9 @@ pub fn kvset(
     value: Bytes,
     ttl: Option<Duration>,
     uuid: [u8; 16],
-) -> Result<KvMsg, DecodeError> {
+) -> Result<KvMsg, KvMsgError> {
     if key == HUGZ || key == KTHXBAI || key == ICANHAZ {
-        return Err(DecodeError::ReservedKey(
+        return Err(KvMsgError::ReservedKey(
             String::from_utf8_lossy(&key).into(),
         ));
     }

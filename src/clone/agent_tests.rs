@@ -110,7 +110,7 @@ fn first_sync_reports_every_key_then_goes_live() {
     assert_eq!(h.a.phase(), Phase::Active { server: 0, seq: 2 });
     let ch = h.changes();
     assert_eq!(ch.len(), 2);
-    assert!(ch.iter().all(|c| c.cause() == Cause::Sync));
+    assert!(ch.iter().all(|c| c.cause() == ChangeCause::Sync));
     h.kvpub("a", "9", 3);
     h.kvpub("b", "", 4);
     assert_eq!(h.map(), pairs(&[("a", "9")]));
@@ -260,10 +260,7 @@ fn messages_from_a_stale_link_are_ignored() {
 #[test]
 fn too_many_buffered_updates_restart_the_sync() {
     let now = Instant::now();
-    let config = AgentConfig {
-        max_buffered: 3,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::new().max_buffered(3);
     let mut a = Agent::new(config, Bytes::new(), now);
     a.handle_server_added(now);
     for seq in 1..=4 {
@@ -271,6 +268,33 @@ fn too_many_buffered_updates_restart_the_sync() {
     }
     assert_eq!(a.stats().buffer_overflows, 1);
     assert_eq!(a.attempt(), 2);
+}
+
+#[test]
+fn too_many_buffered_bytes_restart_the_sync() {
+    let now = Instant::now();
+    // Each update is 1 + 10 bytes: two fit, the third does not.
+    let config = AgentConfig::new().max_buffered_bytes(25);
+    let mut a = Agent::new(config, Bytes::new(), now);
+    a.handle_server_added(now);
+    for seq in 1..=2 {
+        a.handle_update(1, Update::Kvpub(kv("k", "0123456789", seq)), now);
+    }
+    assert_eq!(a.stats().buffer_overflows, 0);
+    a.handle_update(1, Update::Kvpub(kv("k", "0123456789", 3)), now);
+    assert_eq!(a.stats().buffer_overflows, 1);
+    assert_eq!(a.attempt(), 2);
+}
+
+#[test]
+fn oversized_and_malformed_messages_are_counted_for_the_current_attempt_only() {
+    let mut h = H::new("", 1);
+    h.opened();
+    let att = h.a.attempt();
+    h.a.handle_oversized(att, 1 << 30, h.now);
+    h.a.handle_oversized(att + 7, 1 << 30, h.now);
+    h.a.handle_malformed(att, &KvMsgError::EmptyKey, h.now);
+    assert_eq!((h.a.stats().oversized, h.a.stats().malformed), (1, 1));
 }
 
 #[test]
@@ -297,13 +321,13 @@ fn set_publishes_a_kvset_with_uuid_and_ttl_and_applies_in_subtree_only() {
     assert_eq!(sent[0].props().get(TTL), Some("2"));
     assert_eq!(sent[1].props().get(TTL), None);
     assert_eq!(h.map(), pairs(&[("/a/k", "v")]));
-    assert_eq!(h.changes()[0].cause(), Cause::Local);
+    assert_eq!(h.changes()[0].cause(), ChangeCause::Local);
     // The server's echo of the same value is not a second change.
     h.kvpub("/a/k", "v", 1);
     assert!(h.changes().is_empty());
     assert!(matches!(
         set("HUGZ", "x", None, [0; 16]),
-        Err(DecodeError::ReservedKey(_))
+        Err(KvMsgError::ReservedKey(_))
     ));
     assert!(set("", "x", None, [0; 16]).is_err());
 }

@@ -1,14 +1,15 @@
-//! The Clone client handle and its background task: the Rust counterpart of
-//! the Guide's `clone` class (a frontend talking to an agent over a pipe),
-//! with tokio channels instead of PAIR sockets.
+//! The Clone client: its config, its handle ([`CloneClient`]) and its
+//! background task, the Rust counterpart of the Guide's `clone` class (a
+//! frontend talking to an agent over a pipe; Guide ch. 5, `clone.c` as used
+//! by `clonecli6`), with tokio channels instead of PAIR sockets.
 //!
-//! Guide pattern: the clone class and agent (A.16). The task owns the
-//! [`Agent`] state machine, one link (DEALER + SUB) to the current server
-//! and one supervised PUB per server; the handle sends commands over an
-//! mpsc channel and exposes a broadcast stream of [`Change`]s.
+//! The task owns the [`Agent`] state machine, one link (DEALER + SUB) to the
+//! current server and one supervised PUB per server; the handle sends
+//! commands over an mpsc channel and exposes a broadcast stream of
+//! [`Change`]s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,32 +22,26 @@ use super::agent::{kvset, Agent, AgentAction, AgentConfig, AgentStats, Change, P
 use super::error::CloneError;
 use super::kvmsg::KvMsg;
 use super::link::{spawn_link, spawn_publisher, LinkEvent, ServerAddr};
+use crate::ratelog::LogLimiter;
+use crate::task::{PatternTask, TaskPanicked};
 
-/// Most servers a client talks to (a Binary Star pair).
+/// Most servers a client talks to: a primary and a backup it fails over to.
 pub const SERVER_MAX: usize = 2;
 
-/// How the client behaves.
+/// How a [`CloneClient`] behaves, built by chaining setters on
+/// [`CloneClientConfig::new`]; each setter's doc gives its default. The
+/// servers are given to [`CloneClient::connect`].
 #[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ClientConfig {
-    /// The state machine's timers and bounds.
-    pub agent: AgentConfig,
-    /// The longest wait for the first message on a new subscription before
-    /// asking for a snapshot. The subscription travels ahead of the
-    /// DEALER's own handshake, so this is a margin, not a guarantee; without
-    /// a subtree a missed update is caught by gap detection anyway.
-    pub subscribe_settle: Duration,
-    /// Pause after a PUB connects before sending KVSETs, so the collector's
-    /// subscription has arrived.
-    pub publish_settle: Duration,
-    /// KVSETs queued per server while its publisher (re)connects.
-    pub publish_queue: usize,
-    /// Changes buffered for slow [`changes`](CloneClient::changes)
-    /// receivers (they see `Lagged` beyond this).
-    pub change_capacity: usize,
+pub struct CloneClientConfig {
+    agent: AgentConfig,
+    subscribe_settle: Duration,
+    publish_settle: Duration,
+    publish_queue: usize,
+    change_capacity: usize,
+    max_message_size: usize,
 }
 
-impl Default for ClientConfig {
+impl Default for CloneClientConfig {
     fn default() -> Self {
         Self {
             agent: AgentConfig::default(),
@@ -54,14 +49,62 @@ impl Default for ClientConfig {
             publish_settle: Duration::from_millis(100),
             publish_queue: 10_000,
             change_capacity: 65_536,
+            max_message_size: (16 << 20) + super::kvmsg::PROPS_MAX + 1024,
         }
+    }
+}
+
+impl CloneClientConfig {
+    /// The defaults (see each setter).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The state machine's timers and bounds. Default [`AgentConfig::new`].
+    pub fn agent(mut self, agent: AgentConfig) -> Self {
+        self.agent = agent;
+        self
+    }
+    /// The longest wait for the first message on a new subscription before
+    /// asking for a snapshot. The subscription travels ahead of the
+    /// DEALER's own handshake, so this is a margin, not a guarantee; without
+    /// a subtree a missed update is caught by gap detection anyway.
+    /// Default 250 ms.
+    pub fn subscribe_settle(mut self, wait: Duration) -> Self {
+        self.subscribe_settle = wait;
+        self
+    }
+    /// Pause after a PUB connects before sending KVSETs, so the collector's
+    /// subscription has arrived. Default 100 ms.
+    pub fn publish_settle(mut self, wait: Duration) -> Self {
+        self.publish_settle = wait;
+        self
+    }
+    /// KVSETs queued per server while its publisher (re)connects; beyond it
+    /// a KVSET is dropped (`kvsets_dropped`). Default 10,000.
+    pub fn publish_queue(mut self, n: usize) -> Self {
+        self.publish_queue = n;
+        self
+    }
+    /// Changes buffered for slow [`changes`](CloneClient::changes)
+    /// receivers (they see `Lagged` beyond this). Default 65,536.
+    pub fn change_capacity(mut self, n: usize) -> Self {
+        self.change_capacity = n;
+        self
+    }
+    /// Largest message accepted from a server's snapshot or update socket
+    /// (the sum of its frames); a larger one is dropped unread and counted
+    /// (`oversized`). Default 16 MiB + 65 KiB, as the server's
+    /// `max_kvset_size`.
+    pub fn max_message_size(mut self, n: usize) -> Self {
+        self.max_message_size = n;
+        self
     }
 }
 
 /// Counters of a client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ClientStats {
+pub struct CloneClientStats {
     /// The state machine's counters.
     pub agent: AgentStats,
     /// Keys in the local map.
@@ -78,43 +121,61 @@ enum Cmd {
     Set(KvMsg),
     Get(Bytes, oneshot::Sender<Option<Bytes>>),
     Entries(oneshot::Sender<Vec<(Bytes, Bytes)>>),
-    Stats(oneshot::Sender<ClientStats>),
 }
 
 /// A Clone client: a local copy of a server's map (or subtree) kept up to
 /// date in the background.
+///
+/// Stop it with [`shutdown`](Self::shutdown), which waits and returns the
+/// final counters. Dropping the handle stops the client too, without
+/// waiting: its task, links and publishers run under a child of the token
+/// given to [`start`](Self::start), which the drop cancels.
 #[derive(Debug)]
-#[must_use = "the client's task stops when the handle is dropped"]
+#[must_use = "dropping the handle stops the client"]
 pub struct CloneClient {
     cmds: mpsc::Sender<Cmd>,
     changes: broadcast::Sender<Change>,
     phase: watch::Receiver<Phase>,
-    token: CancellationToken,
-    _stop_on_drop: tokio_util::sync::DropGuard,
+    stats: Arc<Mutex<CloneClientStats>>,
+    sent: Arc<AtomicU64>,
+    task: PatternTask<CloneClientStats>,
 }
 
 impl CloneClient {
-    /// Starts the client task (inside a tokio runtime) under a child of
-    /// `parent`. Set the subtree, then connect.
-    pub fn new(config: ClientConfig, parent: &CancellationToken) -> Self {
-        let token = parent.child_token();
+    /// Starts the client task under a child of `parent` (inside a tokio
+    /// runtime). It does nothing until [`connect`](Self::connect); set the
+    /// subtree, if any, first.
+    pub async fn start(
+        config: CloneClientConfig,
+        parent: &CancellationToken,
+    ) -> Result<Self, CloneError> {
         let (cmds, rx) = mpsc::channel(256);
         let (changes, _) = broadcast::channel(config.change_capacity.max(1));
         let (phase_tx, phase) = watch::channel(Phase::Idle);
-        let task = Task {
-            config,
-            changes: changes.clone(),
-            phase: phase_tx,
-            token: token.clone(),
+        let stats = Arc::new(Mutex::new(CloneClientStats::default()));
+        let sent = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (changes, stats, sent) = (changes.clone(), stats.clone(), sent.clone());
+            PatternTask::spawn(parent, move |token| {
+                let task = Task {
+                    config,
+                    changes,
+                    phase: phase_tx,
+                    stats,
+                    sent,
+                    token,
+                };
+                task.run(rx).instrument(tracing::info_span!("clone_client"))
+            })
         };
-        tokio::spawn(task.run(rx).instrument(tracing::info_span!("clone_client")));
-        Self {
+        Ok(Self {
             cmds,
             changes,
             phase,
-            _stop_on_drop: token.clone().drop_guard(),
-            token,
-        }
+            stats,
+            sent,
+            task,
+        })
     }
 
     /// Restricts the client to keys starting with `subtree` (e.g.
@@ -159,9 +220,11 @@ impl CloneClient {
         self.ask(Cmd::Entries).await
     }
 
-    /// The counters.
-    pub async fn stats(&self) -> Result<ClientStats, CloneError> {
-        self.ask(Cmd::Stats).await
+    /// A copy of the counters (as of the task's last step).
+    pub fn stats(&self) -> CloneClientStats {
+        let mut stats = self.stats.lock().expect("stats lock").clone();
+        stats.kvsets_sent = self.sent.load(Ordering::Relaxed);
+        stats
     }
 
     /// A stream of changes to the local map from now on.
@@ -184,9 +247,18 @@ impl CloneClient {
         Ok(*p)
     }
 
-    /// Stops the background task.
-    pub fn stop(&self) {
-        self.token.cancel();
+    /// Stops this client only (its child token: the parent and other
+    /// patterns under it keep running), waits for its task, and returns the
+    /// final counters ([`CloneError::Panicked`] if the task panicked).
+    pub async fn shutdown(self) -> Result<CloneClientStats, CloneError> {
+        let sent = self.sent.clone();
+        match self.task.shutdown().await {
+            Ok(mut stats) => {
+                stats.kvsets_sent = sent.load(Ordering::Relaxed);
+                Ok(stats)
+            }
+            Err(TaskPanicked) => Err(CloneError::Panicked),
+        }
     }
 
     async fn ask<T>(&self, cmd: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, CloneError> {
@@ -200,9 +272,11 @@ impl CloneClient {
 }
 
 struct Task {
-    config: ClientConfig,
+    config: CloneClientConfig,
     changes: broadcast::Sender<Change>,
     phase: watch::Sender<Phase>,
+    stats: Arc<Mutex<CloneClientStats>>,
+    sent: Arc<AtomicU64>,
     token: CancellationToken,
 }
 
@@ -210,20 +284,20 @@ struct Servers {
     addrs: Vec<ServerAddr>,
     publishers: Vec<mpsc::Sender<KvMsg>>,
     link: Option<CancellationToken>,
-    sent: Arc<AtomicU64>,
     dropped: u64,
+    dropped_log: LogLimiter,
 }
 
 impl Task {
-    async fn run(self, mut cmds: mpsc::Receiver<Cmd>) {
+    async fn run(self, mut cmds: mpsc::Receiver<Cmd>) -> CloneClientStats {
         let mut agent = Agent::new(self.config.agent.clone(), Bytes::new(), now());
         let (link_tx, mut link_rx) = mpsc::channel::<(u64, LinkEvent)>(4096);
         let mut servers = Servers {
             addrs: Vec::new(),
             publishers: Vec::new(),
             link: None,
-            sent: Arc::new(AtomicU64::new(0)),
             dropped: 0,
+            dropped_log: LogLimiter::default(),
         };
         let mut batch = Vec::with_capacity(256);
         loop {
@@ -253,7 +327,8 @@ impl Task {
                 match ev {
                     LinkEvent::Snapshot(r) => agent.handle_snapshot(attempt, r, now()),
                     LinkEvent::Update(u) => agent.handle_update(attempt, u, now()),
-                    LinkEvent::Malformed(e) => agent.handle_malformed(attempt, &e),
+                    LinkEvent::Malformed(e) => agent.handle_malformed(attempt, &e, now()),
+                    LinkEvent::Oversized(size) => agent.handle_oversized(attempt, size, now()),
                 }
             }
             self.carry_out(&mut agent, &mut servers, &link_tx);
@@ -262,6 +337,16 @@ impl Task {
             link.cancel();
         }
         info!("clone client stopped");
+        Self::stats(&agent, &servers)
+    }
+
+    fn stats(agent: &Agent, servers: &Servers) -> CloneClientStats {
+        CloneClientStats {
+            agent: agent.stats().clone(),
+            keys: agent.len(),
+            kvsets_sent: 0, // read from the shared counter by the handle
+            kvsets_dropped: servers.dropped,
+        }
     }
 
     fn command(&self, cmd: Cmd, agent: &mut Agent, servers: &mut Servers) {
@@ -283,7 +368,7 @@ impl Task {
                 }
                 info!(server = %addr.snapshot(), "adding server");
                 let (tx, rx) = mpsc::channel(self.config.publish_queue.max(1));
-                let (settle, sent) = (self.config.publish_settle, servers.sent.clone());
+                let (settle, sent) = (self.config.publish_settle, self.sent.clone());
                 spawn_publisher(addr.clone(), settle, rx, sent, self.token.child_token());
                 servers.publishers.push(tx);
                 servers.addrs.push(addr);
@@ -296,14 +381,6 @@ impl Task {
             }
             Cmd::Entries(reply) => {
                 let _ = reply.send(agent.entries());
-            }
-            Cmd::Stats(reply) => {
-                let _ = reply.send(ClientStats {
-                    agent: agent.stats().clone(),
-                    keys: agent.len(),
-                    kvsets_sent: servers.sent.load(Ordering::Relaxed),
-                    kvsets_dropped: servers.dropped,
-                });
             }
         }
     }
@@ -323,12 +400,12 @@ impl Task {
                     let token = self.token.child_token();
                     let subtree = String::from_utf8_lossy(agent.subtree()).into_owned();
                     let addr = servers.addrs[server].clone();
-                    let settle = self.config.subscribe_settle;
+                    let limits = (self.config.subscribe_settle, self.config.max_message_size);
                     spawn_link(
                         addr,
                         attempt,
                         subtree,
-                        settle,
+                        limits,
                         link_tx.clone(),
                         token.clone(),
                     );
@@ -338,12 +415,17 @@ impl Task {
                     for publisher in &servers.publishers {
                         if publisher.try_send(msg.clone()).is_err() {
                             servers.dropped += 1;
-                            warn!(key = ?msg.key(), "publisher queue full; KVSET dropped");
+                            if let Some(suppressed) = servers.dropped_log.check(now()) {
+                                warn!(key = ?msg.key(), suppressed, "publisher queue full; KVSET dropped");
+                            }
                         }
                     }
                 }
             }
         }
+        // Stats before phase and changes: whoever sees a new phase or a
+        // change sees counters at least as new.
+        *self.stats.lock().expect("stats lock") = Self::stats(agent, servers);
         while let Some(change) = agent.poll_change() {
             let _ = self.changes.send(change);
         }

@@ -1,5 +1,6 @@
-//! Errors of the Clone pattern: malformed CHP input ([`DecodeError`]) and
-//! failures of the server and client tasks ([`CloneError`]).
+//! Errors of the Clone pattern: malformed CHP input ([`KvMsgError`],
+//! [`PropertyError`]) and failures of the server and client tasks and
+//! handles ([`CloneError`]).
 
 use crate::endpoint::EndpointError;
 
@@ -9,7 +10,7 @@ use crate::endpoint::EndpointError;
 /// these and carry on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum DecodeError {
+pub enum KvMsgError {
     /// The message does not have the number of frames the command needs.
     #[error("expected {expected} frames, got {got}")]
     FrameCount {
@@ -27,7 +28,7 @@ pub enum DecodeError {
     /// The key frame is empty.
     #[error("empty key")]
     EmptyKey,
-    /// The key (or subtree) is longer than [`KEY_MAX`](super::kvmsg::KEY_MAX).
+    /// The key (or subtree) is longer than [`KEY_MAX`](super::KEY_MAX).
     #[error("key of {0} bytes exceeds the 255-byte limit")]
     KeyTooLong(usize),
     /// The properties frame is not `name=value\n` lines of UTF-8 text.
@@ -57,7 +58,7 @@ pub enum PropertyError {
     /// The value contains a newline.
     #[error("property value for {0:?} contains a newline")]
     BadValue(String),
-    /// The encoded frame would exceed [`PROPS_MAX`](super::kvmsg::PROPS_MAX).
+    /// The encoded frame would exceed [`PROPS_MAX`](super::PROPS_MAX).
     #[error("properties frame of {0} bytes is too large")]
     TooLarge(usize),
 }
@@ -74,14 +75,19 @@ pub enum CloneError {
     Zmq(#[from] zeromq::ZmqError),
     /// The key or a property is not valid CHP.
     #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// A client may talk to at most two servers (a Binary Star pair).
+    KvMsg(#[from] KvMsgError),
+    /// A client may talk to at most [`SERVER_MAX`](super::SERVER_MAX)
+    /// servers (a primary and a backup).
     #[error("too many servers (max. {0})")]
     TooManyServers(usize),
     /// The subtree must be set before the first `connect`.
     #[error("the subtree must be set before connecting")]
     SubtreeAfterConnect,
-    /// The background task has stopped (cancelled or failed).
-    #[error("the clone agent has stopped")]
+    /// The client's background task has stopped (cancelled or failed), so
+    /// a command to it cannot be carried out.
+    #[error("the clone client has stopped")]
     Stopped,
+    /// The server's or client's task panicked; its final state is lost.
+    #[error("the clone task panicked")]
+    Panicked,
 }

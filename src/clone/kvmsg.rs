@@ -11,14 +11,17 @@
 //! ```
 //!
 //! Decoding is pure and never panics: anything malformed is a
-//! [`DecodeError`].
+//! [`KvMsgError`]. The codec's own bounds are fixed by the protocol:
+//! [`KEY_MAX`] for keys and subtrees, [`PROPS_MAX`] for the properties
+//! frame; the value is bounded by the server's and client's message-size
+//! limits.
 
 use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::error::{DecodeError, PropertyError};
+use super::error::{KvMsgError, PropertyError};
 
 /// Longest key (and subtree) accepted, in bytes, as in the C kvmsg class.
 pub const KEY_MAX: usize = 255;
@@ -79,6 +82,11 @@ impl Properties {
         self.0.is_empty()
     }
 
+    /// The length of [`encode`](Self::encode)'s frame.
+    pub fn encoded_len(&self) -> usize {
+        self.0.iter().map(|(n, v)| n.len() + v.len() + 2).sum()
+    }
+
     /// The wire form: each property as `name=value\n`.
     pub fn encode(&self) -> Bytes {
         if self.0.is_empty() {
@@ -126,7 +134,7 @@ pub struct KvMsg {
 impl KvMsg {
     /// A message for `key` with `body` (empty body: delete), sequence 0, no
     /// UUID and no properties. Fails on an empty or over-long key.
-    pub fn new(key: impl Into<Bytes>, body: impl Into<Bytes>) -> Result<Self, DecodeError> {
+    pub fn new(key: impl Into<Bytes>, body: impl Into<Bytes>) -> Result<Self, KvMsgError> {
         let key = key.into();
         check_key(&key)?;
         Ok(Self {
@@ -198,9 +206,9 @@ impl KvMsg {
     }
 
     /// Parses exactly five frames.
-    pub fn decode(frames: &[Bytes]) -> Result<Self, DecodeError> {
+    pub fn decode(frames: &[Bytes]) -> Result<Self, KvMsgError> {
         let [key, seq, uuid, props, body] = frames else {
-            return Err(DecodeError::FrameCount {
+            return Err(KvMsgError::FrameCount {
                 expected: "5",
                 got: frames.len(),
             });
@@ -210,7 +218,7 @@ impl KvMsg {
             key: key.clone(),
             seq: decode_seq(seq)?,
             uuid: decode_uuid(uuid)?,
-            props: Properties::decode(props).map_err(DecodeError::BadProperties)?,
+            props: Properties::decode(props).map_err(KvMsgError::BadProperties)?,
             body: body.clone(),
         })
     }
@@ -226,9 +234,9 @@ impl KvMsg {
 
     /// Parses the 3-frame kvsimple form (the 8-byte sequence is required:
     /// Python kvsimple's 4-byte sequence is a reference bug).
-    pub fn decode_kvsimple(frames: &[Bytes]) -> Result<Self, DecodeError> {
+    pub fn decode_kvsimple(frames: &[Bytes]) -> Result<Self, KvMsgError> {
         let [key, seq, body] = frames else {
-            return Err(DecodeError::FrameCount {
+            return Err(KvMsgError::FrameCount {
                 expected: "3",
                 got: frames.len(),
             });
@@ -267,34 +275,34 @@ impl fmt::Debug for KvMsg {
 
 /// Parses a `ttl` value in seconds (integer or fractional); zero, negative
 /// or unparsable values mean "not ephemeral".
-pub fn parse_ttl(text: &str) -> Option<Duration> {
+pub(crate) fn parse_ttl(text: &str) -> Option<Duration> {
     let secs: f64 = text.trim().parse().ok()?;
     (secs.is_finite() && secs > 0.0 && secs < 1e12).then(|| Duration::from_secs_f64(secs))
 }
 
 /// Checks a key: non-empty, at most [`KEY_MAX`] bytes.
-pub fn check_key(key: &[u8]) -> Result<(), DecodeError> {
+pub(crate) fn check_key(key: &[u8]) -> Result<(), KvMsgError> {
     match key.len() {
-        0 => Err(DecodeError::EmptyKey),
-        n if n > KEY_MAX => Err(DecodeError::KeyTooLong(n)),
+        0 => Err(KvMsgError::EmptyKey),
+        n if n > KEY_MAX => Err(KvMsgError::KeyTooLong(n)),
         _ => Ok(()),
     }
 }
 
 /// Decodes an 8-byte big-endian sequence frame.
-pub fn decode_seq(frame: &[u8]) -> Result<u64, DecodeError> {
+pub(crate) fn decode_seq(frame: &[u8]) -> Result<u64, KvMsgError> {
     let bytes: [u8; 8] = frame
         .try_into()
-        .map_err(|_| DecodeError::BadSequence(frame.len()))?;
+        .map_err(|_| KvMsgError::BadSequence(frame.len()))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
 /// Decodes a UUID frame: empty or exactly 16 bytes.
-pub fn decode_uuid(frame: &[u8]) -> Result<Option<Uuid>, DecodeError> {
+pub(crate) fn decode_uuid(frame: &[u8]) -> Result<Option<Uuid>, KvMsgError> {
     match frame.len() {
         0 => Ok(None),
         16 => Ok(Some(frame.try_into().expect("length checked"))),
-        n => Err(DecodeError::BadUuid(n)),
+        n => Err(KvMsgError::BadUuid(n)),
     }
 }
 
@@ -328,35 +336,35 @@ mod tests {
         assert!(KvMsg::decode(&f(ok)).is_ok());
         assert_eq!(
             KvMsg::decode(&f(&ok[..4])),
-            Err(DecodeError::FrameCount {
+            Err(KvMsgError::FrameCount {
                 expected: "5",
                 got: 4
             })
         );
         assert_eq!(
             KvMsg::decode(&f(&[b"k", &[0; 4], b"", b"", b"v"])),
-            Err(DecodeError::BadSequence(4))
+            Err(KvMsgError::BadSequence(4))
         );
         assert_eq!(
             KvMsg::decode(&f(&[b"k", &[0; 8], &[1; 36], b"", b"v"])),
-            Err(DecodeError::BadUuid(36))
+            Err(KvMsgError::BadUuid(36))
         );
         assert_eq!(
             KvMsg::decode(&f(&[b"", &[0; 8], b"", b"", b"v"])),
-            Err(DecodeError::EmptyKey)
+            Err(KvMsgError::EmptyKey)
         );
         let long = vec![b'k'; 256];
         assert_eq!(
             KvMsg::decode(&f(&[&long, &[0; 8], b"", b"", b"v"])),
-            Err(DecodeError::KeyTooLong(256))
+            Err(KvMsgError::KeyTooLong(256))
         );
         assert!(matches!(
             KvMsg::decode(&f(&[b"k", &[0; 8], b"", b"novalue\n", b"v"])),
-            Err(DecodeError::BadProperties(PropertyError::MissingEquals(_)))
+            Err(KvMsgError::BadProperties(PropertyError::MissingEquals(_)))
         ));
         assert!(matches!(
             KvMsg::decode(&f(&[b"k", &[0; 8], b"", b"a=\xff\n", b"v"])),
-            Err(DecodeError::BadProperties(PropertyError::NotUtf8))
+            Err(KvMsgError::BadProperties(PropertyError::NotUtf8))
         ));
     }
 

@@ -2,7 +2,7 @@
 //! to `P` with `ICANHAZ?`) per synchronisation attempt, and a supervised
 //! PUB to `P+2` per server for KVSETs.
 //!
-//! Guide pattern: the clone agent's per-server sockets (A.16). The `zeromq`
+//! Guide ch. 5: the clone agent's per-server sockets (`clone.c`). The `zeromq`
 //! crate's DEALER and PUB never reconnect once their peer restarts, so a
 //! link lives for one attempt only (the agent opens a new one on failover
 //! or resync) and each publisher recreates its PUB when it disconnects.
@@ -19,10 +19,10 @@ use tracing::{debug, info, Instrument};
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, PubSocket, SocketEvent, SubSocket};
 
-use super::error::{CloneError, DecodeError};
+use super::error::{CloneError, KvMsgError};
 use super::kvmsg::KvMsg;
 use super::proto::{Icanhaz, SnapshotReply, Update};
-use super::server::ServerEndpoints;
+use super::server::CloneServerEndpoints;
 use crate::endpoint::{EndpointError, EndpointSpec};
 
 /// The three endpoints of one CHP server, as a client connects to them.
@@ -53,9 +53,9 @@ impl ServerAddr {
         Self::new(&at(port), &at(p1), &at(p2))
     }
 
-    /// Where a local [`CloneServer`](super::server::CloneServer) listens
+    /// Where a local [`CloneServer`](super::CloneServer) listens
     /// (with `0.0.0.0` binds reached over loopback).
-    pub fn from_endpoints(ep: &ServerEndpoints) -> Result<Self, EndpointError> {
+    pub fn from_endpoints(ep: &CloneServerEndpoints) -> Result<Self, EndpointError> {
         let local = |s: &str| s.replace("0.0.0.0", "127.0.0.1");
         Self::new(
             &local(&ep.snapshot),
@@ -98,26 +98,72 @@ impl FromStr for ServerAddr {
 pub(crate) enum LinkEvent {
     Snapshot(SnapshotReply),
     Update(Update),
-    Malformed(DecodeError),
+    Malformed(KvMsgError),
+    /// A message of this many bytes, over the client's `max_message_size`,
+    /// dropped unread.
+    Oversized(usize),
 }
 
 /// Tagged link events.
 pub(crate) type LinkTx = mpsc::Sender<(u64, LinkEvent)>;
 
 /// Starts a link for `attempt`; it runs until `token` is cancelled or a
-/// socket fails (the agent's silence timer then moves on).
+/// socket fails (the agent's silence timer then moves on). `limits` are the
+/// subscribe settle time and the largest message accepted.
 pub(crate) fn spawn_link(
     addr: ServerAddr,
     attempt: u64,
     subtree: String,
-    settle: Duration,
+    limits: (Duration, usize),
     tx: LinkTx,
     token: CancellationToken,
 ) {
     let span = tracing::info_span!("clone_link", server = %addr.snapshot, attempt);
     spawn_until_cancelled(span, token, async move {
-        run_link(&addr, attempt, &subtree, settle, &tx).await
+        let link = Link {
+            attempt,
+            max: limits.1,
+            tx: &tx,
+        };
+        run_link(&addr, &subtree, limits.0, link).await
     });
+}
+
+/// What a link needs to report what it receives.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    attempt: u64,
+    max: usize,
+    tx: &'a LinkTx,
+}
+
+impl Link<'_> {
+    /// Checks the size of `msg`, decodes it with `decode`, and reports it.
+    async fn forward(
+        self,
+        msg: zeromq::ZmqMessage,
+        decode: impl FnOnce(&[bytes::Bytes]) -> LinkEvent,
+    ) -> Result<(), CloneError> {
+        let frames = msg.into_vec();
+        let size: usize = frames.iter().map(bytes::Bytes::len).sum();
+        let ev = if size > self.max {
+            LinkEvent::Oversized(size)
+        } else {
+            decode(&frames)
+        };
+        self.tx
+            .send((self.attempt, ev))
+            .await
+            .map_err(|_| CloneError::Stopped)
+    }
+}
+
+fn snapshot_event(frames: &[bytes::Bytes]) -> LinkEvent {
+    SnapshotReply::decode(frames).map_or_else(LinkEvent::Malformed, LinkEvent::Snapshot)
+}
+
+fn update_event(frames: &[bytes::Bytes]) -> LinkEvent {
+    Update::decode(frames).map_or_else(LinkEvent::Malformed, LinkEvent::Update)
 }
 
 /// Spawns `task` in `span`, dropping it when `token` is cancelled; an error
@@ -141,10 +187,9 @@ where
 
 async fn run_link(
     addr: &ServerAddr,
-    attempt: u64,
     subtree: &str,
     settle: Duration,
-    tx: &LinkTx,
+    link: Link<'_>,
 ) -> Result<(), CloneError> {
     // Subscribe first (CHP), so no update after the snapshot is missed.
     let mut sub = SubSocket::new();
@@ -159,7 +204,7 @@ async fn run_link(
     // message (proof that it is in place) before asking, bounded by
     // `settle` (HUGZ come only once a second, and models 3-5 send none).
     if let Ok(first) = tokio::time::timeout(settle, sub.recv()).await {
-        forward_update(first?, attempt, tx).await?;
+        link.forward(first?, update_event).await?;
     }
     let mut dealer = DealerSocket::new();
     connect_patiently(&mut dealer, &addr.snapshot).await?;
@@ -169,30 +214,10 @@ async fn run_link(
     info!(subtree, "waiting for server");
     loop {
         tokio::select! {
-            m = dealer.recv() => {
-                let frames = m?.into_vec();
-                let ev = SnapshotReply::decode(&frames).map_or_else(LinkEvent::Malformed, LinkEvent::Snapshot);
-                send(tx, attempt, ev).await?;
-            }
-            m = sub.recv() => forward_update(m?, attempt, tx).await?,
+            m = dealer.recv() => link.forward(m?, snapshot_event).await?,
+            m = sub.recv() => link.forward(m?, update_event).await?,
         }
     }
-}
-
-async fn forward_update(
-    msg: zeromq::ZmqMessage,
-    attempt: u64,
-    tx: &LinkTx,
-) -> Result<(), CloneError> {
-    let frames = msg.into_vec();
-    let ev = Update::decode(&frames).map_or_else(LinkEvent::Malformed, LinkEvent::Update);
-    send(tx, attempt, ev).await
-}
-
-async fn send(tx: &LinkTx, attempt: u64, ev: LinkEvent) -> Result<(), CloneError> {
-    tx.send((attempt, ev))
-        .await
-        .map_err(|_| CloneError::Stopped)
 }
 
 async fn connect_patiently<S: Socket>(socket: &mut S, endpoint: &str) -> Result<(), CloneError> {

@@ -2,8 +2,11 @@
 //! speaking the Clustered Hashmap Protocol (CHP, ZeroMQ RFC 12) so that
 //! libzmq programs written from the Guide interoperate.
 //!
-//! Guide chapter 5, models 1-5 (model 6, Binary Star, comes later).
-//! Socket topology (server port `P`):
+//! Guide ch. 5, "Reliable Pub-Sub (Clone Pattern)": the server of models
+//! 3-5 (`clonesrv3` to `clonesrv5`) with CHP's SUB collector, and the
+//! client agent of the `clone` class (`clonecli6`'s, with failover to a
+//! second server). The Binary Star server pair of model 6 (`clonesrv6`) is
+//! not built yet. Socket topology (server port `P`):
 //!
 //! ```text
 //!  client DEALER ──ICANHAZ?──▶ ROUTER :P    (snapshots: KVSYNC…, KTHXBAI)
@@ -11,49 +14,66 @@
 //!  client PUB    ──KVSET──────▶ SUB   :P+2  (collector)
 //! ```
 //!
-//! Layout:
-//! - [`kvmsg`] and [`proto`]: the pure codec (5-frame kvmsg, CHP commands);
-//! - [`store`] and [`snapshot`]: the pure server state and snapshot cursor;
-//! - [`server`]: the server task ([`CloneServer`]);
-//! - [`agent`]: the pure client state machine;
-//! - [`link`] and [`client`]: the client's sockets and its handle
-//!   ([`CloneClient`]).
+//! Every public type is reachable from this module:
+//! - the codec: [`KvMsg`], [`Properties`], the CHP commands ([`Icanhaz`],
+//!   [`SnapshotReply`], [`Update`]) and their errors ([`KvMsgError`],
+//!   [`PropertyError`]);
+//! - the server: the pure [`Store`] and [`SnapshotCursor`], and the
+//!   handle [`CloneServer`] ([`CloneServerConfig`], [`CloneServerStats`]);
+//! - the client: the pure [`Agent`], and the handle [`CloneClient`]
+//!   ([`CloneClientConfig`], [`CloneClientStats`], [`Change`], [`Phase`]).
+//!
+//! Both handles follow the crate's one shape (crate docs, "Using a
+//! pattern"): `start(config, &parent).await`, `stats()`,
+//! `shutdown(self).await` returning the final stats, and drop = stop.
+//! What a peer can make them hold is bounded: see [`StoreConfig`],
+//! [`AgentConfig`], [`CloneClientConfig`] and `patterns/clone.md`.
 //!
 //! ```no_run
 //! use tokio_util::sync::CancellationToken;
-//! use zpatterns::clone::{ClientConfig, CloneClient, CloneServer, ServerAddr, ServerConfig};
+//! use zpatterns::clone::{
+//!     CloneClient, CloneClientConfig, CloneServer, CloneServerConfig, ServerAddr,
+//! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let token = CancellationToken::new();
-//! let _server = CloneServer::start(ServerConfig::on_port("*", 5556)?, &token).await?;
-//! let client = CloneClient::new(ClientConfig::default(), &token);
+//! let server = CloneServer::start(CloneServerConfig::on_port("*", 5556)?, &token).await?;
+//! let client = CloneClient::start(CloneClientConfig::new(), &token).await?;
 //! client.subtree("/client/").await?;
 //! client.connect("tcp://localhost:5556".parse::<ServerAddr>()?).await?;
 //! client.wait_active().await?;
 //! client.set("/client/answer", "42", None).await?;
 //! let mut changes = client.changes();
-//! while let Ok(change) = changes.recv().await {
+//! if let Ok(change) = changes.recv().await {
 //!     println!("{:?} = {:?}", change.key(), change.value());
 //! }
+//! let client_stats = client.shutdown().await?;
+//! let server_stats = server.shutdown().await?;
+//! println!("{} keys here, {} updates there", client_stats.keys, server_stats.store.updates);
 //! # Ok(()) }
 //! ```
 //!
-//! See `patterns/clone.md` for the wire contract and guarantees.
+//! See `patterns/clone.md` for the wire contract, guarantees and limits.
 
-pub mod agent;
-pub mod client;
-pub mod error;
-pub mod kvmsg;
-pub mod link;
-pub mod proto;
-pub mod server;
-pub mod snapshot;
-pub mod store;
+mod agent;
+mod client;
+mod error;
+mod kvmsg;
+mod link;
+mod proto;
+mod server;
+mod snapshot;
+mod store;
 
-pub use agent::{Cause, Change, Phase};
-pub use client::{ClientConfig, ClientStats, CloneClient};
-pub use error::{CloneError, DecodeError, PropertyError};
-pub use kvmsg::{KvMsg, Properties};
+pub use agent::{kvset, Agent, AgentAction, AgentConfig, AgentStats, Change, ChangeCause, Phase};
+pub use client::{CloneClient, CloneClientConfig, CloneClientStats, SERVER_MAX};
+pub use error::{CloneError, KvMsgError, PropertyError};
+pub use kvmsg::{KvMsg, Properties, Uuid, KEY_MAX, PROPS_MAX, TTL};
 pub use link::ServerAddr;
-pub use server::{CloneServer, ServerConfig, ServerEndpoints, ServerStats};
+pub use proto::{Icanhaz, SnapshotReply, Update, HUGZ, ICANHAZ, INSTANCE, KTHXBAI};
+pub use server::{CloneServer, CloneServerConfig, CloneServerEndpoints, CloneServerStats};
+pub use snapshot::SnapshotCursor;
+pub use store::{
+    Role, Store, StoreAction, StoreConfig, StoreEntry, StoreMap, StoreStats, ENTRY_OVERHEAD,
+};

@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 
-use super::error::DecodeError;
+use super::error::KvMsgError;
 use super::kvmsg::{decode_seq, decode_uuid, KvMsg, Properties, KEY_MAX};
 
 /// The snapshot request command.
@@ -42,12 +42,12 @@ impl Icanhaz {
     }
 
     /// Parses `["ICANHAZ?"]` or `["ICANHAZ?"][subtree]`.
-    pub fn decode(frames: &[Bytes]) -> Result<Self, DecodeError> {
+    pub fn decode(frames: &[Bytes]) -> Result<Self, KvMsgError> {
         let (cmd, subtree) = match frames {
             [cmd] => (cmd, Bytes::new()),
             [cmd, subtree] => (cmd, subtree.clone()),
             _ => {
-                return Err(DecodeError::FrameCount {
+                return Err(KvMsgError::FrameCount {
                     expected: "1 or 2",
                     got: frames.len(),
                 })
@@ -57,7 +57,7 @@ impl Icanhaz {
             return Err(unknown(cmd));
         }
         if subtree.len() > KEY_MAX {
-            return Err(DecodeError::KeyTooLong(subtree.len()));
+            return Err(KvMsgError::KeyTooLong(subtree.len()));
         }
         Ok(Self { subtree })
     }
@@ -81,7 +81,7 @@ pub enum SnapshotReply {
 
 impl SnapshotReply {
     /// Parses five frames: KTHXBAI if the key is `KTHXBAI`, else KVSYNC.
-    pub fn decode(frames: &[Bytes]) -> Result<Self, DecodeError> {
+    pub fn decode(frames: &[Bytes]) -> Result<Self, KvMsgError> {
         if frames.first().is_some_and(|k| k == KTHXBAI) {
             let (seq, subtree, instance) = decode_marker(frames)?;
             return Ok(Self::Kthxbai {
@@ -116,7 +116,7 @@ pub enum Update {
 
 impl Update {
     /// Parses five frames: HUGZ if the key is `HUGZ`, else KVPUB.
-    pub fn decode(frames: &[Bytes]) -> Result<Self, DecodeError> {
+    pub fn decode(frames: &[Bytes]) -> Result<Self, KvMsgError> {
         if frames.first().is_some_and(|k| k == HUGZ) {
             let (seq, _, instance) = decode_marker(frames)?;
             return Ok(Self::Hugz { seq, instance });
@@ -134,11 +134,11 @@ impl Update {
 
 /// Parses a client's KVSET as the server's collector receives it: a kvmsg
 /// whose key is not a CHP command name.
-pub fn decode_kvset(frames: &[Bytes]) -> Result<KvMsg, DecodeError> {
+pub(crate) fn decode_kvset(frames: &[Bytes]) -> Result<KvMsg, KvMsgError> {
     let msg = KvMsg::decode(frames)?;
     let key = msg.key();
     if key == HUGZ || key == KTHXBAI || key == ICANHAZ {
-        return Err(DecodeError::ReservedKey(
+        return Err(KvMsgError::ReservedKey(
             String::from_utf8_lossy(key).into_owned(),
         ));
     }
@@ -146,7 +146,7 @@ pub fn decode_kvset(frames: &[Bytes]) -> Result<KvMsg, DecodeError> {
 }
 
 /// `true` if `key` is in `subtree` (a plain prefix; empty matches all).
-pub fn in_subtree(key: &[u8], subtree: &[u8]) -> bool {
+pub(crate) fn in_subtree(key: &[u8], subtree: &[u8]) -> bool {
     key.starts_with(subtree)
 }
 
@@ -166,9 +166,9 @@ fn marker(name: &'static [u8], seq: u64, instance: Option<u64>, body: Bytes) -> 
 /// A KTHXBAI or HUGZ: five frames, a valid sequence and UUID frame; of the
 /// properties only a well-formed [`INSTANCE`] is read, anything else there
 /// is ignored (lenient).
-fn decode_marker(frames: &[Bytes]) -> Result<(u64, Bytes, Option<u64>), DecodeError> {
+fn decode_marker(frames: &[Bytes]) -> Result<(u64, Bytes, Option<u64>), KvMsgError> {
     let [_, seq, uuid, props, body] = frames else {
-        return Err(DecodeError::FrameCount {
+        return Err(KvMsgError::FrameCount {
             expected: "5",
             got: frames.len(),
         });
@@ -181,9 +181,9 @@ fn decode_marker(frames: &[Bytes]) -> Result<(u64, Bytes, Option<u64>), DecodeEr
     Ok((decode_seq(seq)?, body.clone(), instance))
 }
 
-fn unknown(cmd: &[u8]) -> DecodeError {
+fn unknown(cmd: &[u8]) -> KvMsgError {
     let shown = &cmd[..cmd.len().min(32)];
-    DecodeError::UnknownCommand(String::from_utf8_lossy(shown).into_owned())
+    KvMsgError::UnknownCommand(String::from_utf8_lossy(shown).into_owned())
 }
 
 #[cfg(test)]
@@ -208,7 +208,7 @@ mod tests {
         );
         assert!(matches!(
             Icanhaz::decode(&f(&[b"GIMME", b""])),
-            Err(DecodeError::UnknownCommand(_))
+            Err(KvMsgError::UnknownCommand(_))
         ));
         assert!(Icanhaz::decode(&f(&[b"ICANHAZ?", b"", b""])).is_err());
         assert!(Icanhaz::decode(&Icanhaz::encode(&Bytes::from("/a/"))).is_ok());
@@ -248,7 +248,7 @@ mod tests {
         let bad = f(&[b"HUGZ", &[0; 8], b"", b"", b"x"]);
         assert!(matches!(
             decode_kvset(&bad),
-            Err(DecodeError::ReservedKey(_))
+            Err(KvMsgError::ReservedKey(_))
         ));
         let ok = f(&[b"HUGZY", &[0; 8], b"", b"", b"x"]);
         assert!(decode_kvset(&ok).is_ok());

@@ -1,12 +1,14 @@
-//! The Clone server task: binds ROUTER (snapshots), PUB (updates and HUGZ)
-//! and SUB (collector) and drives the pure [`Store`].
+//! The Clone server: its config, its handle ([`CloneServer`]) and its task,
+//! which binds ROUTER (snapshots), PUB (updates and HUGZ) and SUB
+//! (collector) and drives the pure [`Store`].
 //!
-//! Guide pattern: Clone models 3-5 (`clonesrv5`, the reactor server),
-//! speaking CHP: collector SUB at `P+2` (as CHP and model 6 specify, not
-//! the PULL of models 3-5). Each snapshot streams from its own task over a
+//! Guide ch. 5, Clone models 3-5 (`clonesrv3` to `clonesrv5`, the reactor
+//! server), speaking CHP: collector SUB at `P+2` (as CHP specifies, not the
+//! PULL of models 3-5). Each snapshot streams from its own task over a
 //! clone of the ROUTER's send half, so a large or slow snapshot never holds
 //! up updates, heartbeats or other clients.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,30 +21,29 @@ use zeromq::prelude::*;
 use zeromq::{PubSocket, RouterSendHalf, RouterSocket, SubSocket};
 
 use super::error::CloneError;
-use super::proto::{decode_kvset, Icanhaz};
+use super::kvmsg::KvMsg;
+use super::proto::KTHXBAI;
 use super::snapshot::SnapshotCursor;
-use super::store::{Action, Store, StoreConfig, StoreStats};
+use super::store::{Store, StoreAction, StoreConfig, StoreStats};
 use crate::endpoint::{Attach, EndpointSpec};
+use crate::ratelog::LogLimiter;
+use crate::task::{PatternTask, TaskPanicked};
 
-/// Where the server listens and how it behaves.
+/// Where a [`CloneServer`] listens and how it behaves: endpoints from
+/// [`new`](Self::new), [`on_port`](Self::on_port) or
+/// [`loopback`](Self::loopback), then chained setters (each doc gives its
+/// default).
 #[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ServerConfig {
-    /// Snapshot ROUTER (CHP port `P`).
-    pub snapshot: EndpointSpec,
-    /// Update PUB (CHP port `P+1`).
-    pub publisher: EndpointSpec,
-    /// Collector SUB (CHP port `P+2`).
-    pub collector: EndpointSpec,
-    /// The state machine's limits and timers.
-    pub store: StoreConfig,
-    /// KVSYNC messages a snapshot task sends before yielding.
-    pub snapshot_chunk: usize,
-    /// A snapshot whose peer accepts nothing for this long is abandoned.
-    pub snapshot_stall_timeout: Duration,
+pub struct CloneServerConfig {
+    snapshot: EndpointSpec,
+    publisher: EndpointSpec,
+    collector: EndpointSpec,
+    store: StoreConfig,
+    snapshot_chunk: usize,
+    snapshot_stall_timeout: Duration,
 }
 
-impl ServerConfig {
+impl CloneServerConfig {
     /// Binds `tcp://HOST:P`, `P+1` and `P+2` (`host` may be `*`).
     pub fn on_port(host: &str, port: u16) -> Result<Self, CloneError> {
         let ep = |p: u32| -> Result<EndpointSpec, CloneError> {
@@ -62,7 +63,8 @@ impl ServerConfig {
         Self::new(l(), l(), l())
     }
 
-    /// Explicit endpoints with default limits.
+    /// Explicit endpoints: snapshot ROUTER (CHP port `P`), update PUB
+    /// (`P+1`), collector SUB (`P+2`).
     pub fn new(snapshot: EndpointSpec, publisher: EndpointSpec, collector: EndpointSpec) -> Self {
         Self {
             snapshot,
@@ -73,11 +75,30 @@ impl ServerConfig {
             snapshot_stall_timeout: Duration::from_secs(30),
         }
     }
+
+    /// The state machine's limits and timers. Default [`StoreConfig::new`].
+    pub fn store(mut self, store: StoreConfig) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// KVSYNC messages a snapshot task sends before yielding. Default 256.
+    pub fn snapshot_chunk(mut self, n: usize) -> Self {
+        self.snapshot_chunk = n;
+        self
+    }
+
+    /// A snapshot whose peer accepts nothing for this long is abandoned.
+    /// Default 30 s.
+    pub fn snapshot_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.snapshot_stall_timeout = timeout;
+        self
+    }
 }
 
 /// The resolved endpoints of a running server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerEndpoints {
+pub struct CloneServerEndpoints {
     /// Snapshot ROUTER.
     pub snapshot: String,
     /// Update PUB.
@@ -86,25 +107,23 @@ pub struct ServerEndpoints {
     pub collector: String,
 }
 
-/// Counters of a running server.
+/// Counters of a server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ServerStats {
-    /// The state machine's counters.
+pub struct CloneServerStats {
+    /// The state machine's counters (updates, refusals, bad input).
     pub store: StoreStats,
     /// Keys currently stored.
     pub keys: usize,
+    /// What the store counts against its `max_store_bytes` now.
+    pub bytes: usize,
     /// The last sequence number assigned.
     pub sequence: u64,
-    /// Collector messages that were not valid KVSETs.
-    pub bad_kvsets: u64,
-    /// Snapshot-socket messages that were not valid ICANHAZ? requests.
-    pub bad_requests: u64,
     /// Snapshots sent to the end (KTHXBAI included).
     pub snapshots_completed: u64,
     /// Snapshots abandoned (peer gone or stalled).
     pub snapshots_abandoned: u64,
-    /// KVSYNC messages sent.
+    /// KVSYNC messages sent (counted as they are sent).
     pub kvsyncs_sent: u64,
     /// Connections dropped on a receive error (a peer's protocol error).
     pub recv_errors: u64,
@@ -114,83 +133,110 @@ pub struct ServerStats {
     pub snapshots_queued: usize,
 }
 
-/// A running Clone server; stops when [`stop`](Self::stop) is called or the
-/// parent token is cancelled.
+/// A running Clone server.
+///
+/// Stop it with [`shutdown`](Self::shutdown), which waits and returns the
+/// final counters. Dropping the handle stops the server too, without
+/// waiting: its task cancels its own token (a child of the one given to
+/// [`start`](Self::start)) and closes its sockets in the background.
+/// Cancelling the parent token stops it as well.
 #[derive(Debug)]
-#[must_use = "the server stops when its handle is stopped or its token is cancelled"]
+#[must_use = "dropping the handle stops the server"]
 pub struct CloneServer {
-    endpoints: ServerEndpoints,
-    stats: Arc<Mutex<ServerStats>>,
-    token: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), CloneError>>,
+    endpoints: CloneServerEndpoints,
+    stats: Arc<Mutex<CloneServerStats>>,
+    kvsyncs: Arc<AtomicU64>,
+    task: PatternTask<Result<(), CloneError>>,
 }
 
 impl CloneServer {
-    /// Binds the three sockets and starts the server task under a child of
-    /// `parent`.
+    /// Binds the three sockets and starts an empty server under a child of
+    /// `parent` (inside a tokio runtime).
     pub async fn start(
-        config: ServerConfig,
+        config: CloneServerConfig,
         parent: &CancellationToken,
     ) -> Result<Self, CloneError> {
-        let store = Store::new(config.store.clone(), Instant::now().into_std());
-        Self::start_with_store(config, store, parent).await
+        Self::start_preloaded(config, std::iter::empty(), parent).await
     }
 
-    /// Like [`start`](Self::start), serving an existing state (e.g. one
-    /// restored from elsewhere, or preloaded for a benchmark).
-    pub async fn start_with_store(
-        config: ServerConfig,
-        store: Store,
+    /// Like [`start`](Self::start), serving `entries` from the outset (e.g.
+    /// a state restored from elsewhere, or a benchmark's preload). Each is
+    /// applied as a KVSET would be (sequence 1, 2, ...; the store's limits
+    /// apply).
+    pub async fn start_preloaded(
+        config: CloneServerConfig,
+        entries: impl IntoIterator<Item = KvMsg>,
         parent: &CancellationToken,
     ) -> Result<Self, CloneError> {
+        let now = Instant::now().into_std();
+        let mut store = Store::new(config.store.clone(), now);
+        for entry in entries {
+            store.handle_kvset(entry, now);
+        }
         let mut router = RouterSocket::new();
         let mut publisher = PubSocket::new();
         let mut collector = SubSocket::new();
         collector.subscribe("").await?;
-        let endpoints = ServerEndpoints {
+        let endpoints = CloneServerEndpoints {
             snapshot: bind(&config.snapshot, &mut router).await?,
             publisher: bind(&config.publisher, &mut publisher).await?,
             collector: bind(&config.collector, &mut collector).await?,
         };
         info!(snapshot = %endpoints.snapshot, publisher = %endpoints.publisher,
               collector = %endpoints.collector, "clone server listening");
-        let stats = Arc::new(Mutex::new(ServerStats::default()));
-        let token = parent.child_token();
+        let stats = Arc::new(Mutex::new(CloneServerStats {
+            keys: store.len(),
+            bytes: store.bytes(),
+            sequence: store.sequence(),
+            store: store.stats().clone(),
+            ..CloneServerStats::default()
+        }));
         let sockets = Sockets {
             router,
             publisher,
             collector,
         };
-        let run = run(config, store, sockets, stats.clone(), token.clone());
         let span = tracing::info_span!("clone_server", snapshot = %endpoints.snapshot);
-        let task = tokio::spawn(run.instrument(span));
+        let kvsyncs = Arc::new(AtomicU64::new(0));
+        let shared = (stats.clone(), kvsyncs.clone());
+        let task = PatternTask::spawn(parent, move |token| {
+            run(config, store, sockets, shared, token).instrument(span)
+        });
         Ok(Self {
             endpoints,
             stats,
-            token,
+            kvsyncs,
             task,
         })
     }
 
     /// The bound endpoints (with the real ports).
-    pub fn endpoints(&self) -> &ServerEndpoints {
+    pub fn endpoints(&self) -> &CloneServerEndpoints {
         &self.endpoints
     }
 
     /// A copy of the counters.
-    pub fn stats(&self) -> ServerStats {
-        self.stats.lock().expect("stats lock").clone()
+    pub fn stats(&self) -> CloneServerStats {
+        let mut stats = self.stats.lock().expect("stats lock").clone();
+        stats.kvsyncs_sent = self.kvsyncs.load(Ordering::Relaxed);
+        stats
     }
 
-    /// Stops the server and waits for its task.
-    pub async fn stop(self) -> Result<(), CloneError> {
-        self.token.cancel();
-        self.task.await.unwrap_or(Err(CloneError::Stopped))
-    }
-
-    /// Waits until the server task ends (on cancellation or a socket error).
-    pub async fn join(self) -> Result<(), CloneError> {
-        self.task.await.unwrap_or(Err(CloneError::Stopped))
+    /// Stops this server only (its child token; the parent and other
+    /// patterns under it keep running), waits for its task, and returns the
+    /// final counters, or the socket error that had ended the task
+    /// ([`CloneError::Panicked`] if it panicked).
+    pub async fn shutdown(self) -> Result<CloneServerStats, CloneError> {
+        let (stats, kvsyncs) = (self.stats.clone(), self.kvsyncs.clone());
+        match self.task.shutdown().await {
+            Ok(Ok(())) => {
+                let mut stats = stats.lock().expect("stats lock").clone();
+                stats.kvsyncs_sent = kvsyncs.load(Ordering::Relaxed);
+                Ok(stats)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(TaskPanicked) => Err(CloneError::Panicked),
+        }
     }
 }
 
@@ -210,15 +256,14 @@ struct Sockets {
 /// How a snapshot stream ended.
 struct Finished {
     peer: Bytes,
-    sent: u64,
     complete: bool,
 }
 
 async fn run(
-    config: ServerConfig,
+    config: CloneServerConfig,
     mut store: Store,
     sockets: Sockets,
-    stats: Arc<Mutex<ServerStats>>,
+    (stats, kvsyncs): (Arc<Mutex<CloneServerStats>>, Arc<AtomicU64>),
     token: CancellationToken,
 ) -> Result<(), CloneError> {
     let Sockets {
@@ -228,13 +273,15 @@ async fn run(
     } = sockets;
     let (router_tx, mut router_rx) = router.split();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-    let mut io = ServerStats::default();
+    let mut io = CloneServerStats::default();
+    let mut recv_log = LogLimiter::default();
     let mut published: u64 = 0;
     let streams = SnapshotStreams {
         router: router_tx,
         done: done_tx,
         chunk: config.snapshot_chunk.max(1),
         stall: config.snapshot_stall_timeout,
+        sent: kvsyncs,
         token: token.clone(),
     };
     loop {
@@ -242,30 +289,14 @@ async fn run(
         let actions = tokio::select! {
             () = token.cancelled() => break,
             msg = collector.recv() => {
-                let Some(frames) = received(msg, &mut io, "collector") else { continue };
-                match decode_kvset(&frames) {
-                    Ok(kv) => store.handle_kvset(kv, now()),
-                    Err(e) => {
-                        io.bad_kvsets += 1;
-                        warn!(cause = %e, frames = frames.len(), "bad KVSET dropped");
-                        Vec::new()
-                    }
-                }
+                let Some(frames) = received(msg, &mut io, &mut recv_log, "collector") else { continue };
+                store.handle_collector(&frames, now())
             }
             msg = router_rx.recv() => {
-                let Some(mut frames) = received(msg, &mut io, "snapshot") else { continue };
-                let peer = frames.remove(0);
-                match Icanhaz::decode(&frames) {
-                    Ok(req) => store.handle_icanhaz(peer, req.subtree, now()),
-                    Err(e) => {
-                        io.bad_requests += 1;
-                        warn!(peer = ?peer, cause = %e, "bad snapshot request dropped");
-                        Vec::new()
-                    }
-                }
+                let Some(frames) = received(msg, &mut io, &mut recv_log, "snapshot") else { continue };
+                store.handle_request(frames, now())
             }
             Some(done) = done_rx.recv() => {
-                io.kvsyncs_sent += done.sent;
                 if done.complete { io.snapshots_completed += 1 } else { io.snapshots_abandoned += 1 }
                 store.handle_snapshot_done(&done.peer, now())
             }
@@ -273,7 +304,7 @@ async fn run(
         };
         for action in actions {
             match action {
-                Action::Publish(frames) => {
+                StoreAction::Publish(frames) => {
                     let msg = crate::frames::message(frames).expect("five frames");
                     publisher.send(msg).await?;
                     published += 1;
@@ -282,16 +313,17 @@ async fn run(
                         tokio::task::yield_now().await;
                     }
                 }
-                Action::StartSnapshot(cursor) => streams.spawn(cursor),
+                StoreAction::StartSnapshot(cursor) => streams.spawn(cursor),
             }
         }
         let (streaming, queued) = store.snapshot_load();
         let mut shared = stats.lock().expect("stats lock");
-        *shared = ServerStats {
+        *shared = CloneServerStats {
             snapshots_streaming: streaming,
             snapshots_queued: queued,
             store: store.stats().clone(),
             keys: store.len(),
+            bytes: store.bytes(),
             sequence: store.sequence(),
             ..io.clone()
         };
@@ -310,14 +342,17 @@ async fn run(
 /// and logged, never fatal.
 fn received(
     msg: Result<zeromq::ZmqMessage, zeromq::ZmqError>,
-    io: &mut ServerStats,
+    io: &mut CloneServerStats,
+    log: &mut LogLimiter,
     socket: &'static str,
 ) -> Option<Vec<Bytes>> {
     match msg {
         Ok(m) => Some(m.into_vec()),
         Err(e) => {
             io.recv_errors += 1;
-            warn!(socket, cause = %e, "peer connection failed; dropped");
+            if let Some(suppressed) = log.check(now()) {
+                warn!(socket, cause = %e, suppressed, "peer connection failed; dropped");
+            }
             None
         }
     }
@@ -332,6 +367,7 @@ struct SnapshotStreams {
     done: mpsc::UnboundedSender<Finished>,
     chunk: usize,
     stall: Duration,
+    sent: Arc<AtomicU64>,
     token: CancellationToken,
 }
 
@@ -342,8 +378,8 @@ impl SnapshotStreams {
         let task = stream(
             cursor,
             self.router.clone(),
-            self.chunk,
-            self.stall,
+            (self.chunk, self.stall),
+            self.sent.clone(),
             self.done.clone(),
             self.token.clone(),
         );
@@ -354,8 +390,8 @@ impl SnapshotStreams {
 async fn stream(
     mut cursor: SnapshotCursor,
     mut router: RouterSendHalf,
-    chunk: usize,
-    stall: Duration,
+    (chunk, stall): (usize, Duration),
+    counter: Arc<AtomicU64>,
     done: mpsc::UnboundedSender<Finished>,
     token: CancellationToken,
 ) {
@@ -364,6 +400,7 @@ async fn stream(
     let complete = 'outer: loop {
         let finished = cursor.next_chunk(now(), chunk, &mut buf);
         for frames in buf.drain(..) {
+            let kvsync = frames[0] != KTHXBAI;
             let msg = crate::frames::message(std::iter::once(peer.clone()).chain(frames))
                 .expect("six frames");
             let sent = tokio::select! {
@@ -371,13 +408,17 @@ async fn stream(
                 r = tokio::time::timeout(stall, router.send(msg)) => r,
             };
             match sent {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    if kvsync {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 Ok(Err(e)) => {
-                    warn!(cause = %e, sent = cursor.sent(), "snapshot abandoned: peer gone");
+                    debug!(cause = %e, sent = cursor.sent(), "snapshot abandoned: peer gone");
                     break 'outer false;
                 }
                 Err(_) => {
-                    warn!(stall = ?stall, sent = cursor.sent(), "snapshot abandoned: peer stalled");
+                    debug!(stall = ?stall, sent = cursor.sent(), "snapshot abandoned: peer stalled");
                     break 'outer false;
                 }
             }
@@ -388,13 +429,9 @@ async fn stream(
         tokio::task::yield_now().await;
     };
     if complete {
-        info!(seq = cursor.seq(), entries = cursor.sent(), "sent snapshot");
+        debug!(seq = cursor.seq(), entries = cursor.sent(), "sent snapshot");
     } else {
         debug!(entries = cursor.sent(), "snapshot ended early");
     }
-    let _ = done.send(Finished {
-        peer,
-        sent: cursor.sent(),
-        complete,
-    });
+    let _ = done.send(Finished { peer, complete });
 }

@@ -12,14 +12,14 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::proto::{in_subtree, SnapshotReply};
-use super::store::Map;
+use super::store::StoreMap;
 
 /// The state of one snapshot stream.
 #[derive(Debug)]
 pub struct SnapshotCursor {
     peer: Bytes,
     subtree: Bytes,
-    map: Map,
+    map: StoreMap,
     seq: u64,
     after: Option<Bytes>,
     sent: u64,
@@ -31,7 +31,7 @@ pub struct SnapshotCursor {
 impl SnapshotCursor {
     /// A cursor over `map` (taken when the store's sequence was `seq`) for
     /// the keys in `subtree`, to be sent to `peer`.
-    pub fn new(peer: Bytes, subtree: Bytes, map: Map, seq: u64, now: Instant) -> Self {
+    pub fn new(peer: Bytes, subtree: Bytes, map: StoreMap, seq: u64, now: Instant) -> Self {
         Self {
             peer,
             subtree,
@@ -97,7 +97,7 @@ impl SnapshotCursor {
             self.sent += 1;
         }
         // Nothing left: release the copy and close the stream.
-        self.map = Map::new();
+        self.map = StoreMap::new();
         self.finished = true;
         out.push(SnapshotReply::encode_kthxbai(
             self.seq,
@@ -111,8 +111,8 @@ impl SnapshotCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clone::kvmsg::KvMsg;
-    use crate::clone::store::{Store, StoreConfig};
+    use crate::clone::KvMsg;
+    use crate::clone::{Store, StoreConfig};
 
     fn store_with(keys: &[&str]) -> Store {
         let now = Instant::now();
@@ -155,7 +155,7 @@ mod tests {
         let mut out = Vec::new();
         assert!(c.next_chunk(now, 100, &mut out));
         assert_eq!(keys(&out), ["x", "y", "KTHXBAI"]);
-        let mut c = SnapshotCursor::new(Bytes::new(), Bytes::new(), Map::new(), 0, now);
+        let mut c = SnapshotCursor::new(Bytes::new(), Bytes::new(), StoreMap::new(), 0, now);
         out.clear();
         assert!(c.next_chunk(now, 0, &mut out));
         assert_eq!(keys(&out), ["KTHXBAI"]);

@@ -1,10 +1,12 @@
 //! The Clone server's state as a pure machine: the sequenced key-value map,
-//! ephemeral-value deadlines, heartbeats and the admission of snapshot
-//! requests.
+//! ephemeral-value deadlines, heartbeats, the admission of snapshot
+//! requests, and the limits on what peers may make it hold.
 //!
 //! This module contains no networking code and reads no clock: the server
-//! task feeds it events with `now` and carries out the [`Action`]s it
-//! returns.
+//! task feeds it what its sockets received, with `now`, and carries out the
+//! [`StoreAction`]s it returns. Everything a peer sends is checked here
+//! (size, then syntax, then the store's bounds), counted in [`StoreStats`]
+//! and, when refused, logged at most once a second per cause.
 //!
 //! The map is a persistent B-tree ([`imbl::OrdMap`]), so a snapshot takes a
 //! point-in-time copy in O(1) and streams it while the live map moves on;
@@ -16,16 +18,22 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use super::kvmsg::{KvMsg, Properties, Uuid, TTL};
-use super::proto::Update;
+use super::kvmsg::{KvMsg, Properties, Uuid, PROPS_MAX, TTL};
+use super::proto::{decode_kvset, Icanhaz, Update};
 use super::snapshot::SnapshotCursor;
+use crate::ratelog::LogLimiter;
 
 /// The map a server holds and snapshots share.
-pub type Map = imbl::OrdMap<Bytes, Entry>;
+pub type StoreMap = imbl::OrdMap<Bytes, StoreEntry>;
+
+/// What [`StoreConfig::max_store_bytes`] counts per key on top of the key,
+/// value and properties: an estimate of the map's and the expiry index's
+/// own bookkeeping.
+pub const ENTRY_OVERHEAD: usize = 128;
 
 /// One stored value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct StoreEntry {
     value: Bytes,
     seq: u64,
     uuid: Option<Uuid>,
@@ -34,7 +42,7 @@ pub struct Entry {
     deadline: Option<Instant>,
 }
 
-impl Entry {
+impl StoreEntry {
     /// The value.
     pub fn value(&self) -> &Bytes {
         &self.value
@@ -69,12 +77,17 @@ impl Entry {
         }
         msg
     }
+
+    /// What this entry under `key` counts against
+    /// [`StoreConfig::max_store_bytes`].
+    fn cost(&self, key: &[u8]) -> usize {
+        key.len() + self.value.len() + self.props.len() + ENTRY_OVERHEAD
+    }
 }
 
-/// The server's role. Only `Active` exists today; the Binary Star issue adds
-/// `Passive` (client KVSETs go to a pending list keyed by UUID, updates come
-/// from the active peer, promotion replays the pending list), which is why
-/// every event handler dispatches on it.
+/// The server's role. Only `Active` exists today; a passive role (for a
+/// Binary Star pair, Guide ch. 5 model 6, not built yet) would be another
+/// variant, which is why every event handler dispatches on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Role {
@@ -83,29 +96,20 @@ pub enum Role {
     Active,
 }
 
-/// Limits and timers of the server state.
+/// Limits and timers of the server state, built by chaining setters on
+/// [`StoreConfig::new`]; each setter's doc gives its default.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct StoreConfig {
-    /// Heartbeat period (HUGZ are sent every period, busy or not, because a
-    /// subtree client sees none of the other subtrees' traffic).
-    pub hugz_interval: Duration,
-    /// Snapshots streamed at the same time.
-    pub max_active_snapshots: usize,
-    /// Snapshot requests waiting for a slot, over all peers.
-    pub max_queued_snapshots: usize,
-    /// Requests one peer may have streaming or waiting at once.
-    pub max_snapshots_per_peer: usize,
-    /// Longest accepted ttl (longer ones are clamped).
-    pub max_ttl: Duration,
-    /// Most keys stored; a KVSET adding a key beyond it is refused (updates
-    /// and deletes of existing keys still pass).
-    pub max_keys: usize,
-    /// Largest value stored; a larger KVSET is refused.
-    pub max_value_len: usize,
-    /// This server's instance id, sent in HUGZ and KTHXBAI (random by
-    /// default; `None` sends CHP's empty properties).
-    pub instance: Option<u64>,
+    hugz_interval: Duration,
+    max_active_snapshots: usize,
+    max_queued_snapshots: usize,
+    max_snapshots_per_peer: usize,
+    max_ttl: Duration,
+    max_keys: usize,
+    max_store_bytes: usize,
+    max_kvset_size: usize,
+    max_request_size: usize,
+    instance: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -116,10 +120,83 @@ impl Default for StoreConfig {
             max_queued_snapshots: 1024,
             max_snapshots_per_peer: 2,
             max_ttl: Duration::from_secs(365 * 24 * 3600),
-            max_keys: 50_000_000,
-            max_value_len: 16 * 1024 * 1024,
+            max_keys: 10_000_000,
+            max_store_bytes: 1 << 30,
+            max_kvset_size: (16 << 20) + PROPS_MAX + 1024,
+            max_request_size: 1024,
             instance: Some(uuid::Uuid::new_v4().as_u64_pair().0),
         }
+    }
+}
+
+impl StoreConfig {
+    /// The defaults (see each setter).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Heartbeat period (HUGZ are sent every period, busy or not, because a
+    /// subtree client sees none of the other subtrees' traffic). Default 1 s.
+    pub fn hugz_interval(mut self, every: Duration) -> Self {
+        self.hugz_interval = every;
+        self
+    }
+    /// Snapshots streamed at the same time. Default 8.
+    pub fn max_active_snapshots(mut self, n: usize) -> Self {
+        self.max_active_snapshots = n;
+        self
+    }
+    /// Snapshot requests waiting for a streaming slot, over all peers; a
+    /// request beyond it is refused (no reply). Default 1024.
+    pub fn max_queued_snapshots(mut self, n: usize) -> Self {
+        self.max_queued_snapshots = n;
+        self
+    }
+    /// Requests one peer (ROUTER identity) may have streaming or waiting at
+    /// once; a request beyond it is refused (no reply). Default 2.
+    pub fn max_snapshots_per_peer(mut self, n: usize) -> Self {
+        self.max_snapshots_per_peer = n;
+        self
+    }
+    /// Longest accepted ttl (longer ones are clamped). Default one year.
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = ttl;
+        self
+    }
+    /// Most keys stored; a KVSET adding a key beyond it is refused (not
+    /// published); updates and deletes of existing keys still pass.
+    /// Default 10,000,000.
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+    /// Most bytes stored: keys, values and properties plus
+    /// [`ENTRY_OVERHEAD`] (128) per key. A KVSET that would take the store
+    /// beyond it is refused (not published); deletes and updates that do
+    /// not grow the store still pass. Default 1 GiB.
+    pub fn max_store_bytes(mut self, n: usize) -> Self {
+        self.max_store_bytes = n;
+        self
+    }
+    /// Largest message accepted on the collector (the sum of its frames);
+    /// a larger one is dropped unread. Default 16 MiB + 65 KiB (a 16 MiB
+    /// value plus its key and up to 64 KiB of properties).
+    pub fn max_kvset_size(mut self, n: usize) -> Self {
+        self.max_kvset_size = n;
+        self
+    }
+    /// Largest message accepted on the snapshot socket (the sum of its
+    /// frames, the peer's identity included); a larger one is dropped
+    /// unread. Default 1 KiB (a valid `ICANHAZ?` needs at most 518 bytes).
+    pub fn max_request_size(mut self, n: usize) -> Self {
+        self.max_request_size = n;
+        self
+    }
+    /// This server's instance id, sent in HUGZ and KTHXBAI (random by
+    /// default; `None` sends CHP's empty properties).
+    pub fn instance(mut self, instance: Option<u64>) -> Self {
+        self.instance = instance;
+        self
     }
 }
 
@@ -137,13 +214,21 @@ pub struct StoreStats {
     pub snapshot_requests: u64,
     /// Snapshot requests refused because a queue bound was reached.
     pub snapshots_refused: u64,
-    /// KVSETs refused by `max_keys` or `max_value_len`.
+    /// KVSETs refused by `max_keys` or `max_store_bytes`.
     pub kvsets_refused: u64,
+    /// Collector messages dropped for exceeding `max_kvset_size`.
+    pub oversized_kvsets: u64,
+    /// Snapshot-socket messages dropped for exceeding `max_request_size`.
+    pub oversized_requests: u64,
+    /// Collector messages that were not valid KVSETs.
+    pub bad_kvsets: u64,
+    /// Snapshot-socket messages that were not valid `ICANHAZ?` requests.
+    pub bad_requests: u64,
 }
 
 /// What the server task must do.
 #[derive(Debug)]
-pub enum Action {
+pub enum StoreAction {
     /// Publish these five frames (KVPUB or HUGZ) on the PUB socket.
     Publish([Bytes; 5]),
     /// Stream this snapshot to its peer, then call
@@ -151,12 +236,24 @@ pub enum Action {
     StartSnapshot(SnapshotCursor),
 }
 
+/// One log budget per cause a peer can trigger.
+#[derive(Debug, Default)]
+struct Logs {
+    oversized: LogLimiter,
+    bad_kvset: LogLimiter,
+    bad_request: LogLimiter,
+    kvset_refused: LogLimiter,
+    snapshot_refused: LogLimiter,
+    snapshot_started: LogLimiter,
+}
+
 /// The server state machine.
 #[derive(Debug)]
 pub struct Store {
     config: StoreConfig,
     role: Role,
-    map: Map,
+    map: StoreMap,
+    bytes: usize,
     sequence: u64,
     expiries: BTreeSet<(Instant, Bytes)>,
     next_hugz: Instant,
@@ -164,6 +261,7 @@ pub struct Store {
     queued: VecDeque<(Bytes, Bytes)>,
     per_peer: HashMap<Bytes, usize>,
     stats: StoreStats,
+    logs: Logs,
 }
 
 impl Store {
@@ -173,7 +271,8 @@ impl Store {
         Self {
             config,
             role: Role::Active,
-            map: Map::new(),
+            map: StoreMap::new(),
+            bytes: 0,
             sequence: 0,
             expiries: BTreeSet::new(),
             next_hugz,
@@ -181,6 +280,7 @@ impl Store {
             queued: VecDeque::new(),
             per_peer: HashMap::new(),
             stats: StoreStats::default(),
+            logs: Logs::default(),
         }
     }
 
@@ -193,11 +293,11 @@ impl Store {
         self.sequence
     }
     /// The current map (an O(1) copy).
-    pub fn map(&self) -> Map {
+    pub fn map(&self) -> StoreMap {
         self.map.clone()
     }
     /// The entry for `key`.
-    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+    pub fn get(&self, key: &[u8]) -> Option<&StoreEntry> {
         self.map.get(key)
     }
     /// Number of keys.
@@ -208,6 +308,10 @@ impl Store {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+    /// What the map counts against [`StoreConfig::max_store_bytes`] now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
     /// The counters.
     pub fn stats(&self) -> &StoreStats {
         &self.stats
@@ -217,16 +321,86 @@ impl Store {
         (self.active_snapshots, self.queued.len())
     }
 
-    /// A client's KVSET (already validated by the codec): sequence it,
-    /// publish it (with the client's relative `ttl`, as received), store it.
-    pub fn handle_kvset(&mut self, mut msg: KvMsg, now: Instant) -> Vec<Action> {
-        let too_many = !msg.is_delete()
-            && self.map.len() >= self.config.max_keys
-            && !self.map.contains_key(msg.key());
-        if too_many || msg.body().len() > self.config.max_value_len {
+    /// A message the collector SUB received: dropped if larger than
+    /// `max_kvset_size` or not a valid KVSET (counted, logged at most once
+    /// a second), else [`handle_kvset`](Self::handle_kvset).
+    pub fn handle_collector(&mut self, frames: &[Bytes], now: Instant) -> Vec<StoreAction> {
+        let size = frames_size(frames);
+        if size > self.config.max_kvset_size {
+            self.stats.oversized_kvsets += 1;
+            if let Some(suppressed) = self.logs.oversized.check(now) {
+                warn!(
+                    size,
+                    max = self.config.max_kvset_size,
+                    suppressed,
+                    "oversized collector message dropped"
+                );
+            }
+            return Vec::new();
+        }
+        match decode_kvset(frames) {
+            Ok(kv) => self.handle_kvset(kv, now),
+            Err(e) => {
+                self.stats.bad_kvsets += 1;
+                if let Some(suppressed) = self.logs.bad_kvset.check(now) {
+                    warn!(cause = %e, frames = frames.len(), suppressed, "bad KVSET dropped");
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// A message the snapshot ROUTER received (`frames[0]` is the peer's
+    /// identity): dropped if larger than `max_request_size` or not a valid
+    /// `ICANHAZ?` (counted, logged at most once a second), else
+    /// [`handle_icanhaz`](Self::handle_icanhaz).
+    pub fn handle_request(&mut self, mut frames: Vec<Bytes>, now: Instant) -> Vec<StoreAction> {
+        let size = frames_size(&frames);
+        if size > self.config.max_request_size {
+            self.stats.oversized_requests += 1;
+            if let Some(suppressed) = self.logs.oversized.check(now) {
+                warn!(
+                    size,
+                    max = self.config.max_request_size,
+                    suppressed,
+                    "oversized snapshot request dropped"
+                );
+            }
+            return Vec::new();
+        }
+        let peer = if frames.is_empty() {
+            Bytes::new()
+        } else {
+            frames.remove(0)
+        };
+        match Icanhaz::decode(&frames) {
+            Ok(req) => self.handle_icanhaz(peer, req.subtree, now),
+            Err(e) => {
+                self.stats.bad_requests += 1;
+                if let Some(suppressed) = self.logs.bad_request.check(now) {
+                    warn!(peer = ?peer, cause = %e, suppressed, "bad snapshot request dropped");
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// A client's KVSET (already validated by the codec): refused if it
+    /// would exceed `max_keys` or `max_store_bytes`; else sequenced,
+    /// published (with the client's relative `ttl`, as received) and
+    /// stored.
+    pub fn handle_kvset(&mut self, mut msg: KvMsg, now: Instant) -> Vec<StoreAction> {
+        let old = self.map.get(msg.key()).map_or(0, |e| e.cost(msg.key()));
+        let entry = (!msg.is_delete()).then(|| self.entry(&msg, now));
+        let new = entry.as_ref().map_or(0, |e| e.cost(msg.key()));
+        let too_many = entry.is_some() && old == 0 && self.map.len() >= self.config.max_keys;
+        let too_big = new > old && self.bytes - old + new > self.config.max_store_bytes;
+        if too_many || too_big {
             self.stats.kvsets_refused += 1;
-            warn!(key = ?msg.key(), size = msg.body().len(), keys = self.map.len(),
-                  "KVSET refused: store limits reached");
+            if let Some(suppressed) = self.logs.kvset_refused.check(now) {
+                warn!(key = ?msg.key(), size = msg.body().len(), keys = self.map.len(),
+                      bytes = self.bytes, suppressed, "KVSET refused: store limits reached");
+            }
             return Vec::new();
         }
         match self.role {
@@ -234,23 +408,37 @@ impl Store {
                 self.sequence += 1;
                 msg.set_seq(self.sequence);
                 self.stats.updates += 1;
-                self.apply(&msg, now);
+                self.apply(
+                    msg.key().clone(),
+                    entry.map(|e| StoreEntry {
+                        seq: self.sequence,
+                        ..e
+                    }),
+                );
                 debug!(seq = self.sequence, key = ?msg.key(), "publishing update");
-                vec![Action::Publish(msg.encode())]
+                vec![StoreAction::Publish(msg.encode())]
             }
         }
     }
 
     /// A snapshot request from `peer` for `subtree`: start it now, queue it,
     /// or refuse it when a bound is reached (counted and logged).
-    pub fn handle_icanhaz(&mut self, peer: Bytes, subtree: Bytes, now: Instant) -> Vec<Action> {
+    pub fn handle_icanhaz(
+        &mut self,
+        peer: Bytes,
+        subtree: Bytes,
+        now: Instant,
+    ) -> Vec<StoreAction> {
         let mine = self.per_peer.get(&peer).copied().unwrap_or(0);
         if mine >= self.config.max_snapshots_per_peer
             || (self.active_snapshots >= self.config.max_active_snapshots
                 && self.queued.len() >= self.config.max_queued_snapshots)
         {
             self.stats.snapshots_refused += 1;
-            warn!(peer = ?peer, pending = mine, "snapshot request refused: too many pending");
+            if let Some(suppressed) = self.logs.snapshot_refused.check(now) {
+                warn!(peer = ?peer, pending = mine, suppressed,
+                      "snapshot request refused: too many pending");
+            }
             return Vec::new();
         }
         self.stats.snapshot_requests += 1;
@@ -260,7 +448,7 @@ impl Store {
     }
 
     /// A snapshot stream for `peer` has ended (sent or abandoned).
-    pub fn handle_snapshot_done(&mut self, peer: &Bytes, now: Instant) -> Vec<Action> {
+    pub fn handle_snapshot_done(&mut self, peer: &Bytes, now: Instant) -> Vec<StoreAction> {
         self.active_snapshots = self.active_snapshots.saturating_sub(1);
         if let Some(n) = self.per_peer.get_mut(peer) {
             *n -= 1;
@@ -281,7 +469,7 @@ impl Store {
 
     /// Expires due ephemeral values (each published as a delete with a new
     /// sequence) and sends HUGZ when due.
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<StoreAction> {
         let mut actions = Vec::new();
         while let Some((deadline, _)) = self.expiries.first() {
             if *deadline > now {
@@ -291,14 +479,16 @@ impl Store {
             self.sequence += 1;
             let mut delete = KvMsg::new(key, Bytes::new()).expect("stored keys are valid");
             delete.set_seq(self.sequence);
-            self.map.remove(delete.key());
+            if let Some(old) = self.map.remove(delete.key()) {
+                self.bytes -= old.cost(delete.key());
+            }
             self.stats.expired += 1;
             debug!(seq = self.sequence, key = ?delete.key(), "publishing delete (ttl expired)");
-            actions.push(Action::Publish(delete.encode()));
+            actions.push(StoreAction::Publish(delete.encode()));
         }
         if now >= self.next_hugz {
             self.stats.hugz += 1;
-            actions.push(Action::Publish(Update::encode_hugz(
+            actions.push(StoreAction::Publish(Update::encode_hugz(
                 self.sequence,
                 self.config.instance,
             )));
@@ -307,15 +497,17 @@ impl Store {
         actions
     }
 
-    fn start_queued(&mut self, now: Instant) -> Vec<Action> {
+    fn start_queued(&mut self, now: Instant) -> Vec<StoreAction> {
         let mut actions = Vec::new();
         while self.active_snapshots < self.config.max_active_snapshots {
             let Some((peer, subtree)) = self.queued.pop_front() else {
                 break;
             };
             self.active_snapshots += 1;
-            info!(peer = ?peer, seq = self.sequence, "sending snapshot");
-            actions.push(Action::StartSnapshot(
+            if let Some(suppressed) = self.logs.snapshot_started.check(now) {
+                info!(peer = ?peer, seq = self.sequence, suppressed, "sending snapshot");
+            }
+            actions.push(StoreAction::StartSnapshot(
                 SnapshotCursor::new(peer, subtree, self.map.clone(), self.sequence, now)
                     .with_instance(self.config.instance),
             ));
@@ -323,39 +515,46 @@ impl Store {
         actions
     }
 
-    /// Stores (or deletes) `msg`, keeping the expiry index in step.
-    fn apply(&mut self, msg: &KvMsg, now: Instant) {
-        let key = msg.key().clone();
-        if let Some(old) = self.map.get(&key) {
+    /// The entry `msg` would store at `now` (sequence still 0).
+    fn entry(&self, msg: &KvMsg, now: Instant) -> StoreEntry {
+        let deadline = msg.ttl().map(|ttl| now + ttl.min(self.config.max_ttl));
+        let mut props = msg.props().clone();
+        props.remove(TTL);
+        StoreEntry {
+            value: msg.body().clone(),
+            seq: 0,
+            uuid: msg.uuid().copied(),
+            props: props.encode(),
+            deadline,
+        }
+    }
+
+    /// Stores `entry` under `key` (or deletes `key`), keeping the expiry
+    /// index and the byte count in step.
+    fn apply(&mut self, key: Bytes, entry: Option<StoreEntry>) {
+        if let Some(old) = self.map.remove(&key) {
+            self.bytes -= old.cost(&key);
             if let Some(d) = old.deadline {
                 self.expiries.remove(&(d, key.clone()));
             }
         }
-        if msg.is_delete() {
-            self.map.remove(&key);
-            return;
-        }
-        let deadline = msg.ttl().map(|ttl| now + ttl.min(self.config.max_ttl));
-        if let Some(d) = deadline {
+        let Some(entry) = entry else { return };
+        if let Some(d) = entry.deadline {
             self.expiries.insert((d, key.clone()));
         }
-        let mut props = msg.props().clone();
-        props.remove(TTL);
-        let entry = Entry {
-            value: msg.body().clone(),
-            seq: msg.seq(),
-            uuid: msg.uuid().copied(),
-            props: props.encode(),
-            deadline,
-        };
+        self.bytes += entry.cost(&key);
         self.map.insert(key, entry);
     }
+}
+
+fn frames_size(frames: &[Bytes]) -> usize {
+    frames.iter().map(Bytes::len).sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clone::proto::SnapshotReply;
+    use crate::clone::SnapshotReply;
 
     fn kvset(key: &str, value: &str, ttl: Option<u32>) -> KvMsg {
         let mut m = KvMsg::new(key.to_owned(), value.to_owned()).unwrap();
@@ -365,12 +564,12 @@ mod tests {
         m
     }
 
-    fn published(actions: &[Action]) -> Vec<KvMsg> {
+    fn published(actions: &[StoreAction]) -> Vec<KvMsg> {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Publish(f) => Some(KvMsg::decode(f).unwrap()),
-                Action::StartSnapshot(_) => None,
+                StoreAction::Publish(f) => Some(KvMsg::decode(f).unwrap()),
+                StoreAction::StartSnapshot(_) => None,
             })
             .collect()
     }
@@ -386,9 +585,9 @@ mod tests {
         }
     }
 
-    fn start(actions: Vec<Action>) -> SnapshotCursor {
+    fn start(actions: Vec<StoreAction>) -> SnapshotCursor {
         match actions.into_iter().next() {
-            Some(Action::StartSnapshot(c)) => c,
+            Some(StoreAction::StartSnapshot(c)) => c,
             other => panic!("no snapshot started: {other:?}"),
         }
     }
@@ -459,7 +658,7 @@ mod tests {
         s.handle_kvset(kvset("k", "v", None), t0);
         let t1 = s.poll_timeout();
         let out = s.handle_timeout(t1);
-        let Action::Publish(frames) = &out[0] else {
+        let StoreAction::Publish(frames) = &out[0] else {
             panic!()
         };
         assert!(matches!(
@@ -506,39 +705,80 @@ mod tests {
     }
 
     #[test]
-    fn store_limits_refuse_new_keys_and_huge_values_but_not_updates() {
+    fn store_limits_refuse_new_keys_and_growth_but_not_updates_or_deletes() {
         let t0 = Instant::now();
-        let config = StoreConfig {
-            max_keys: 2,
-            max_value_len: 4,
-            ..StoreConfig::default()
-        };
+        let cost = |k: &str, v: &str| k.len() + v.len() + ENTRY_OVERHEAD;
+        let config = StoreConfig::new()
+            .max_keys(2)
+            .max_store_bytes(cost("a", "1") + cost("b", "12"));
         let mut s = Store::new(config, t0);
         s.handle_kvset(kvset("a", "1", None), t0);
-        s.handle_kvset(kvset("b", "1", None), t0);
-        assert!(s.handle_kvset(kvset("c", "1", None), t0).is_empty());
-        assert!(s.handle_kvset(kvset("a", "toolong", None), t0).is_empty());
+        s.handle_kvset(kvset("b", "12", None), t0);
+        assert_eq!(s.bytes(), cost("a", "1") + cost("b", "12"));
+        assert!(
+            s.handle_kvset(kvset("c", "1", None), t0).is_empty(),
+            "max_keys"
+        );
+        assert!(
+            s.handle_kvset(kvset("a", "123", None), t0).is_empty(),
+            "max_store_bytes"
+        );
         assert_eq!(
             published(&s.handle_kvset(kvset("a", "2", None), t0)).len(),
             1
         );
         assert_eq!(
+            published(&s.handle_kvset(kvset("b", "3", None), t0)).len(),
+            1,
+            "shrinks"
+        );
+        assert_eq!(
             published(&s.handle_kvset(kvset("b", "", None), t0)).len(),
             1
         );
+        assert_eq!(s.bytes(), cost("a", "2"));
         assert_eq!(s.stats().kvsets_refused, 2);
-        assert_eq!(s.sequence(), 4);
+        assert_eq!(s.sequence(), 5);
+        s.handle_kvset(kvset("e", "1", Some(1)), t0);
+        s.handle_timeout(t0 + Duration::from_secs(1));
+        assert_eq!(s.bytes(), cost("a", "2"), "expiry releases its bytes");
+    }
+
+    #[test]
+    fn oversized_and_malformed_input_is_dropped_and_counted() {
+        let t0 = Instant::now();
+        let config = StoreConfig::new().max_kvset_size(64).max_request_size(32);
+        let mut s = Store::new(config, t0);
+        let big = kvset("k", &"x".repeat(64), None).encode();
+        assert!(s.handle_collector(&big, t0).is_empty());
+        let ok = kvset("k", "v", None).encode();
+        assert_eq!(published(&s.handle_collector(&ok, t0)).len(), 1);
+        assert!(s.handle_collector(&ok[..3], t0).is_empty());
+        let peer = Bytes::from("p");
+        let huge = vec![
+            peer.clone(),
+            Bytes::from("ICANHAZ?"),
+            Bytes::from("/".repeat(40)),
+        ];
+        assert!(s.handle_request(huge, t0).is_empty());
+        assert!(s
+            .handle_request(vec![peer.clone(), Bytes::from("GIMME")], t0)
+            .is_empty());
+        let req = vec![peer, Bytes::from("ICANHAZ?"), Bytes::from("/a/")];
+        assert_eq!(s.handle_request(req, t0).len(), 1);
+        let st = s.stats();
+        assert_eq!((st.oversized_kvsets, st.bad_kvsets), (1, 1));
+        assert_eq!((st.oversized_requests, st.bad_requests), (1, 1));
+        assert_eq!(st.snapshot_requests, 1);
     }
 
     #[test]
     fn snapshot_admission_is_bounded_per_peer_and_overall() {
         let t0 = Instant::now();
-        let config = StoreConfig {
-            max_active_snapshots: 1,
-            max_queued_snapshots: 2,
-            max_snapshots_per_peer: 2,
-            ..StoreConfig::default()
-        };
+        let config = StoreConfig::new()
+            .max_active_snapshots(1)
+            .max_queued_snapshots(2)
+            .max_snapshots_per_peer(2);
         let mut s = Store::new(config, t0);
         let p = |n: &str| Bytes::from(n.to_owned());
         assert_eq!(s.handle_icanhaz(p("a"), Bytes::new(), t0).len(), 1);
