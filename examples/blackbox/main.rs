@@ -160,6 +160,11 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// Topic strings as the `&[&str]` the config takes.
+fn refs(t: &[String]) -> Vec<&str> {
+    t.iter().map(String::as_str).collect()
+}
+
 async fn subscribe(
     args: &Args,
     endpoint: EndpointSpec,
@@ -172,7 +177,6 @@ async fn subscribe(
             .map(|d| format!("K{d}"))
             .collect()
     };
-    let refs = |t: &[String]| -> Vec<&str> { t.iter().map(String::as_str).collect() };
     let first = topics_of(0);
     let mut config = BlackBoxConfig::new(vec![endpoint.clone()], &refs(&first))
         .workers(args.workers as usize)
