@@ -479,9 +479,12 @@ async fn a_hostile_libzmq_publisher_is_held_to_the_limits_while_a_good_one_is_se
         "the good publisher was heard during the flood"
     );
     // 40 × 4 MiB and 20,000 × 16 KiB went through; what stays is a table
-    // of 32 small entries. 64 MiB leaves room for allocator slack.
+    // of 32 small entries. A table keeping every id, or the buffers the
+    // ids were sliced from, would hold at least 20,000 × 16 KiB = 312 MiB;
+    // 256 MiB leaves room for what libzmq and the allocator keep in this
+    // same process.
     assert!(
-        rss_after < rss_before + 64 * 1024,
+        rss_after < rss_before + 256 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
     // And the good publisher is still served afterwards.
