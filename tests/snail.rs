@@ -383,7 +383,10 @@ async fn a_publisher_shuts_down_alone_and_refuses_sends_once_its_parent_is_cance
     };
     let mut one = start("one").await.unwrap();
     let mut two = start("two").await.unwrap();
-    let mut sub = subscriber(on(two.endpoint()).detector(max_lag(5_000))).await;
+    let config = on(two.endpoint()).detector(max_lag(5_000));
+    let mut sub = within(secs(10), "connect", SnailSubscriber::start(config, &parent))
+        .await
+        .unwrap();
     one.send(vec![Bytes::from("x")]).await.unwrap();
     assert_eq!(one.shutdown().await.unwrap().sent, 1);
     // `two` still works after its sibling's shutdown.
@@ -408,7 +411,8 @@ async fn a_publisher_shuts_down_alone_and_refuses_sends_once_its_parent_is_cance
         Err(SnailError::Stopped)
     ));
     assert!(two.stats().sent >= 1);
-    assert!(matches!(sub.recv().await, Err(SnailError::Stopped)));
+    let stopped = within(secs(10), "recv stops", sub.recv()).await;
+    assert!(matches!(stopped, Err(SnailError::Stopped)), "{stopped:?}");
 }
 
 #[tokio::test]
