@@ -1,5 +1,6 @@
 //! Hot paths of the Black Box: the shard hash, shard selection on a
-//! market-data message, and the hand-off to a worker over a bounded tokio
+//! market-data message, the pure dispatcher's step per message (size
+//! check, shard, batch), and the hand-off to a worker over a bounded tokio
 //! channel (what the I/O task pays per message besides the socket).
 //!
 //! `cargo bench --bench blackbox`. `fnv1a` (byte at a time, the usual
@@ -12,7 +13,7 @@ use std::num::NonZeroUsize;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use zeromq::ZmqMessage;
-use zpatterns::blackbox::{shard_hash, ShardKey, Sharder};
+use zpatterns::blackbox::{shard_hash, Dispatched, Dispatcher, Overflow, ShardKey, Sharder};
 
 fn fnv1a(key: &[u8]) -> u64 {
     key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -60,6 +61,26 @@ fn selection(c: &mut Criterion) {
     let topic = Sharder::new(ShardKey::Topic, workers);
     g.bench_function("topic_2frames", |b| {
         b.iter(|| topic.worker_for(black_box(&multi)))
+    });
+    g.finish();
+    // The dispatcher: what `io_task` asks per message (batches of 64 are
+    // handed back and dropped outside the measurement).
+    let mut g = c.benchmark_group("dispatch");
+    let mut d = Dispatcher::new(
+        Sharder::new(ShardKey::Prefix(8), workers),
+        NonZeroUsize::new(64).unwrap(),
+        64 << 10,
+        Overflow::Block,
+    );
+    g.bench_function("on_message_100B", |b| {
+        b.iter_batched(
+            || single.clone(),
+            |m| match d.on_message(m) {
+                Dispatched::Full(batch) => Some(batch),
+                _ => None,
+            },
+            criterion::BatchSize::SmallInput,
+        )
     });
     g.finish();
 }

@@ -1,6 +1,7 @@
 //! Hot paths of the Suicidal Snail: stamping a message (publisher side),
-//! decoding a stamp (toolkit envelope and the Guide's C format) and one
-//! detector update (subscriber side, per message).
+//! decoding a stamp (toolkit envelope and the Guide's C format), one
+//! detector update, and the whole pure core's step per received message
+//! (size check, stamp removal, detector, policy state).
 //!
 //! `cargo bench --bench snail`
 
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use zpatterns::snail::envelope::{decode, encode_guide, take_stamp, Stamper, WireFormat};
-use zpatterns::snail::{Detector, DetectorConfig};
+use zpatterns::snail::{Detector, DetectorConfig, SnailCore, SnailStep};
 
 fn envelope(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope");
@@ -91,6 +92,27 @@ fn detector(c: &mut Criterion) {
             })
         });
     }
+    // The subscriber's whole per-message decision (what `recv` runs
+    // besides the socket and the clock): frames in, a step out.
+    let mut stamper = Stamper::with_epoch("publisher-01", 1).unwrap();
+    let mut core = SnailCore::new(DetectorConfig::default(), WireFormat::Toolkit, 1 << 20);
+    let mut now = UNIX_EPOCH + Duration::from_millis(1_732_240_000_000);
+    let body = Bytes::from(vec![b'x'; 84]);
+    g.bench_function("snail_core_on_message", |b| {
+        b.iter_batched(
+            || {
+                now += Duration::from_micros(1);
+                let mut f = vec![Bytes::from_static(b"AAPL"), body.clone()];
+                stamper.stamp(&mut f, now);
+                (f, now)
+            },
+            |(f, at)| match core.on_message(f, at) {
+                SnailStep::Deliver(m) => m,
+                other => panic!("{other:?}"),
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
     g.bench_function("system_time_now", |b| {
         b.iter(|| black_box(SystemTime::now()))
     });

@@ -1,5 +1,6 @@
 //! Suicidal Snail end to end on the `zeromq` crate: a stamping publisher,
-//! a checked subscriber, the abort and recover policies, loss and garbage.
+//! a checked subscriber, the abort and recover policies, loss and garbage,
+//! and the handle shape (shutdown of one handle, drop, parent cancel).
 
 mod common;
 use common::*;
@@ -18,25 +19,51 @@ use zpatterns::snail::*;
 /// A stamping publisher on loopback sending one `[tick][stamp]` per `every`
 /// until `stop`; returns the endpoint.
 async fn ticking_publisher(every: Duration, stop: CancellationToken) -> String {
-    let (mut p, ep) = SnailPublisher::attach(&EndpointSpec::loopback(), "ticker")
+    ticking("ticker", every, &stop, CancellationToken::new())
         .await
-        .unwrap();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        while !stop.is_cancelled() {
-            tick.tick().await;
-            p.send(vec![Bytes::from_static(b"tick")]).await.unwrap();
-        }
-    });
-    ep
+        .0
 }
 
-async fn subscriber(ep: &str, config: SnailConfig) -> SnailSubscriber {
-    let ep = EndpointSpec::connect(ep).unwrap();
+/// A publisher `id` under `parent` ticking every `every`, until `stop`
+/// (then it shuts down) or until `parent` is cancelled; returns its
+/// endpoint and the task, which returns the publisher's final stats.
+async fn ticking(
+    id: &str,
+    every: Duration,
+    parent: &CancellationToken,
+    stop: CancellationToken,
+) -> (String, tokio::task::JoinHandle<SnailPublisherStats>) {
+    let config = SnailPublisherConfig::new(EndpointSpec::loopback(), id.to_owned());
+    let mut p = SnailPublisher::start(config, parent).await.unwrap();
+    let ep = p.endpoint().to_owned();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return p.shutdown().await.unwrap(),
+                _ = tick.tick() => {}
+            }
+            match p.send(vec![Bytes::from_static(b"tick")]).await {
+                Ok(()) => {}
+                Err(SnailError::Stopped) => break,
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        p.stats()
+    });
+    (ep, task)
+}
+
+/// A subscriber config connecting to `ep`.
+fn on(ep: &str) -> SnailConfig {
+    SnailConfig::new([EndpointSpec::connect(ep).unwrap()])
+}
+
+async fn subscriber(config: SnailConfig) -> SnailSubscriber {
     within(
         secs(10),
         "connect",
-        SnailSubscriber::attach(&[ep], &[""], config),
+        SnailSubscriber::start(config, &CancellationToken::new()),
     )
     .await
     .unwrap()
@@ -56,11 +83,7 @@ async fn a_slow_subscriber_croaks_with_the_numbers() {
     let policy = Policy::abort_with(move |_| {
         h.fetch_add(1, Ordering::SeqCst);
     });
-    let mut sub = subscriber(
-        &ep,
-        SnailConfig::new().detector(max_lag(100)).policy(policy),
-    )
-    .await;
+    let mut sub = subscriber(on(&ep).detector(max_lag(100)).policy(policy)).await;
     let err = within(secs(20), "croak", async {
         loop {
             match sub.recv().await {
@@ -74,7 +97,7 @@ async fn a_slow_subscriber_croaks_with_the_numbers() {
     let alarm = err.alarm().expect("a croak");
     assert_eq!(
         (alarm.cause(), alarm.publisher().as_ref()),
-        (Cause::Lag, &b"ticker"[..])
+        (AlarmCause::Lag, &b"ticker"[..])
     );
     assert!(alarm.lag() > ms(100), "{alarm}");
     assert_eq!(
@@ -92,7 +115,7 @@ async fn a_fast_subscriber_never_croaks_and_loses_nothing() {
     trace_init();
     let stop = CancellationToken::new();
     let ep = ticking_publisher(ms(1), stop.clone()).await;
-    let mut sub = subscriber(&ep, SnailConfig::new().detector(max_lag(1000))).await;
+    let mut sub = subscriber(on(&ep).detector(max_lag(1000))).await;
     let mut seqs = Vec::new();
     within(secs(20), "300 messages", async {
         while seqs.len() < 300 {
@@ -122,12 +145,12 @@ async fn recover_hook_skips_the_backlog_instead_of_dying() {
     let policy = Policy::recover(move |alarm| {
         let c = c.clone();
         async move {
-            assert_eq!(alarm.cause(), Cause::Lag);
+            assert_eq!(alarm.cause(), AlarmCause::Lag);
             c.fetch_add(1, Ordering::SeqCst);
             Recovery::SkipUntilLagBelow(Duration::from_millis(10))
         }
     });
-    let mut sub = subscriber(&ep, SnailConfig::new().detector(max_lag(60)).policy(policy)).await;
+    let mut sub = subscriber(on(&ep).detector(max_lag(60)).policy(policy)).await;
     within(secs(30), "recoveries", async {
         while calls.load(Ordering::SeqCst) < 2 {
             sub.recv().await.expect("recovers, never aborts");
@@ -149,7 +172,7 @@ async fn recovery_may_resume_or_abort() {
     let stop = CancellationToken::new();
     let ep = ticking_publisher(ms(1), stop.clone()).await;
     let policy = Policy::recover(|_| async { Recovery::Resume });
-    let mut sub = subscriber(&ep, SnailConfig::new().detector(max_lag(30)).policy(policy)).await;
+    let mut sub = subscriber(on(&ep).detector(max_lag(30)).policy(policy)).await;
     within(secs(20), "a resume", async {
         while sub.stats().recoveries == 0 {
             sub.recv().await.expect("resumes");
@@ -160,7 +183,7 @@ async fn recovery_may_resume_or_abort() {
     assert_eq!(sub.stats().received, sub.stats().delivered);
     // Abort from the hook: the croak error.
     let policy = Policy::recover(|_| async { Recovery::Abort });
-    let mut sub = subscriber(&ep, SnailConfig::new().detector(max_lag(30)).policy(policy)).await;
+    let mut sub = subscriber(on(&ep).detector(max_lag(30)).policy(policy)).await;
     let err = within(secs(20), "abort", async {
         loop {
             if let Err(e) = sub.recv().await {
@@ -182,7 +205,7 @@ async fn lost_messages_croak_with_the_gap_and_garbage_is_delivered_unchecked() {
         .attach_to(&mut publisher)
         .await
         .unwrap();
-    let mut sub = subscriber(&ep, SnailConfig::new()).await;
+    let mut sub = subscriber(on(&ep)).await;
     let mut stamper = Stamper::with_epoch("p", 1).unwrap();
     // Publish seq 0 until the subscription is through.
     let first = within(secs(10), "subscription", async {
@@ -230,7 +253,7 @@ async fn lost_messages_croak_with_the_gap_and_garbage_is_delivered_unchecked() {
         .unwrap();
     let err = within(secs(5), "gap croak", sub.recv()).await.unwrap_err();
     let alarm = err.alarm().unwrap();
-    assert_eq!(alarm.cause(), Cause::Loss);
+    assert_eq!(alarm.cause(), AlarmCause::Loss);
     assert_eq!(
         alarm.gap(),
         Some(Gap {
@@ -253,10 +276,11 @@ async fn lost_messages_croak_with_the_gap_and_garbage_is_delivered_unchecked() {
 async fn zeromq_pub_queues_for_a_stalled_subscriber_without_bound() {
     trace_init();
     const N: u64 = 400_000;
-    let (mut p, ep) = SnailPublisher::attach(&EndpointSpec::loopback(), "guard")
+    let config = SnailPublisherConfig::new(EndpointSpec::loopback(), "guard");
+    let mut p = SnailPublisher::start(config, &CancellationToken::new())
         .await
         .unwrap();
-    let mut sub = zsub(&ep, &[""]).await;
+    let mut sub = zsub(p.endpoint(), &[""]).await;
     let body = Bytes::from(vec![b'.'; 100]);
     within(secs(10), "subscription", async {
         loop {
@@ -285,4 +309,123 @@ async fn zeromq_pub_queues_for_a_stalled_subscriber_without_bound() {
         }
     })
     .await;
+}
+
+/// Receives until `n` messages from publisher `id` arrived (others are
+/// skipped); panics on an error or after 20 s.
+async fn recv_from(sub: &mut SnailSubscriber, id: &[u8], n: usize) {
+    within(secs(20), "messages from the publisher", async {
+        let mut got = 0;
+        while got < n {
+            let m = sub.recv().await.expect("no error");
+            if m.stamp().is_some_and(|s| s.publisher().as_ref() == id) {
+                got += 1;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn shutting_down_one_handle_leaves_the_others_under_the_same_parent_running() {
+    trace_init();
+    let parent = CancellationToken::new();
+    let stop1 = CancellationToken::new();
+    let (ep1, p1) = ticking("p1", ms(2), &parent, stop1.clone()).await;
+    let (ep2, p2) = ticking("p2", ms(2), &parent, CancellationToken::new()).await;
+    let both = || {
+        SnailConfig::new([
+            EndpointSpec::connect(&ep1).unwrap(),
+            EndpointSpec::connect(&ep2).unwrap(),
+        ])
+        .detector(max_lag(5_000))
+    };
+    let start = |c| SnailSubscriber::start(c, &parent);
+    let mut a = within(secs(10), "a", start(both())).await.unwrap();
+    let mut b = within(secs(10), "b", start(both())).await.unwrap();
+    recv_from(&mut a, b"p1", 5).await;
+    recv_from(&mut b, b"p2", 5).await;
+    // One subscriber stops: the other keeps receiving.
+    let stats = a.shutdown().await.unwrap();
+    assert!(stats.delivered >= 5, "{stats:?}");
+    assert!(!parent.is_cancelled());
+    recv_from(&mut b, b"p1", 20).await;
+    // One publisher shuts down: the other keeps publishing.
+    stop1.cancel();
+    let sent1 = within(secs(10), "p1 shuts down", p1).await.unwrap().sent;
+    assert!(sent1 >= 25, "{sent1}");
+    assert!(!parent.is_cancelled());
+    let before = b.stats().delivered;
+    recv_from(&mut b, b"p2", 20).await;
+    assert!(b.stats().delivered >= before + 20);
+    // Cancelling the parent stops everything under it.
+    parent.cancel();
+    let err = within(secs(10), "stopped", async {
+        loop {
+            if let Err(e) = b.recv().await {
+                break e;
+            }
+        }
+    })
+    .await;
+    assert!(matches!(err, SnailError::Stopped), "{err}");
+    let sent = within(secs(10), "publisher stops", p2).await.unwrap().sent;
+    assert!(sent >= 25, "{sent}");
+}
+
+#[tokio::test]
+async fn a_publisher_shuts_down_alone_and_refuses_sends_once_its_parent_is_cancelled() {
+    trace_init();
+    let parent = CancellationToken::new();
+    let start = |id: &str| {
+        let c = SnailPublisherConfig::new(EndpointSpec::loopback(), id.to_owned()).epoch(9);
+        SnailPublisher::start(c, &parent)
+    };
+    let mut one = start("one").await.unwrap();
+    let mut two = start("two").await.unwrap();
+    let config = on(two.endpoint()).detector(max_lag(5_000));
+    let mut sub = within(secs(10), "connect", SnailSubscriber::start(config, &parent))
+        .await
+        .unwrap();
+    one.send(vec![Bytes::from("x")]).await.unwrap();
+    assert_eq!(one.shutdown().await.unwrap().sent, 1);
+    // `two` still works after its sibling's shutdown.
+    let got = within(secs(10), "from two", async {
+        loop {
+            two.send(vec![Bytes::from("y")]).await.unwrap();
+            if let Ok(Ok(m)) = tokio::time::timeout(ms(50), sub.recv()).await {
+                break m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(got.stamp().unwrap().epoch(), 9);
+    assert_eq!(got.frames(), [Bytes::from("y")]);
+    parent.cancel();
+    assert!(matches!(
+        two.send(vec![Bytes::from("z")]).await,
+        Err(SnailError::Stopped)
+    ));
+    assert!(matches!(
+        two.send_guide_timestamp().await,
+        Err(SnailError::Stopped)
+    ));
+    assert!(two.stats().sent >= 1);
+    let stopped = within(secs(10), "recv stops", sub.recv()).await;
+    assert!(matches!(stopped, Err(SnailError::Stopped)), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn bad_configurations_are_typed_errors() {
+    let parent = CancellationToken::new();
+    let none: [EndpointSpec; 0] = [];
+    assert!(matches!(
+        SnailSubscriber::start(SnailConfig::new(none), &parent).await,
+        Err(SnailError::NoEndpoint)
+    ));
+    let long = SnailPublisherConfig::new(EndpointSpec::loopback(), vec![b'x'; 256]);
+    assert!(matches!(
+        SnailPublisher::start(long, &parent).await,
+        Err(SnailError::Envelope(EnvelopeError::IdTooLong(256)))
+    ));
 }

@@ -1,6 +1,7 @@
 //! Suicidal Snail against libzmq 4.3: the `suisnail` example's subscriber
 //! watching a libzmq publisher of Guide-format timestamps (as `suisnail.c`
-//! sends them), and the toolkit envelope carried by libzmq both ways.
+//! sends them), the toolkit envelope carried by libzmq both ways, and what
+//! a dropped handle closes (the limits: `snail_limits.rs`).
 
 mod common;
 use common::*;
@@ -60,7 +61,12 @@ fn options(ep: &str, max_delay_ms: u64, work_ms: u64) -> SubOptions {
         work_ms,
         clock: ClockSync::Estimated,
         verbose: false,
+        limit: None,
     }
+}
+
+fn connect(ep: &str) -> EndpointSpec {
+    EndpointSpec::connect(ep).unwrap()
 }
 
 #[tokio::test]
@@ -81,7 +87,7 @@ async fn example_subscriber_croaks_on_a_libzmq_guide_publisher() {
     let alarm = croak.alarm().unwrap();
     assert_eq!(
         (alarm.cause(), alarm.publisher().as_ref()),
-        (Cause::Lag, b"guide-c".as_ref())
+        (AlarmCause::Lag, b"guide-c".as_ref())
     );
     assert!(alarm.lag() > Duration::from_millis(150));
     assert_ne!(croak.exit_code(), std::process::ExitCode::SUCCESS);
@@ -94,18 +100,21 @@ async fn example_subscriber_keeps_up_with_a_libzmq_guide_publisher() {
     let publisher = GuidePublisher::start();
     // The Guide's 1 s limit: a subscriber doing no work never gets near it,
     // even on a loaded test machine.
-    let opts = options(&publisher.endpoint, 1000, 0);
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        s.cancel();
-    });
-    let report = within(secs(30), "stop", run_subscriber(&opts, stop))
-        .await
-        .unwrap();
+    // Runs until 300 messages were received (a bounded wait, no fixed
+    // sleep), then checks that none of them croaked.
+    let opts = SubOptions {
+        limit: Some(300),
+        ..options(&publisher.endpoint, 1000, 0)
+    };
+    let report = within(
+        secs(30),
+        "300 messages",
+        run_subscriber(&opts, CancellationToken::new()),
+    )
+    .await
+    .unwrap();
     assert!(report.croak.is_none(), "{report:?}");
-    assert!(report.received > 50, "{report:?}");
+    assert_eq!(report.received, 300, "{report:?}");
 }
 
 /// The example binary itself, as a separate process: exit status and the
@@ -157,12 +166,13 @@ async fn example_process_exits_non_zero_when_it_croaks() {
 #[tokio::test]
 async fn toolkit_envelope_reaches_a_libzmq_subscriber_as_plain_frames() {
     trace_init();
-    let (mut p, ep) = SnailPublisher::attach(&EndpointSpec::loopback(), "zrs-pub")
+    let config = SnailPublisherConfig::new(EndpointSpec::loopback(), "zrs-pub");
+    let mut p = SnailPublisher::start(config, &CancellationToken::new())
         .await
         .unwrap();
     let sub = Lz::new(zmq::SUB);
     sub.subscribe(b"A");
-    sub.connect(&ep);
+    sub.connect(p.endpoint());
     let got = within(secs(10), "first message", async {
         loop {
             p.send(vec![Bytes::from("B"), Bytes::from("filtered")])
@@ -195,8 +205,8 @@ async fn libzmq_publisher_of_toolkit_stamps_is_checked_and_gaps_croak() {
     trace_init();
     let publisher = Lz::new(zmq::PUB);
     let ep = publisher.bind_loopback();
-    let config = SnailConfig::new();
-    let mut sub = SnailSubscriber::attach(&[EndpointSpec::connect(&ep).unwrap()], &["A"], config)
+    let config = SnailConfig::new([connect(&ep)]).topics(["A"]);
+    let mut sub = SnailSubscriber::start(config, &CancellationToken::new())
         .await
         .unwrap();
     let mut stamper = Stamper::with_epoch("lz-pub", 42).unwrap();
@@ -221,7 +231,7 @@ async fn libzmq_publisher_of_toolkit_stamps_is_checked_and_gaps_croak() {
     publisher.send_owned(stamped("after gap")).await;
     let err = within(secs(5), "gap croak", sub.recv()).await.unwrap_err();
     let alarm = err.alarm().unwrap();
-    assert_eq!((alarm.cause(), alarm.lost()), (Cause::Loss, 1));
+    assert_eq!((alarm.cause(), alarm.lost()), (AlarmCause::Loss, 1));
 }
 
 /// libzmq's PUB drops at its high-water mark, silently: a subscriber that
@@ -233,13 +243,10 @@ async fn a_libzmq_pub_dropping_at_its_hwm_is_caught_as_loss() {
     let publisher = Lz::new(zmq::PUB);
     publisher.with(|s| s.set_sndhwm(100).unwrap());
     let ep = publisher.bind_loopback();
-    let mut sub = SnailSubscriber::attach(
-        &[EndpointSpec::connect(&ep).unwrap()],
-        &[""],
-        SnailConfig::new(),
-    )
-    .await
-    .unwrap();
+    let mut sub =
+        SnailSubscriber::start(SnailConfig::new([connect(&ep)]), &CancellationToken::new())
+            .await
+            .unwrap();
     let stamper = Arc::new(std::sync::Mutex::new(
         Stamper::with_epoch("lz-hwm", 7).unwrap(),
     ));
@@ -279,7 +286,7 @@ async fn a_libzmq_pub_dropping_at_its_hwm_is_caught_as_loss() {
     })
     .await;
     let alarm = err.alarm().expect("a croak");
-    assert_eq!(alarm.cause(), Cause::Loss, "{alarm}");
+    assert_eq!(alarm.cause(), AlarmCause::Loss, "{alarm}");
     let gap = alarm.gap().expect("the gap");
     assert!(gap.lost() > 0 && gap.got > gap.expected, "{alarm}");
     assert_eq!(alarm.publisher().as_ref(), b"lz-hwm");
@@ -297,8 +304,9 @@ async fn receive_errors_are_counted_and_the_subscriber_carries_on() {
     publisher.with(|s| s.set_heartbeat_ivl(50).unwrap());
     let ep = publisher.bind_loopback();
     // Losses across reconnects are expected here: count, do not croak.
-    let config = SnailConfig::new().detector(DetectorConfig::default().max_lost(None));
-    let mut sub = SnailSubscriber::attach(&[EndpointSpec::connect(&ep).unwrap()], &[""], config)
+    let config =
+        SnailConfig::new([connect(&ep)]).detector(DetectorConfig::default().max_lost(None));
+    let mut sub = SnailSubscriber::start(config, &CancellationToken::new())
         .await
         .unwrap();
     let mut stamper = Stamper::with_epoch("lz-hb", 1).unwrap();
@@ -328,4 +336,63 @@ async fn receive_errors_are_counted_and_the_subscriber_carries_on() {
     .await;
     stop.store(true, Ordering::Relaxed);
     feeder.join().unwrap();
+}
+
+/// Dropping a subscriber closes its socket at once: a libzmq XPUB sees the
+/// subscription go (libzmq reports the unsubscribe of a closed pipe).
+#[tokio::test]
+async fn dropping_a_subscriber_closes_its_socket() {
+    trace_init();
+    let xpub = Lz::new(zmq::XPUB);
+    let ep = xpub.bind_loopback();
+    let parent = CancellationToken::new();
+    let config = SnailConfig::new([connect(&ep)]).topics(["A"]);
+    let sub = SnailSubscriber::start(config, &parent).await.unwrap();
+    let got = xpub.recv(secs(10)).await.expect("the subscription");
+    assert_eq!(got, [b"\x01A".to_vec()]);
+    drop(sub);
+    let got = xpub.recv(secs(10)).await.expect("the unsubscription");
+    assert_eq!(got, [b"\x00A".to_vec()]);
+    assert!(!parent.is_cancelled(), "a drop never cancels the parent");
+}
+
+/// Dropping a publisher closes its socket: a libzmq SUB's monitor sees
+/// the connection go, and the parent token is untouched.
+#[tokio::test]
+async fn dropping_a_publisher_closes_its_socket() {
+    trace_init();
+    let parent = CancellationToken::new();
+    let config = SnailPublisherConfig::new(EndpointSpec::loopback(), "p");
+    let mut p = SnailPublisher::start(config, &parent).await.unwrap();
+    let sub = Lz::new(zmq::SUB);
+    sub.subscribe(b"");
+    let monitor_ep = format!("inproc://snail-monitor-{}", std::process::id());
+    sub.with(|s| {
+        s.monitor(
+            &monitor_ep,
+            (zmq::SocketEvent::CONNECTED as i32) | (zmq::SocketEvent::DISCONNECTED as i32),
+        )
+        .unwrap()
+    });
+    let monitor = Lz::new(zmq::PAIR);
+    monitor.connect(&monitor_ep);
+    sub.connect(p.endpoint());
+    let event = |m: Vec<Vec<u8>>| u16::from_le_bytes([m[0][0], m[0][1]]);
+    let first = monitor.recv(secs(10)).await.expect("connected");
+    assert_eq!(event(first), zmq::SocketEvent::CONNECTED as u16);
+    // The publisher works...
+    within(secs(10), "a message", async {
+        loop {
+            p.send(vec![Bytes::from("t")]).await.unwrap();
+            if sub.recv(ms(50)).await.is_some() {
+                break;
+            }
+        }
+    })
+    .await;
+    // ...until dropped.
+    drop(p);
+    let next = monitor.recv(secs(10)).await.expect("disconnected");
+    assert_eq!(event(next), zmq::SocketEvent::DISCONNECTED as u16);
+    assert!(!parent.is_cancelled());
 }

@@ -160,13 +160,25 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// Topic strings as the `&[&str]` the config takes.
+fn refs(t: &[String]) -> Vec<&str> {
+    t.iter().map(String::as_str).collect()
+}
+
 async fn subscribe(
     args: &Args,
     endpoint: EndpointSpec,
     stop: CancellationToken,
     sent: &AtomicU64,
 ) -> anyhow::Result<()> {
-    let mut config = BlackBoxConfig::new()
+    let topics_of = |s: u64| -> Vec<String> {
+        (0..10)
+            .filter(|d| d % args.sockets == s)
+            .map(|d| format!("K{d}"))
+            .collect()
+    };
+    let first = topics_of(0);
+    let mut config = BlackBoxConfig::new(vec![endpoint.clone()], &refs(&first))
         .workers(args.workers as usize)
         .queue_depth(args.queue_depth as usize)
         .key(ShardKey::Prefix(8))
@@ -178,20 +190,19 @@ async fn subscribe(
             ThreadsArg::Dedicated => WorkerThreads::Dedicated,
             ThreadsArg::Runtime => WorkerThreads::Runtime,
         });
-    for s in 0..args.sockets {
-        let topics: Vec<String> = (0..10)
-            .filter(|d| d % args.sockets == s)
-            .map(|d| format!("K{d}"))
-            .collect();
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        config = config.socket(vec![endpoint.clone()], &topics);
+    for s in 1..args.sockets {
+        config = config.socket(vec![endpoint.clone()], &refs(&topics_of(s)));
     }
     let lost = feed::LossCounters::new(args.workers as usize);
     let (keys, work) = (args.keys as usize, Duration::from_nanos(args.work_ns));
     let l = lost.clone();
-    let bb = BlackBox::start(config, move |w| {
-        feed::checking_worker(w, keys, work, l.clone())
-    })
+    let bb = BlackBox::start(
+        config,
+        move |w| feed::checking_worker(w, keys, work, l.clone()),
+        // Not under `stop`: that stops the publisher, and the Black Box
+        // drains after it.
+        &CancellationToken::new(),
+    )
     .await?;
     print_threads(args);
     let publishing = !args.subscriber_only;

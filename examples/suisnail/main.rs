@@ -26,7 +26,7 @@ use clap::Parser;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use zpatterns::endpoint::{Attach, EndpointSpec};
-use zpatterns::snail::{ClockSync, SnailPublisher};
+use zpatterns::snail::{ClockSync, SnailError, SnailPublisher, SnailPublisherConfig};
 
 use subscriber::{run_subscriber, SubOptions};
 
@@ -99,7 +99,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     let mut endpoint = EndpointSpec::parse(&args.connect, Attach::Connect)?;
     if !args.subscriber_only {
         let bind = EndpointSpec::parse(&args.bind, Attach::Bind)?;
-        let (p, resolved) = SnailPublisher::attach(&bind, "suisnail").await?;
+        let p = SnailPublisher::start(SnailPublisherConfig::new(bind, "suisnail"), &stop).await?;
+        let resolved = p.endpoint().to_owned();
         println!(
             "publisher on {resolved}, one {} timestamp every {} ms",
             if args.guide_format {
@@ -110,12 +111,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             args.interval_ms
         );
         endpoint = EndpointSpec::connect(&resolved.replace("0.0.0.0", "127.0.0.1"))?;
-        let task = tokio::spawn(publish(
-            p,
-            args.interval_ms,
-            args.guide_format,
-            stop.child_token(),
-        ));
+        let task = tokio::spawn(publish(p, args.interval_ms, args.guide_format));
         publisher = Some(task);
     }
     if args.publisher_only {
@@ -129,6 +125,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         work_ms: args.work_ms,
         clock: args.clock,
         verbose: args.verbose,
+        limit: None,
     };
     println!(
         "subscriber: {}, croak beyond {} ms",
@@ -169,33 +166,34 @@ async fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Sends one timestamp per `interval_ms` until stopped; returns the count.
+/// Sends one timestamp per `interval_ms` until the publisher's parent token
+/// is cancelled; returns the count.
 async fn publish(
     mut publisher: SnailPublisher,
     interval_ms: u64,
     guide_format: bool,
-    stop: CancellationToken,
 ) -> anyhow::Result<u64> {
     // tokio's timer ticks in whole ms; Burst catches up missed ticks, so the
     // average rate is one per interval even when a tick comes late.
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let started = Instant::now();
-    let mut sent = 0u64;
     loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        if guide_format {
-            publisher.send_guide_timestamp().await?;
+        tick.tick().await;
+        let sent = if guide_format {
+            publisher.send_guide_timestamp().await
         } else {
             publisher
                 .send(vec![bytes::Bytes::from_static(b"tick")])
-                .await?;
+                .await
+        };
+        match sent {
+            Ok(()) => {}
+            Err(SnailError::Stopped) => break,
+            Err(e) => return Err(e.into()),
         }
-        sent += 1;
     }
+    let sent = publisher.shutdown().await?.sent;
     tracing::info!(
         sent,
         secs = started.elapsed().as_secs_f64(),

@@ -25,6 +25,8 @@ pub(crate) struct SubOptions {
     pub(crate) clock: ClockSync,
     /// Print every message, as the Guide's subscriber does.
     pub(crate) verbose: bool,
+    /// Stop after this many messages (`None`: until stopped or croaked).
+    pub(crate) limit: Option<u64>,
 }
 
 /// How the subscriber ended.
@@ -38,7 +40,8 @@ pub(crate) struct SubReport {
     pub(crate) croak: Option<SnailError>,
 }
 
-/// Runs until the subscriber croaks (or fails), or `stop` is cancelled.
+/// Runs until the subscriber croaks (or fails), `stop` is cancelled, or it
+/// has received `opts.limit` messages.
 pub(crate) async fn run_subscriber(
     opts: &SubOptions,
     stop: CancellationToken,
@@ -49,19 +52,19 @@ pub(crate) async fn run_subscriber(
         // The Guide's publisher has no sequence numbers, and a toolkit one
         // loses nothing on loopback: keep loss detection on.
         .max_lost(Some(0));
-    let config = SnailConfig::new()
+    let config = SnailConfig::new([opts.endpoint.clone()])
         .detector(detector)
         .format(WireFormat::Auto);
-    let mut sub =
-        SnailSubscriber::attach(std::slice::from_ref(&opts.endpoint), &[""], config).await?;
+    // Under `stop`: cancelling it makes `recv` return `Stopped`.
+    let mut sub = SnailSubscriber::start(config, &stop).await?;
     let mut first: Option<Instant> = None;
     let mut last_status = Instant::now();
     let mut rng = fastrand::Rng::new();
     loop {
-        let next = tokio::select! {
-            () = stop.cancelled() => break,
-            r = sub.recv() => r,
-        };
+        let next = sub.recv().await;
+        if let Err(SnailError::Stopped) = next {
+            break;
+        }
         let started = *first.get_or_insert_with(Instant::now);
         let msg = match next {
             Ok(msg) => msg,
@@ -96,6 +99,9 @@ pub(crate) async fn run_subscriber(
         if opts.work_ms > 0 {
             let ms = rng.u64(1..=opts.work_ms);
             tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if opts.limit.is_some_and(|n| sub.stats().received >= n) {
+            break;
         }
     }
     let elapsed = first.map_or(Duration::ZERO, |t| t.elapsed());

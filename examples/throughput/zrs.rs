@@ -206,15 +206,21 @@ async fn blackbox(a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
         None => EndpointSpec::loopback(),
     };
     let meter = Arc::new(SharedMeter::default());
-    let config = BlackBoxConfig::new()
-        .socket(vec![spec], &[""])
-        .workers(BLACKBOX_WORKERS);
-    let bb = BlackBox::start(config, |_| {
-        let (meter, mine) = (meter.clone(), meter.worker());
-        move |msg: ZmqMessage| {
-            meter.observe(&mine, last_len(&msg));
-        }
-    })
+    // The benchmark's largest payload is 64 KiB plus a header frame: above
+    // the Black Box's 64 KiB default limit.
+    let config = BlackBoxConfig::new(vec![spec], &[""])
+        .workers(BLACKBOX_WORKERS)
+        .max_message_bytes(1 << 20);
+    let bb = BlackBox::start(
+        config,
+        |_| {
+            let (meter, mine) = (meter.clone(), meter.worker());
+            move |msg: ZmqMessage| {
+                meter.observe(&mine, last_len(&msg));
+            }
+        },
+        &tokio_util::sync::CancellationToken::new(),
+    )
     .await?;
     emit(&format!("READY {}", bb.endpoints()[0][0]));
     while !meter.done() {

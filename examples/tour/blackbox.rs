@@ -41,13 +41,17 @@ fn once(workers: usize) -> anyhow::Result<()> {
         sent.clone(),
     )?;
     let result = crate::block_on(async {
-        let config = BlackBoxConfig::new()
-            .socket(vec![EndpointSpec::connect(&ep)?], &[""])
+        let config = BlackBoxConfig::new(vec![EndpointSpec::connect(&ep)?], &[""])
             .workers(workers)
             .key(ShardKey::Prefix(8));
         let lost = feed::LossCounters::new(workers);
         let l = lost.clone();
-        let bb = BlackBox::start(config, move |w| feed::checking_worker(w, KEYS, WORK, l.clone())).await?;
+        let bb = BlackBox::start(
+            config,
+            move |w| feed::checking_worker(w, KEYS, WORK, l.clone()),
+            &CancellationToken::new(),
+        )
+        .await?;
         tokio::time::sleep(Duration::from_millis(200)).await; // past the slow-joiner start
         let before = bb.stats();
         tokio::time::sleep(RUN).await;

@@ -31,11 +31,14 @@ pub(crate) fn run() -> anyhow::Result<()> {
 }
 
 async fn publisher(stop: CancellationToken) -> anyhow::Result<String> {
-    let (mut p, ep) = SnailPublisher::attach(&EndpointSpec::loopback(), "tour").await?;
+    let config = SnailPublisherConfig::new(EndpointSpec::loopback(), "tour");
+    let mut p = SnailPublisher::start(config, &stop).await?;
+    let ep = p.endpoint().to_owned();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(1));
-        while !stop.is_cancelled() {
+        loop {
             tick.tick().await;
+            // Fails with `Stopped` once `stop` is cancelled.
             if p.send(vec![Bytes::from_static(b"tick")]).await.is_err() {
                 break;
             }
@@ -45,10 +48,10 @@ async fn publisher(stop: CancellationToken) -> anyhow::Result<String> {
 }
 
 async fn subscriber(ep: &str, policy: Policy) -> anyhow::Result<SnailSubscriber> {
-    let config = SnailConfig::new()
+    let config = SnailConfig::new([EndpointSpec::connect(ep)?])
         .detector(DetectorConfig::default().max_lag(MAX_LAG))
         .policy(policy);
-    Ok(SnailSubscriber::attach(&[EndpointSpec::connect(ep)?], &[""], config).await?)
+    Ok(SnailSubscriber::start(config, &CancellationToken::new()).await?)
 }
 
 async fn work() {

@@ -1,6 +1,6 @@
 //! Configuration of the Black Box: subscriber sockets, number of workers,
-//! queue depth, what to do when a worker falls behind, the sharding key
-//! and where workers run.
+//! queue depth, the largest message accepted, what to do when a worker
+//! falls behind, the sharding key and where workers run.
 
 use std::fmt;
 use std::sync::Arc;
@@ -63,30 +63,20 @@ impl SocketSpec {
     }
 }
 
+/// The default largest message a Black Box accepts, all frames: 64 KiB.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 10;
+
 /// Configuration of a Black Box sharded subscriber.
 #[derive(Clone)]
 pub struct BlackBoxConfig {
     pub(crate) sockets: Vec<SocketSpec>,
     pub(crate) workers: usize,
     pub(crate) queue_depth: usize,
+    pub(crate) max_message_bytes: usize,
     pub(crate) overflow: Overflow,
     pub(crate) key: ShardKey,
     pub(crate) threads: WorkerThreads,
     pub(crate) on_drop: Option<DropHook>,
-}
-
-impl Default for BlackBoxConfig {
-    fn default() -> Self {
-        Self {
-            sockets: Vec::new(),
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            queue_depth: 4096,
-            overflow: Overflow::Block,
-            key: ShardKey::Topic,
-            threads: WorkerThreads::Dedicated,
-            on_drop: None,
-        }
-    }
 }
 
 impl fmt::Debug for BlackBoxConfig {
@@ -95,6 +85,7 @@ impl fmt::Debug for BlackBoxConfig {
             .field("sockets", &self.sockets)
             .field("workers", &self.workers)
             .field("queue_depth", &self.queue_depth)
+            .field("max_message_bytes", &self.max_message_bytes)
             .field("overflow", &self.overflow)
             .field("key", &self.key)
             .field("threads", &self.threads)
@@ -104,22 +95,36 @@ impl fmt::Debug for BlackBoxConfig {
 }
 
 impl BlackBoxConfig {
-    /// Defaults: no socket yet, one worker per CPU, queues of 4096,
-    /// backpressure, shard by topic (frame 0), dedicated worker threads.
-    pub fn new() -> Self {
-        Self::default()
+    /// A Black Box whose first subscriber socket is on `endpoints` (at
+    /// least one; usually connects to the feed), subscribed to `topics`
+    /// (`&[""]` for all); add more sockets with [`socket`](Self::socket).
+    /// Defaults: one worker per CPU, queues of 4096 messages, messages up
+    /// to 64 KiB, backpressure, shard by topic (frame 0), dedicated worker
+    /// threads.
+    pub fn new(endpoints: Vec<EndpointSpec>, topics: &[&str]) -> Self {
+        Self {
+            sockets: Vec::new(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue_depth: 4096,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            overflow: Overflow::Block,
+            key: ShardKey::Topic,
+            threads: WorkerThreads::Dedicated,
+            on_drop: None,
+        }
+        .socket(endpoints, topics)
     }
 
-    /// Adds a subscriber socket (one I/O task each). Give several sockets
-    /// disjoint topics (or different publishers): sockets with the same
-    /// subscription to the same publisher each receive every message.
+    /// Adds another subscriber socket (one I/O task each). Give several
+    /// sockets disjoint topics (or different publishers): sockets with the
+    /// same subscription to the same publisher each receive every message.
     pub fn socket(mut self, endpoints: Vec<EndpointSpec>, topics: &[&str]) -> Self {
         let topics = topics.iter().map(|t| (*t).to_owned()).collect();
         self.sockets.push(SocketSpec::new(endpoints, topics));
         self
     }
 
-    /// The number of workers (shards).
+    /// The number of workers (shards); default one per CPU.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -127,30 +132,48 @@ impl BlackBoxConfig {
 
     /// Messages each worker's queue holds (at most; they travel in
     /// batches of up to `min(64, n)`, so the queue holds `n / 64` batches).
+    /// Default 4096.
     pub fn queue_depth(mut self, n: usize) -> Self {
         self.queue_depth = n;
         self
     }
 
-    /// What happens when a worker's queue is full.
+    /// The largest message accepted, all frames together (default 64 KiB).
+    /// A larger one is dropped as it is
+    /// read, counted per socket in
+    /// [`BlackBoxStats::oversized`](super::BlackBoxStats::oversized) and
+    /// logged (at most once a second per socket); every other message is
+    /// still delivered. With it, what the workers' queues can hold is
+    /// bounded by `workers × queue_depth × max_message_bytes` (256 MiB per
+    /// worker at the defaults). The `zeromq` crate reads a whole frame
+    /// before this crate sees it, so the memory of one frame in flight per
+    /// socket is not bounded here.
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
+        self
+    }
+
+    /// What happens when a worker's queue is full (default
+    /// [`Overflow::Block`]).
     pub fn overflow(mut self, o: Overflow) -> Self {
         self.overflow = o;
         self
     }
 
-    /// Which part of a message is the sharding key.
+    /// Which part of a message is the sharding key (default
+    /// [`ShardKey::Topic`]).
     pub fn key(mut self, k: ShardKey) -> Self {
         self.key = k;
         self
     }
 
-    /// Where the workers run.
+    /// Where the workers run (default [`WorkerThreads::Dedicated`]).
     pub fn worker_threads(mut self, t: WorkerThreads) -> Self {
         self.threads = t;
         self
     }
 
-    /// Called for every message dropped at a full queue.
+    /// Called for every message dropped at a full queue (default none).
     pub fn on_drop(mut self, hook: impl Fn(usize, &ZmqMessage) + Send + Sync + 'static) -> Self {
         self.on_drop = Some(Arc::new(hook));
         self

@@ -6,9 +6,6 @@ use crate::endpoint::EndpointError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BlackBoxError {
-    /// The configuration has no subscriber socket.
-    #[error("no subscriber socket configured: add one with BlackBoxConfig::socket")]
-    NoSockets,
     /// A subscriber socket has no endpoint.
     #[error("subscriber socket {0} has no endpoint")]
     NoEndpoint(usize),
@@ -31,4 +28,8 @@ pub enum BlackBoxError {
     /// are not counted as delivered).
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
+    /// An I/O task (or the task supervising them) panicked: the messages
+    /// it had read but not handed over were lost.
+    #[error("a black box I/O task panicked")]
+    Panicked,
 }

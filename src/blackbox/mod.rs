@@ -20,15 +20,27 @@
 //! means one I/O thread and one worker, and more workers only help when
 //! the work itself waits. See `patterns/blackbox.md` for measurements.
 //!
+//! # Layers and limits
+//!
+//! [`Dispatcher`] is the pure core (which worker, when a batch goes, what a
+//! full queue does, oversized messages refused); the I/O tasks only read
+//! sockets and hand batches over. [`BlackBox`] follows the crate's handle
+//! shape (crate docs, "Using a pattern"). A publisher cannot grow the Black
+//! Box without bound: messages above
+//! [`BlackBoxConfig::max_message_bytes`] (default 64 KiB) are dropped and
+//! counted in [`BlackBoxStats::oversized`], and each worker's queue holds
+//! at most [`BlackBoxConfig::queue_depth`] messages (default 4096).
+//!
 //! ```no_run
+//! use tokio_util::sync::CancellationToken;
 //! use zpatterns::blackbox::{BlackBox, BlackBoxConfig, Overflow, ShardKey};
 //! use zpatterns::endpoint::EndpointSpec;
 //!
 //! #[tokio::main(flavor = "current_thread")]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let feed = EndpointSpec::connect("tcp://localhost:5556")?;
-//!     let config = BlackBoxConfig::new()
-//!         .socket(vec![feed], &[""])
+//!     let stop = CancellationToken::new();
+//!     let config = BlackBoxConfig::new(vec![feed], &[""])
 //!         .workers(4)
 //!         .key(ShardKey::Prefix(8))
 //!         .overflow(Overflow::DropNewest);
@@ -37,7 +49,7 @@
 //!             // per-message work; messages of one key arrive here, in order
 //!             drop(msg);
 //!         }
-//!     })
+//!     }, &stop)
 //!     .await?;
 //!     tokio::time::sleep(std::time::Duration::from_secs(10)).await;
 //!     let stats = bb.shutdown().await?;
@@ -47,13 +59,15 @@
 //! ```
 
 mod config;
+pub mod dispatch;
 mod error;
 pub mod shard;
 mod stats;
 mod subscriber;
 
 pub use config::{BlackBoxConfig, DropHook, Overflow, SocketSpec, WorkerThreads};
+pub use dispatch::{Dispatched, Dispatcher, Handoff, WorkerBatch};
 pub use error::BlackBoxError;
 pub use shard::{shard_hash, KeyFn, ShardKey, Sharder};
 pub use stats::BlackBoxStats;
-pub use subscriber::{BlackBox, BlackBoxHandle, Worker};
+pub use subscriber::{BlackBox, Worker};

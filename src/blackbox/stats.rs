@@ -1,5 +1,6 @@
-//! Counters of a running Black Box: messages received per subscriber
-//! socket, delivered and dropped per worker, and rates between snapshots.
+//! Counters of a running Black Box: messages received and refused as
+//! oversized per subscriber socket, delivered and dropped per worker, and
+//! rates between snapshots.
 //!
 //! Each counter sits on its own cache line and is written by one task
 //! only (relaxed atomics), so counting costs the hot path almost nothing.
@@ -35,6 +36,7 @@ impl Counter {
 #[derive(Debug)]
 pub(crate) struct Counters {
     pub(crate) received: Vec<Counter>,
+    pub(crate) oversized: Vec<Counter>,
     pub(crate) socket_errors: Vec<Counter>,
     pub(crate) delivered: Vec<Counter>,
     pub(crate) dropped: Vec<Counter>,
@@ -46,6 +48,7 @@ impl Counters {
         let v = |n| (0..n).map(|_| Counter::default()).collect();
         Self {
             received: v(sockets),
+            oversized: v(sockets),
             socket_errors: v(sockets),
             delivered: v(workers),
             dropped: v(workers),
@@ -57,6 +60,7 @@ impl Counters {
         let all = |v: &[Counter]| v.iter().map(Counter::get).collect();
         BlackBoxStats {
             received: all(&self.received),
+            oversized: all(&self.oversized),
             socket_errors: all(&self.socket_errors),
             delivered: all(&self.delivered),
             dropped: all(&self.dropped),
@@ -67,17 +71,22 @@ impl Counters {
 
 /// A snapshot of a Black Box's counters.
 ///
-/// Accounting: every message an I/O task read is either delivered to a
-/// worker's handler, dropped at a full worker queue
-/// ([`Overflow::DropNewest`](super::Overflow::DropNewest)), or still in
-/// flight; after [`shutdown`](super::BlackBoxHandle::shutdown) nothing is in
-/// flight, so `received == delivered + dropped`. Messages the *publisher*
+/// Accounting: every message an I/O task read is either refused as
+/// oversized, delivered to a worker's handler, dropped at a full worker
+/// queue ([`Overflow::DropNewest`](super::Overflow::DropNewest)), or still
+/// in flight; after [`shutdown`](super::BlackBox::shutdown) nothing is in
+/// flight, so `received == oversized + delivered + dropped`. Messages the *publisher*
 /// dropped never arrive and are not counted here: the `zeromq` PUB drops
 /// silently, so detect that with sequence numbers (see [`crate::snail`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BlackBoxStats {
-    /// Messages read, per subscriber socket.
+    /// Messages read, per subscriber socket (oversized ones included).
     pub received: Vec<u64>,
+    /// Messages refused for exceeding
+    /// [`BlackBoxConfig::max_message_bytes`](super::BlackBoxConfig::max_message_bytes),
+    /// per subscriber socket.
+    pub oversized: Vec<u64>,
     /// Receive errors, per subscriber socket (logged, then carried on).
     pub socket_errors: Vec<u64>,
     /// Messages handled, per worker.
@@ -101,10 +110,14 @@ impl BlackBoxStats {
     pub fn total_dropped(&self) -> u64 {
         self.dropped.iter().sum()
     }
-    /// Messages read but neither handled nor dropped yet (queued).
+    /// Messages refused as oversized, all sockets.
+    pub fn total_oversized(&self) -> u64 {
+        self.oversized.iter().sum()
+    }
+    /// Messages read but neither refused, handled nor dropped yet (queued).
     pub fn in_flight(&self) -> u64 {
         self.total_received()
-            .saturating_sub(self.total_delivered() + self.total_dropped())
+            .saturating_sub(self.total_oversized() + self.total_delivered() + self.total_dropped())
     }
 
     /// Delivered messages per second, per worker, between `earlier` and
@@ -131,14 +144,15 @@ mod tests {
     fn accounting_and_rates() {
         let c = Counters::new(1, 2);
         let before = c.snapshot();
-        c.received[0].add(10);
+        c.received[0].add(11);
+        c.oversized[0].add(1);
         c.delivered[0].add(4);
         c.delivered[1].add(3);
         c.dropped[1].add(1);
         let mut s = c.snapshot();
         assert_eq!(
             (
-                s.total_received(),
+                s.total_received() - s.total_oversized(),
                 s.total_delivered(),
                 s.total_dropped(),
                 s.in_flight()

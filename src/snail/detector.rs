@@ -116,8 +116,13 @@ impl DetectorConfig {
         self
     }
 
-    /// How many publishers are tracked; the least recently heard is
-    /// forgotten beyond this (default 1024).
+    /// How many publishers are tracked (default 1024, at least 1). A
+    /// publisher id is chosen by the peer, so this bounds the table: a new
+    /// id beyond it evicts the least recently heard publisher (counted in
+    /// [`Detector::evicted`]), which loses its clock estimate and sequence
+    /// tracking and starts afresh if it is heard again (a gap across the
+    /// eviction is not seen). One entry costs at most about 600 bytes (an
+    /// id is at most 255 bytes, copied out of the message).
     pub fn max_publishers(mut self, n: usize) -> Self {
         self.max_publishers = n.max(1);
         self
@@ -127,12 +132,17 @@ impl DetectorConfig {
     pub fn max_lag_limit(&self) -> Duration {
         self.max_lag
     }
+
+    /// The configured bound on tracked publishers.
+    pub fn max_publishers_limit(&self) -> usize {
+        self.max_publishers
+    }
 }
 
 /// What fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Cause {
+pub enum AlarmCause {
     /// The message was older than allowed (after clock-offset correction).
     Lag,
     /// Messages were lost (a sequence gap) beyond the allowed count.
@@ -159,7 +169,7 @@ impl Gap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alarm {
     publisher: Bytes,
-    cause: Cause,
+    cause: AlarmCause,
     lag: Duration,
     max_lag: Duration,
     lagging_for: Duration,
@@ -174,7 +184,7 @@ impl Alarm {
         &self.publisher
     }
     /// Lag or loss.
-    pub fn cause(&self) -> Cause {
+    pub fn cause(&self) -> AlarmCause {
         self.cause
     }
     /// The lag of the message that fired (offset-corrected).
@@ -208,7 +218,7 @@ impl fmt::Display for Alarm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let id = String::from_utf8_lossy(&self.publisher);
         match self.cause {
-            Cause::Lag => {
+            AlarmCause::Lag => {
                 write!(
                     f,
                     "publisher {id:?}: lag {:?} > max {:?}",
@@ -218,7 +228,7 @@ impl fmt::Display for Alarm {
                     write!(f, " for {:?}", self.lagging_for)?;
                 }
             }
-            Cause::Loss => write!(f, "publisher {id:?}: {} message(s) lost", self.lost)?,
+            AlarmCause::Loss => write!(f, "publisher {id:?}: {} message(s) lost", self.lost)?,
         }
         if let Some(g) = self.gap {
             write!(
@@ -295,6 +305,7 @@ pub struct PublisherStatus {
 pub struct Detector {
     config: DetectorConfig,
     publishers: Table<PubState>,
+    evicted: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +325,7 @@ impl Detector {
         Self {
             config,
             publishers: Table::default(),
+            evicted: 0,
         }
     }
 
@@ -331,7 +343,10 @@ impl Detector {
             None => {
                 self.make_room();
                 let fresh = PubState::new(stamp.epoch(), now_us);
-                self.publishers.insert(stamp.publisher().clone(), fresh)
+                // Copied: a decoded id is a slice of the whole receive
+                // buffer, which the table must not keep alive.
+                let id = Bytes::copy_from_slice(stamp.publisher());
+                self.publishers.insert(id, fresh)
             }
         };
         let cfg = &self.config;
@@ -383,6 +398,17 @@ impl Detector {
         self.publishers.get(publisher).map(|s| s.status)
     }
 
+    /// How many publishers are tracked now (at most
+    /// [`DetectorConfig::max_publishers`]).
+    pub fn tracked(&self) -> usize {
+        self.publishers.len()
+    }
+
+    /// How many publishers were forgotten to make room for a new one.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// All tracked publishers and their status.
     pub fn publishers(&self) -> impl Iterator<Item = (&Bytes, &PublisherStatus)> {
         self.publishers.iter().map(|(k, v)| (k, &v.status))
@@ -399,6 +425,7 @@ impl Detector {
             .map(|(k, _)| k.clone());
         if let Some(k) = oldest {
             self.publishers.remove(&k);
+            self.evicted += 1;
         }
     }
 }
@@ -485,9 +512,9 @@ impl PubState {
         let alarm = Box::new(Alarm {
             publisher: publisher.clone(),
             cause: if lag_croak || !loss_croak && lagging_for.is_some() {
-                Cause::Lag
+                AlarmCause::Lag
             } else {
-                Cause::Loss
+                AlarmCause::Loss
             },
             lag,
             max_lag: cfg.max_lag,

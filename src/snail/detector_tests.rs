@@ -63,7 +63,7 @@ fn trusted_clock_croaks_like_the_guide() {
     };
     assert_eq!(
         (a.cause(), a.lag(), a.max_lag()),
-        (Cause::Lag, Duration::from_micros(1_000_001), ms(1000))
+        (AlarmCause::Lag, Duration::from_micros(1_000_001), ms(1000))
     );
     assert_eq!(a.publisher().as_ref(), b"p");
     assert!(a.to_string().contains("lag 1.000001s > max 1s"), "{a}");
@@ -84,7 +84,7 @@ fn constant_skew_of_two_seconds_is_no_false_alarm() {
     // The Guide's trusted clock takes the same skew for lag:
     let mut d = Detector::new(DetectorConfig::default().clock(ClockSync::Trusted));
     let (at, a) = run(&mut d, 20_000, 1_000, 0, -2_000_000, 7).expect("trusted croaks");
-    assert_eq!((at, a.cause()), (0, Cause::Lag));
+    assert_eq!((at, a.cause()), (0, AlarmCause::Lag));
 }
 
 #[test]
@@ -95,7 +95,7 @@ fn growing_backlog_croaks_whatever_the_skew() {
     for skew in [2_000_000i64, -2_000_000, 0] {
         let mut d = Detector::new(DetectorConfig::default());
         let (at, a) = run(&mut d, 10_000, 1_000, 1_500, skew, 3).expect("croaks");
-        assert_eq!(a.cause(), Cause::Lag);
+        assert_eq!(a.cause(), AlarmCause::Lag);
         assert!(a.lag() > ms(1000) && a.lag() < ms(1010), "{a}");
         firsts.push(at);
     }
@@ -121,7 +121,7 @@ fn gaps_are_reported_per_publisher_with_their_size() {
     let Verdict::Croak(a) = v else {
         panic!("{v:?}")
     };
-    assert_eq!(a.cause(), Cause::Loss);
+    assert_eq!(a.cause(), AlarmCause::Loss);
     assert_eq!(
         a.gap(),
         Some(Gap {
@@ -230,7 +230,7 @@ fn sustain_spares_a_pause_but_not_a_slow_subscriber() {
         match d.handle_message(&stamp("a", 1, seq, sent, 0), local(now)) {
             Verdict::Croak(a) => panic!("croaked on a pause: {a}"),
             Verdict::Warning(a) => {
-                assert_eq!(a.cause(), Cause::Lag);
+                assert_eq!(a.cause(), AlarmCause::Lag);
                 warnings += 1;
             }
             Verdict::Healthy { .. } => {}
@@ -308,4 +308,36 @@ fn publishers_beyond_the_limit_evict_the_least_recent() {
     let mut ids: Vec<_> = d.publishers().map(|(k, _)| k.clone()).collect();
     ids.sort();
     assert_eq!(ids, [Bytes::from("a"), Bytes::from("c")]);
+    assert_eq!((d.tracked(), d.evicted()), (2, 1));
+}
+
+#[test]
+fn a_flood_of_publisher_ids_stays_within_the_limit_and_keeps_no_buffer() {
+    use super::super::envelope::{take_stamp, Stamper, WireFormat};
+    let mut d = Detector::new(DetectorConfig::default().max_publishers(16));
+    let mut buffers = Vec::new();
+    for i in 0..1_000u64 {
+        // As the zeromq codec hands them out: every frame a slice of one
+        // receive buffer (here with a 4 KiB body).
+        let mut stamper = Stamper::with_epoch(format!("flood-{i}"), 1).unwrap();
+        let mut frames = vec![Bytes::from(vec![b'x'; 4096])];
+        stamper.stamp(&mut frames, local(i));
+        let buf = Bytes::from(frames.concat());
+        let mut rest = buf.clone();
+        let mut wire: Vec<Bytes> = frames.iter().map(|f| rest.split_to(f.len())).collect();
+        let s = take_stamp(&mut wire, WireFormat::Toolkit).unwrap();
+        assert!(!d.handle_message(&s, local(i)).is_croak());
+        buffers.push(buf);
+    }
+    assert_eq!((d.tracked(), d.evicted()), (16, 984));
+    for (id, _) in d.publishers() {
+        let at = id.as_ptr() as usize;
+        assert!(
+            buffers.iter().all(|b| {
+                let start = b.as_ptr() as usize;
+                !(start..start + b.len()).contains(&at)
+            }),
+            "the table keeps a slice of a receive buffer"
+        );
+    }
 }

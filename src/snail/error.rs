@@ -30,6 +30,13 @@ pub enum SnailError {
     /// A stamp could not be built (publisher id too long).
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    /// The subscriber's config has no endpoint.
+    #[error("no endpoint configured: give SnailConfig::new at least one")]
+    NoEndpoint,
+    /// The handle's child token was cancelled (the parent token was): a
+    /// stopped subscriber or publisher receives and sends nothing more.
+    #[error("stopped: the cancellation token was cancelled")]
+    Stopped,
 }
 
 impl SnailError {

@@ -1,38 +1,29 @@
-//! A SUB socket that checks every message with the [`Detector`] and applies
-//! a policy when it fires: abort (the Guide's croak) or a recovery hook.
+//! The Suicidal Snail subscriber's driver: a SUB socket whose messages go
+//! through the pure [`SnailCore`] as the caller takes them, and the policy
+//! (abort, the Guide's croak, or an async recovery hook) when it croaks.
 //!
 //! Suicidal Snail (Guide ch. 5), subscriber side: one SUB socket connected
 //! to one or more stamping publishers. The check happens as each message is
 //! taken, before the caller works on it, exactly where the Guide checks.
+//! This file only does I/O, runs hooks and logs; what to do with a message
+//! is decided in [`core`](super::core).
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketRecv, SubSocket};
 
-use super::detector::{Alarm, Detector, DetectorConfig, Verdict};
-use super::envelope::{self, Stamp, WireFormat};
+use super::core::{Croak, Recovery, SnailCore, SnailMessage, SnailStats, SnailStep};
+use super::detector::{Alarm, Detector, DetectorConfig};
+use super::envelope::WireFormat;
 use super::error::SnailError;
 use crate::endpoint::EndpointSpec;
+use crate::ratelog::LogLimiter;
 
-/// What a recovery hook asks the subscriber to do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Recovery {
-    /// Deliver the message that fired and carry on; the publisher's alarm
-    /// state is reset (e.g. after resyncing from a Last Value Cache or a
-    /// Clone snapshot).
-    Resume,
-    /// Discard this publisher's messages (counted in
-    /// [`SubscriberStats::skipped`]) until one arrives with a lag below
-    /// this, then reset and carry on: drop the backlog instead of working
-    /// through it. Other publishers' messages are checked as usual.
-    SkipUntilLagBelow(Duration),
-    /// Give up: `recv` returns [`SnailError::CannotKeepUp`].
-    Abort,
-}
+/// The default largest message a subscriber accepts, all frames: 1 MiB.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 type AbortHook = Box<dyn FnMut(&Alarm) + Send>;
 type RecoverHook = Box<dyn FnMut(Alarm) -> BoxFuture<'static, Recovery> + Send>;
@@ -85,274 +76,256 @@ impl fmt::Debug for Policy {
 }
 
 /// Configuration of a [`SnailSubscriber`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SnailConfig {
+    endpoints: Vec<EndpointSpec>,
+    topics: Vec<String>,
     detector: DetectorConfig,
     format: WireFormat,
     policy: Policy,
+    max_message_bytes: usize,
 }
 
 impl SnailConfig {
-    /// Defaults: 1 s maximum lag, estimated clock offset, any loss croaks,
-    /// toolkit envelope only, abort policy.
-    pub fn new() -> Self {
-        Self::default()
+    /// A subscriber on `endpoints` (at least one; usually connects to the
+    /// publishers). Defaults: subscribed to everything, 1 s maximum lag,
+    /// estimated clock offset, any loss croaks, at most 1024 publishers
+    /// tracked, toolkit envelope only, abort policy, messages up to 1 MiB.
+    pub fn new(endpoints: impl IntoIterator<Item = EndpointSpec>) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().collect(),
+            topics: vec![String::new()],
+            detector: DetectorConfig::default(),
+            format: WireFormat::default(),
+            policy: Policy::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
     }
-    /// The detector's limits.
+    /// The topic prefixes to subscribe to (default `[""]`: everything). A
+    /// topic filter hides other topics' sequence numbers: set
+    /// [`DetectorConfig::max_lost`] to `None` with one.
+    pub fn topics<T: Into<String>>(mut self, topics: impl IntoIterator<Item = T>) -> Self {
+        self.topics = topics.into_iter().map(Into::into).collect();
+        self
+    }
+    /// The detector's limits (default [`DetectorConfig::default`]),
+    /// including the bound on tracked publishers.
     pub fn detector(mut self, d: DetectorConfig) -> Self {
         self.detector = d;
         self
     }
-    /// Which stamp formats to accept (see [`WireFormat`]).
+    /// Which stamp formats to accept (see [`WireFormat`]; default toolkit).
     pub fn format(mut self, f: WireFormat) -> Self {
         self.format = f;
         self
     }
-    /// What to do on a croak.
+    /// What to do on a croak (default [`Policy::abort`]).
     pub fn policy(mut self, p: Policy) -> Self {
         self.policy = p;
         self
     }
-}
-
-/// One received message, checked.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    frames: Vec<Bytes>,
-    stamp: Option<Stamp>,
-    lag: Option<Duration>,
-}
-
-impl Delivery {
-    /// The user's frames: the stamp frame is removed for the toolkit
-    /// envelope; a Guide-format message is its one timestamp frame.
-    pub fn frames(&self) -> &[Bytes] {
-        &self.frames
-    }
-    /// Takes the frames.
-    pub fn into_frames(self) -> Vec<Bytes> {
-        self.frames
-    }
-    /// The stamp, or `None` for a message that carried none (counted in
-    /// [`SubscriberStats::unstamped`] and delivered unchecked).
-    pub fn stamp(&self) -> Option<&Stamp> {
-        self.stamp.as_ref()
-    }
-    /// The offset-corrected lag, for stamped messages.
-    pub fn lag(&self) -> Option<Duration> {
-        self.lag
+    /// The largest message accepted, all frames together (default 1 MiB).
+    /// A larger one is dropped unread,
+    /// counted in [`SnailStats::oversized`] and logged (at most once a
+    /// second). The `zeromq` crate reads a whole frame before this crate
+    /// sees it, so the memory of one frame in flight is not bounded here.
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
+        self
     }
 }
 
-/// Counters of a [`SnailSubscriber`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SubscriberStats {
-    /// Messages taken from the socket.
-    pub received: u64,
-    /// Messages returned to the caller.
-    pub delivered: u64,
-    /// Messages without a valid stamp (delivered unchecked).
-    pub unstamped: u64,
-    /// Times the detector croaked.
-    pub croaks: u64,
-    /// Times a recovery hook ran.
-    pub recoveries: u64,
-    /// Messages discarded by [`Recovery::SkipUntilLagBelow`].
-    pub skipped: u64,
-    /// Receive errors from the socket (logged and skipped).
-    pub socket_errors: u64,
+/// Rate limits of the subscriber's peer-triggered log lines.
+#[derive(Debug, Default)]
+struct Logs {
+    oversized: LogLimiter,
+    unstamped: LogLimiter,
+    behind: LogLimiter,
+    recovering: LogLimiter,
+    socket: LogLimiter,
 }
 
 /// A checked subscriber: `recv()` returns the next message, or the croak.
+///
+/// It has no task of its own: the SUB socket is read, and each message
+/// checked, inside [`recv`](Self::recv). Dropping the handle cancels its
+/// child token and closes the socket at once.
+#[must_use = "dropping the subscriber closes it"]
 pub struct SnailSubscriber {
     socket: SubSocket,
-    detector: Detector,
-    format: WireFormat,
+    core: SnailCore,
     policy: Policy,
-    stats: SubscriberStats,
-    /// The publisher whose backlog is being skipped, and until what lag.
-    skipping: Option<(Bytes, Duration)>,
-    lagging: bool,
+    token: CancellationToken,
+    logs: Logs,
 }
 
 impl fmt::Debug for SnailSubscriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SnailSubscriber")
-            .field("detector", &self.detector)
-            .field("format", &self.format)
+            .field("core", &self.core)
             .field("policy", &self.policy)
-            .field("stats", &self.stats)
+            .field("stopped", &self.token.is_cancelled())
             .finish_non_exhaustive()
     }
 }
 
 impl SnailSubscriber {
-    /// Wraps a SUB socket that is already connected and subscribed.
-    pub fn new(socket: SubSocket, config: SnailConfig) -> Self {
-        Self {
-            socket,
-            detector: Detector::new(config.detector),
-            format: config.format,
-            policy: config.policy,
-            stats: SubscriberStats::default(),
-            skipping: None,
-            lagging: false,
-        }
-    }
-
-    /// A new SUB socket attached to every endpoint and subscribed to
-    /// `topics` (`&[""]` for everything).
-    pub async fn attach(
-        endpoints: &[EndpointSpec],
-        topics: &[&str],
+    /// A new SUB socket subscribed to the configured topics and attached to
+    /// every endpoint, under a child of `parent`. Fails with
+    /// [`SnailError::NoEndpoint`] for an empty endpoint list, and with the
+    /// socket's error if an endpoint cannot be attached.
+    pub async fn start(
         config: SnailConfig,
+        parent: &CancellationToken,
     ) -> Result<Self, SnailError> {
+        if config.endpoints.is_empty() {
+            return Err(SnailError::NoEndpoint);
+        }
         let mut socket = SubSocket::new();
-        for t in topics {
+        for t in &config.topics {
             socket.subscribe(t).await?;
         }
-        for ep in endpoints {
+        for ep in &config.endpoints {
             ep.attach_to(&mut socket).await?;
         }
-        Ok(Self::new(socket, config))
+        Ok(Self {
+            socket,
+            core: SnailCore::new(config.detector, config.format, config.max_message_bytes),
+            policy: config.policy,
+            token: parent.child_token(),
+            logs: Logs::default(),
+        })
     }
 
     /// The detector (per-publisher counters and clock estimates).
     pub fn detector(&self) -> &Detector {
-        &self.detector
+        self.core.detector()
     }
 
     /// The subscriber's counters.
-    pub fn stats(&self) -> SubscriberStats {
-        self.stats
+    pub fn stats(&self) -> SnailStats {
+        self.core.stats()
     }
 
-    /// The underlying socket (to subscribe to more topics).
-    pub fn socket_mut(&mut self) -> &mut SubSocket {
-        &mut self.socket
+    /// Cancels the child token and returns the final counters. (There is
+    /// no task to wait for; the socket is closed.)
+    pub async fn shutdown(self) -> Result<SnailStats, SnailError> {
+        self.token.cancel();
+        Ok(self.core.stats())
     }
 
     /// The next message, checked at the current wall-clock time. Fails with
-    /// [`SnailError::CannotKeepUp`] when the policy aborts; the caller
-    /// should then stop (see [`SnailError::exit_code`]).
+    /// [`SnailError::CannotKeepUp`] when the policy aborts (the caller
+    /// should then stop, see [`SnailError::exit_code`]), and with
+    /// [`SnailError::Stopped`] once the parent token is cancelled.
     ///
     /// A receive error (a peer's protocol garbage makes the `zeromq` crate
     /// drop that connection, and the SUB reconnects) is logged, counted in
-    /// [`SubscriberStats::socket_errors`] and skipped: it never ends the
-    /// subscriber.
+    /// [`SnailStats::socket_errors`] and skipped: it never ends the
+    /// subscriber; so are oversized messages.
     ///
     /// Cancel-safe while waiting for a message; cancelling during a
     /// recovery hook loses the message that fired.
-    pub async fn recv(&mut self) -> Result<Delivery, SnailError> {
+    pub async fn recv(&mut self) -> Result<SnailMessage, SnailError> {
         loop {
-            let frames = match self.socket.recv().await {
+            let received = tokio::select! {
+                biased;
+                () = self.token.cancelled() => return Err(SnailError::Stopped),
+                r = self.socket.recv() => r,
+            };
+            let frames = match received {
                 Ok(msg) => msg.into_vec(),
                 Err(cause) => {
-                    self.stats.socket_errors += 1;
-                    let n = self.stats.socket_errors;
-                    if n.is_power_of_two() {
-                        tracing::warn!(%cause, errors = n, "receive error, carrying on");
+                    self.core.on_socket_error();
+                    if let Some(more) = self.logs.socket.check(Instant::now()) {
+                        tracing::warn!(%cause, errors = self.core.stats().socket_errors, suppressed = more, "receive error, carrying on");
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
             };
-            if let Some(d) = self.check(frames, SystemTime::now()).await? {
-                self.stats.delivered += 1;
-                return Ok(d);
+            let step = self.core.on_message(frames, SystemTime::now());
+            if let Some(msg) = self.act(step).await? {
+                return Ok(msg);
             }
         }
     }
 
-    /// Checks one received message; `None` if it is to be skipped.
-    async fn check(
-        &mut self,
-        mut frames: Vec<Bytes>,
-        now: SystemTime,
-    ) -> Result<Option<Delivery>, SnailError> {
-        self.stats.received += 1;
-        let stamp = match envelope::take_stamp(&mut frames, self.format) {
-            Ok(stamp) => stamp,
-            Err(cause) => {
-                self.stats.unstamped += 1;
-                let n = self.stats.unstamped;
-                if n.is_power_of_two() {
-                    tracing::warn!(%cause, unstamped = n, "message without a valid snail stamp, delivered unchecked");
+    /// Does what the core said; `Some` to return a message to the caller.
+    async fn act(&mut self, step: SnailStep) -> Result<Option<SnailMessage>, SnailError> {
+        let now = Instant::now();
+        match step {
+            SnailStep::Deliver(m) => Ok(Some(m)),
+            SnailStep::Behind(m, alarm) => {
+                if let Some(more) = self.logs.behind.check(now) {
+                    tracing::warn!(%alarm, suppressed = more, "subscriber falling behind");
                 }
-                return Ok(Some(Delivery {
-                    frames,
-                    stamp: None,
-                    lag: None,
-                }));
+                Ok(Some(m))
             }
-        };
-        let verdict = self.detector.handle_message(&stamp, now);
-        let lag = verdict.lag();
-        let skip_until = match &self.skipping {
-            Some((p, t)) if p == stamp.publisher() => Some(*t),
-            _ => None,
-        };
-        if let Some(threshold) = skip_until {
-            if lag >= threshold {
-                self.stats.skipped += 1;
-                return Ok(None);
+            SnailStep::CaughtUp(m) => {
+                tracing::info!(
+                    skipped = self.core.stats().skipped,
+                    lag = ?m.lag(),
+                    "caught up after skipping the backlog"
+                );
+                Ok(Some(m))
             }
-            tracing::info!(
-                skipped = self.stats.skipped,
-                ?lag,
-                "caught up after skipping the backlog"
-            );
-            self.skipping = None;
-            self.detector.reset(stamp.publisher());
-        } else {
-            match verdict {
-                Verdict::Healthy { .. } => self.lagging = false,
-                Verdict::Warning(alarm) => {
-                    if !std::mem::replace(&mut self.lagging, true) || alarm.gap().is_some() {
-                        tracing::warn!(%alarm, "subscriber falling behind");
-                    }
+            SnailStep::Unstamped(m, cause) => {
+                if let Some(more) = self.logs.unstamped.check(now) {
+                    tracing::warn!(%cause, unstamped = self.core.stats().unstamped, suppressed = more, "message without a valid snail stamp, delivered unchecked");
                 }
-                Verdict::Croak(alarm) => {
-                    self.stats.croaks += 1;
-                    let recovery = self.apply_policy(*alarm).await?;
-                    self.detector.reset(stamp.publisher());
-                    if let Recovery::SkipUntilLagBelow(t) = recovery {
-                        self.skipping = Some((stamp.publisher().clone(), t));
-                        self.stats.skipped += 1;
-                        return Ok(None);
-                    }
-                }
+                Ok(Some(m))
             }
+            SnailStep::Skipped => Ok(None),
+            SnailStep::Oversized { bytes } => {
+                if let Some(more) = self.logs.oversized.check(now) {
+                    tracing::warn!(
+                        bytes,
+                        oversized = self.core.stats().oversized,
+                        suppressed = more,
+                        "message over max_message_bytes, dropped"
+                    );
+                }
+                Ok(None)
+            }
+            SnailStep::Croak(croak) => self.apply_policy(croak).await,
         }
-        Ok(Some(Delivery {
-            frames,
-            stamp: Some(stamp),
-            lag: Some(lag),
-        }))
     }
 
-    /// Runs the policy: `Err` to abort, `Ok(r)` to go on as `r` says.
-    async fn apply_policy(&mut self, alarm: Alarm) -> Result<Recovery, SnailError> {
-        let recovery = match &mut self.policy {
+    /// Runs the policy on a croak: `Err` to abort, `Ok` to go on.
+    async fn apply_policy(&mut self, croak: Croak) -> Result<Option<SnailMessage>, SnailError> {
+        let hook = match &mut self.policy {
             Policy::Abort(hook) => {
+                let alarm = self.core.abort(croak);
                 croak_log(&alarm);
                 if let Some(hook) = hook {
                     hook(&alarm);
                 }
-                return Err(SnailError::CannotKeepUp(Box::new(alarm)));
+                return Err(SnailError::CannotKeepUp(alarm));
             }
-            Policy::Recover(hook) => {
-                self.stats.recoveries += 1;
-                tracing::warn!(%alarm, "subscriber cannot keep up, recovering");
-                hook(alarm.clone()).await
-            }
+            Policy::Recover(hook) => hook,
         };
-        if recovery == Recovery::Abort {
-            croak_log(&alarm);
-            return Err(SnailError::CannotKeepUp(Box::new(alarm)));
+        if let Some(more) = self.logs.recovering.check(Instant::now()) {
+            tracing::warn!(alarm = %croak.alarm(), suppressed = more, "subscriber cannot keep up, recovering");
         }
-        Ok(recovery)
+        let recovery = tokio::select! {
+            biased;
+            () = self.token.cancelled() => return Err(SnailError::Stopped),
+            r = hook(croak.alarm().clone()) => r,
+        };
+        match self.core.recover(croak, recovery) {
+            Ok(m) => Ok(m),
+            Err(alarm) => {
+                croak_log(&alarm);
+                Err(SnailError::CannotKeepUp(alarm))
+            }
+        }
+    }
+}
+
+impl Drop for SnailSubscriber {
+    fn drop(&mut self) {
+        self.token.cancel();
     }
 }
 
