@@ -96,6 +96,7 @@ pub mod pubsub;
 mod ratelog;
 pub mod sim;
 pub mod snail;
+pub mod subscription;
 #[allow(dead_code)] // used by the pattern modules as they adopt it
 mod task;
 pub mod transport;

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::pubsub::SubEvent;
+use crate::subscription::SubEvent;
 use crate::zmtp::PeerId;
 
 /// Which way a captured message flowed.

@@ -8,9 +8,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::capture::{CaptureEvent, CaptureFilter};
-use crate::pubsub::{
-    self, Hooks, ProxyConfig, ProxyCounters, ProxyError, ProxyHandle, SubEvent, SubscriptionError,
-};
+use crate::pubsub::{self, Hooks, ProxyConfig, ProxyCounters, ProxyError, ProxyHandle};
+use crate::subscription::{SubEvent, SubscriptionError};
 use crate::zmtp::{PeerId, Shared};
 
 /// A proxy hook that copies what crosses the proxy into a channel.

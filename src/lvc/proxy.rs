@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::cache::{CacheLimits, CacheStats, LastValueCache, Stored};
-use crate::pubsub::{
-    self, Hooks, ProxyConfig, ProxyError, ProxyHandle, ProxyStats, SubEvent, UpstreamMode,
-};
+use crate::pubsub::{self, Hooks, ProxyConfig, ProxyError, ProxyHandle, ProxyStats, UpstreamMode};
+use crate::subscription::SubEvent;
 use crate::zmtp::{PeerId, Shared};
 
 /// The cache hook. Use it directly to combine a cache with other hooks
@@ -93,7 +92,8 @@ impl Hooks for CacheHook {
             return;
         };
         reply.extend(self.cache.matching(prefix).cloned());
-        info!(peer, prefix = %String::from_utf8_lossy(prefix), values = reply.len(), "sending cached values");
+        // DEBUG: a subscriber can send subscriptions as fast as it likes.
+        debug!(peer, prefix = %String::from_utf8_lossy(prefix), values = reply.len(), "sending cached values");
         self.shared.replays.fetch_add(1, Relaxed);
     }
 }
