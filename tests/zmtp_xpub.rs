@@ -134,7 +134,11 @@ async fn next_sub(server: &mut XSubServer) -> XSubEvent {
 
 /// Receives until a message arrives whose first frame is `topic`, skipping
 /// others and connection events; `None` after `wait`.
-async fn recv_topic(server: &mut XSubServer, topic: &str, wait: std::time::Duration) -> Option<Vec<Bytes>> {
+async fn recv_topic(
+    server: &mut XSubServer,
+    topic: &str,
+    wait: std::time::Duration,
+) -> Option<Vec<Bytes>> {
     tokio::time::timeout(wait, async {
         loop {
             if let XSubEvent::Message(m) = server.recv().await {
@@ -186,7 +190,10 @@ async fn xsub_serves_many_publishers_and_refuses_oversized_frames() {
         .await;
     }
     // An oversized frame: that publisher is disconnected at the header.
-    p1.send_owned(vec![vec![7u8; 4096]]).await;
+    // (It starts with A, or the publisher would filter it out.)
+    let mut big = vec![7u8; 4096];
+    big[0] = b'A';
+    p1.send_owned(vec![big]).await;
     loop {
         match next_sub(&mut xsub).await {
             XSubEvent::Disconnected { cause, .. } => {
@@ -223,13 +230,27 @@ async fn xsub_reconnects_and_resends_its_subscriptions() {
     xsub.send(&SubEvent::Subscribe(Bytes::from_static(b"A")));
     xsub.send(&SubEvent::Subscribe(Bytes::from_static(b"B")));
     xsub.send(&SubEvent::Unsubscribe(Bytes::from_static(b"B")));
-    assert!(matches!(next_sub(&mut xsub).await, XSubEvent::Connected { .. }));
-    let first = within(secs(10), "the subscription upstream", publisher.recv(secs(10)))
-        .await
-        .expect("no subscription reached the publisher");
-    assert_eq!(first, [b"\x01A".to_vec()], "only what is in effect is replayed");
+    assert!(matches!(
+        next_sub(&mut xsub).await,
+        XSubEvent::Connected { .. }
+    ));
+    let first = within(
+        secs(10),
+        "the subscription upstream",
+        publisher.recv(secs(10)),
+    )
+    .await
+    .expect("no subscription reached the publisher");
+    assert_eq!(
+        first,
+        [b"\x01A".to_vec()],
+        "only what is in effect is replayed"
+    );
     drop(publisher);
-    assert!(matches!(next_sub(&mut xsub).await, XSubEvent::Disconnected { .. }));
+    assert!(matches!(
+        next_sub(&mut xsub).await,
+        XSubEvent::Disconnected { .. }
+    ));
     // Rebind the same port (it may take the kernel a moment to free it).
     let again = Lz::new(zmq::XPUB);
     within(secs(10), "rebinding the publisher's port", async {
@@ -249,6 +270,8 @@ async fn xsub_reconnects_and_resends_its_subscriptions() {
     let resent = within(secs(20), "the subscription re-sent", again.recv(secs(20)))
         .await
         .expect("nothing re-sent");
-    within(secs(10), "the reconnect event", driver).await.unwrap();
+    within(secs(10), "the reconnect event", driver)
+        .await
+        .unwrap();
     assert_eq!(resent, [b"\x01A".to_vec()]);
 }

@@ -309,8 +309,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         // `read_buf` into a full BytesMut reads 64 bytes at a time: keep a
         // chunk free (a partial frame, if any, is moved to the new buffer).
+        // A fresh buffer rather than `reserve`: reserving in a buffer whose
+        // earlier frames are still referenced can grow it in place, without
+        // bound, under a stream of small messages.
         if buf.capacity() - buf.len() < limits.read_chunk / 4 {
-            buf.reserve(limits.read_chunk);
+            let mut fresh = BytesMut::with_capacity(buf.len() + limits.read_chunk);
+            fresh.extend_from_slice(buf);
+            *buf = fresh;
         }
         match rd.read_buf(buf).await {
             Ok(0) => return Ok(()),

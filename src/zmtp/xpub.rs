@@ -227,7 +227,9 @@ impl XPubServer {
     /// Binds (or, with a `>` endpoint, connects and keeps reconnecting).
     pub async fn attach(spec: &EndpointSpec, options: XPubOptions) -> Result<Self, EndpointError> {
         let cancel = CancellationToken::new();
-        let (up_tx, up) = mpsc::channel(1024);
+        // Batches, not messages: a few keep the connections busy, and they bound
+        // what a subscription flood holds in flight.
+        let (up_tx, up) = mpsc::channel(16);
         let limits = Limits {
             role: Role::XPub,
             hwm: options.hwm,
