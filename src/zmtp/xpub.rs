@@ -586,10 +586,12 @@ mod tests {
     /// and a disconnect gives the budget back.
     #[tokio::test]
     async fn subscription_limits_refuse_and_release() {
-        let mut o = XPubOptions::default();
-        o.max_subscriptions_per_peer = 2;
-        o.max_subscriptions = 3;
-        o.max_subscription_bytes = 4 * (SUBSCRIPTION_OVERHEAD + 1);
+        let o = XPubOptions {
+            max_subscriptions_per_peer: 2,
+            max_subscriptions: 3,
+            max_subscription_bytes: 4 * (SUBSCRIPTION_OVERHEAD + 1),
+            ..XPubOptions::default()
+        };
         let mut x = server(o).await;
         let _a = connect(&mut x, 1, 16);
         let _b = connect(&mut x, 2, 16);
