@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use zpatterns::pubsub::{matches_any, Registry, SubEvent};
+use zpatterns::subscription::{matches_any, Registry, SubEvent};
 use zpatterns::zmtp::codec;
 
 fn subscription_frames(c: &mut Criterion) {

@@ -48,33 +48,68 @@
 //! A peer's garbage (malformed frames, unknown commands, wrong frame counts)
 //! is counted, logged (rate-limited) and dropped; it never stops a server.
 //!
+//! ```no_run
+//! use tokio_util::sync::CancellationToken;
+//! use zpatterns::clone::{CloneServer, CloneServerConfig};
+//! use zpatterns::endpoint::bind_by_default;
+//! use zpatterns::lvc::{Lvc, LvcConfig};
+//! use zpatterns::pubsub::ProxyConfig;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let parent = CancellationToken::new();
+//! let proxy = ProxyConfig::new(bind_by_default("tcp://*:5557")?, bind_by_default("tcp://*:5558")?)
+//!     .max_message(256 << 10);
+//! let cache = Lvc::start(LvcConfig::new(proxy), &parent).await?;
+//! let server = CloneServer::start(CloneServerConfig::loopback(), &parent).await?;
+//! println!("{:?}", cache.stats());
+//! let final_stats = cache.shutdown().await?; // the Clone server keeps running
+//! println!("cache stopped after {} messages", final_stats.proxy.messages_in);
+//! parent.cancel(); // stops everything still under `parent`
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
 //!
+//! From the bottom up: a module's code only uses modules listed above it.
+//!
+//! - [`det`]: deterministic hashing and seeded randomness (the WAL's
+//!   checksums, the simulator, Paxos's timeouts).
 //! - [`endpoint`]: `@bind` / `>connect` endpoint strings and attaching sockets.
 //! - [`frames`]: helpers between `ZmqMessage` and frame lists.
-//! - [`pubsub`]: the XSUB/XPUB proxy machinery (subscription registry, slow-subscriber
-//!   policy, counters, hooks) that Espresso and the Last Value Cache build on.
-//! - [`espresso`]: the tracing proxy (Guide: "Pub-Sub Tracing"), capture events and filters.
-//! - [`lvc`]: the Last Value Cache proxy (prefix replay, bounded memory).
-//! - [`snail`]: Suicidal Snail, slow-subscriber detection (lag with clock-skew
-//!   estimation, sequence gaps) and the abort / recover policies.
+//! - [`subscription`]: subscription frames, prefix matching and the
+//!   reference-counted registry, below `zmtp` and `pubsub`.
+//! - [`zmtp`]: this crate's own ZMTP 3.0 XPUB and XSUB servers, the proxies'
+//!   backend and frontend, with per-subscriber queues and limits (the
+//!   `zeromq` crate's XPUB blocks on one slow subscriber, and its sockets
+//!   have no message size limit).
+//! - [`pubsub`]: the XSUB/XPUB proxy (slow-subscriber policy, counters,
+//!   limits, hooks) that Espresso and the Last Value Cache build on.
+//! - [`espresso`]: the tracing proxy (Guide ch. 5, "Pub-Sub Tracing",
+//!   `espresso`), capture events and filters.
+//! - [`lvc`]: the Last Value Cache proxy (Guide ch. 5, `lvcache`; prefix
+//!   replay, bounded memory).
+//! - [`snail`]: Suicidal Snail (Guide ch. 5, `suisnail`), slow-subscriber
+//!   detection (lag with clock-skew estimation, sequence gaps) in a pure
+//!   core, and the abort / skip / recover policies.
 //! - [`blackbox`]: Black Box, a high-speed subscriber sharding messages by
-//!   key over worker threads (per-key order kept, drops counted).
-//! - [`zmtp`]: a minimal ZMTP 3.0 XPUB server with per-subscriber queues, the
-//!   proxies' backend (the `zeromq` crate's XPUB blocks on one slow subscriber).
-//! - [`clone`]: the Clone pattern (CHP key-value server and client agent).
-//! - [`transport`]: the sans-IO `Process` contract of the consensus demos,
+//!   key over worker threads (per-key order kept, drops counted), with the
+//!   batching and overflow logic in a pure dispatcher.
+//! - [`clone`]: the Clone pattern (Guide ch. 5, models 1-5: CHP key-value
+//!   server and client agent).
+//! - [`durable`]: the write-ahead log trait for a consensus core's state
+//!   (the Paxos acceptor's): fsynced files, and a simulated disk that loses
+//!   unsynced writes.
+//! - [`transport`]: the sans-IO `Process` contract of the consensus cores,
 //!   a message `Transport` trait, `ZmqTransport` (ROUTER in, supervised
 //!   DEALERs out), an in-memory `MemNet`, and the tokio driver.
 //! - [`sim`]: `Sim`, a seeded virtual-time network that delays, reorders,
 //!   drops, duplicates, partitions and crashes on purpose.
-//! - [`durable`]: the write-ahead log trait for a consensus core's state
-//!   (the Paxos acceptor's): fsynced files, and a simulated disk that loses
-//!   unsynced writes.
-//! - `task` and `ratelog` (internal): the handle plumbing shared by every
-//!   pattern, and the rate limiter for peer-triggered log lines.
 //! - [`paxos`]: a Multi-Paxos replicated key-value store, proven by a
 //!   seeded fault-injection battery on [`sim`].
+//! - `task` and `ratelog` (internal): the handle plumbing shared by every
+//!   pattern, and the rate limiter for peer-triggered log lines.
 //!
 //! # Limits of the underlying `zeromq` crate
 //!
@@ -94,11 +129,10 @@ pub mod frames;
 pub mod lvc;
 pub mod paxos;
 pub mod pubsub;
-#[allow(dead_code)] // used by the pattern modules as they adopt it
 mod ratelog;
 pub mod sim;
 pub mod snail;
-#[allow(dead_code)] // used by the pattern modules as they adopt it
+pub mod subscription;
 mod task;
 pub mod transport;
 pub mod zmtp;

@@ -48,11 +48,13 @@ impl<T: Send + 'static> PatternTask<T> {
     }
 
     /// The child token the task runs under.
+    #[cfg(test)]
     pub(crate) fn token(&self) -> &CancellationToken {
         &self.token
     }
 
     /// True once the task has ended (stopped, failed or panicked).
+    #[cfg(test)]
     pub(crate) fn is_finished(&self) -> bool {
         self.join.as_ref().is_none_or(JoinHandle::is_finished)
     }

@@ -1,5 +1,5 @@
-//! The crate's own XPUB server: libzmq and zeromq-crate subscribers, targeted
-//! sends, and garbage at the protocol level.
+//! The crate's own XPUB and XSUB servers: libzmq and zeromq-crate peers,
+//! targeted sends, reconnects, and garbage at the protocol level.
 
 mod common;
 use common::*;
@@ -7,8 +7,10 @@ use common::*;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zpatterns::endpoint::EndpointSpec;
-use zpatterns::pubsub::SubEvent;
-use zpatterns::zmtp::{Shared, XPubEvent, XPubOptions, XPubServer};
+use zpatterns::subscription::SubEvent;
+use zpatterns::zmtp::{
+    CloseCause, Shared, XPubEvent, XPubOptions, XPubServer, XSubEvent, XSubOptions, XSubServer,
+};
 
 async fn server() -> XPubServer {
     XPubServer::attach(&EndpointSpec::loopback(), XPubOptions::default())
@@ -124,4 +126,152 @@ async fn protocol_garbage_is_refused_and_the_server_keeps_serving() {
     assert_eq!(xpub.publish(&shared(&["fine"])).queued, 1);
     assert_eq!(text(&good.recv(secs(10)).await.unwrap()), ["fine"]);
     assert_eq!(xpub.peer_count(), 1);
+}
+
+async fn next_sub(server: &mut XSubServer) -> XSubEvent {
+    within(secs(10), "an XSUB event", server.recv()).await
+}
+
+/// Receives until a message arrives whose first frame is `topic`, skipping
+/// others and connection events; `None` after `wait`.
+async fn recv_topic(
+    server: &mut XSubServer,
+    topic: &str,
+    wait: std::time::Duration,
+) -> Option<Vec<Bytes>> {
+    tokio::time::timeout(wait, async {
+        loop {
+            if let XSubEvent::Message(m) = server.recv().await {
+                if m[0] == topic.as_bytes() {
+                    return m.to_vec();
+                }
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// Bound: several libzmq publishers, each sent the subscriptions made
+/// before it connected, their messages fair-queued; a publisher that sends
+/// a frame over the limit is disconnected (and the others carry on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xsub_serves_many_publishers_and_refuses_oversized_frames() {
+    trace_init();
+    let mut options = XSubOptions::default();
+    options.max_message = 1024;
+    let mut xsub = XSubServer::attach(&EndpointSpec::loopback(), options)
+        .await
+        .unwrap();
+    xsub.send(&SubEvent::Subscribe(Bytes::from_static(b"A")));
+    let (p1, p2) = (Lz::new(zmq::PUB), Lz::new(zmq::PUB));
+    p1.connect(xsub.endpoint());
+    p2.connect(xsub.endpoint());
+    let mut connected = 0;
+    while connected < 2 {
+        if let XSubEvent::Connected { .. } = next_sub(&mut xsub).await {
+            connected += 1;
+        }
+    }
+    assert_eq!(xsub.peer_count(), 2);
+    // Each publisher got the subscription on connecting: B is filtered at
+    // the publisher, A arrives, from both.
+    for (p, name) in [(&p1, "A-1"), (&p2, "A-2")] {
+        within(secs(10), "a message from each publisher", async {
+            loop {
+                p.send(&[b"B-nobody"]).await;
+                p.send(&[name.as_bytes(), b"body"]).await;
+                if let Some(m) = recv_topic(&mut xsub, name, ms(50)).await {
+                    assert_eq!(text(&m), [name, "body"]);
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+    // An oversized frame: that publisher is disconnected at the header.
+    // (It starts with A, or the publisher would filter it out.)
+    let mut big = vec![7u8; 4096];
+    big[0] = b'A';
+    p1.send_owned(vec![big]).await;
+    loop {
+        match next_sub(&mut xsub).await {
+            XSubEvent::Disconnected { cause, .. } => {
+                assert_eq!(cause, CloseCause::TooLarge);
+                break;
+            }
+            XSubEvent::Message(m) => assert_ne!(m[0].len(), 4096, "oversized frame delivered"),
+            _ => {}
+        }
+    }
+    // The other publisher is still heard.
+    within(secs(10), "the other publisher after the refusal", async {
+        loop {
+            p2.send(&[b"A-after"]).await;
+            if recv_topic(&mut xsub, "A-after", ms(50)).await.is_some() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// Connecting: the subscriptions reach a libzmq XPUB, and after that
+/// publisher restarts on the same port the server reconnects by itself and
+/// sends them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xsub_reconnects_and_resends_its_subscriptions() {
+    trace_init();
+    let publisher = Lz::new(zmq::XPUB);
+    let ep = publisher.bind_loopback();
+    let mut xsub = XSubServer::attach(&EndpointSpec::connect(&ep).unwrap(), XSubOptions::default())
+        .await
+        .unwrap();
+    xsub.send(&SubEvent::Subscribe(Bytes::from_static(b"A")));
+    xsub.send(&SubEvent::Subscribe(Bytes::from_static(b"B")));
+    xsub.send(&SubEvent::Unsubscribe(Bytes::from_static(b"B")));
+    assert!(matches!(
+        next_sub(&mut xsub).await,
+        XSubEvent::Connected { .. }
+    ));
+    let first = within(
+        secs(10),
+        "the subscription upstream",
+        publisher.recv(secs(10)),
+    )
+    .await
+    .expect("no subscription reached the publisher");
+    assert_eq!(
+        first,
+        [b"\x01A".to_vec()],
+        "only what is in effect is replayed"
+    );
+    drop(publisher);
+    assert!(matches!(
+        next_sub(&mut xsub).await,
+        XSubEvent::Disconnected { .. }
+    ));
+    // Rebind the same port (it may take the kernel a moment to free it).
+    let again = Lz::new(zmq::XPUB);
+    within(secs(10), "rebinding the publisher's port", async {
+        while again.with(|s| s.bind(&ep)).is_err() {
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    // Someone must drive the server while we wait at the publisher.
+    let driver = tokio::spawn(async move {
+        loop {
+            if let XSubEvent::Connected { .. } = xsub.recv().await {
+                return xsub;
+            }
+        }
+    });
+    let resent = within(secs(20), "the subscription re-sent", again.recv(secs(20)))
+        .await
+        .expect("nothing re-sent");
+    within(secs(10), "the reconnect event", driver)
+        .await
+        .unwrap();
+    assert_eq!(resent, [b"\x01A".to_vec()]);
 }

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
-use crate::pubsub::SubEvent;
+use crate::subscription::SubEvent;
 use crate::zmtp::PeerId;
 
 /// Which way a captured message flowed.

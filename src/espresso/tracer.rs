@@ -15,9 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::capture::{CaptureEvent, CaptureFilter, Recorder, TimeBase};
-use crate::pubsub::{
-    Hooks, Proxy, ProxyConfig, ProxyCounters, ProxyError, ProxyStats, SubEvent, SubscriptionError,
-};
+use crate::pubsub::{Hooks, Proxy, ProxyConfig, ProxyCounters, ProxyError, ProxyStats};
+use crate::subscription::{SubEvent, SubscriptionError};
 use crate::zmtp::{PeerId, Shared};
 
 /// Capture events buffered for the listener by default (see

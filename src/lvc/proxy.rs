@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::cache::{CacheLimits, CacheStats, LastValueCache, Stored};
-use crate::pubsub::{Hooks, Proxy, ProxyConfig, ProxyError, ProxyStats, SubEvent, UpstreamMode};
+use crate::pubsub::{Hooks, Proxy, ProxyConfig, ProxyError, ProxyStats, UpstreamMode};
+use crate::subscription::SubEvent;
 use crate::zmtp::{PeerId, Shared};
 
 /// The cache hook. [`Lvc`] installs one; use it directly only to combine a
@@ -94,7 +95,7 @@ impl Hooks for CacheHook {
             return;
         };
         reply.extend(self.cache.matching(prefix).cloned());
-        // DEBUG: a subscriber can send any number of subscriptions.
+        // DEBUG: a subscriber can send subscriptions as fast as it likes.
         debug!(peer, prefix = %String::from_utf8_lossy(prefix), values = reply.len(), "sending cached values");
         self.shared.replays.fetch_add(1, Relaxed);
     }

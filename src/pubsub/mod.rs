@@ -1,6 +1,7 @@
-//! Pub-sub proxy machinery shared by Espresso, the Last Value Cache and the
-//! Black Box: subscription frames, a reference-counted registry, a
-//! slow-subscriber policy, counters, and a spawnable XSUB/XPUB proxy task.
+//! Pub-sub proxy machinery shared by Espresso and the Last Value Cache: a
+//! spawnable XSUB/XPUB proxy task with a slow-subscriber policy, limits,
+//! counters and hooks. The subscription model it applies (frames, the
+//! reference-counted registry) is [`crate::subscription`].
 //!
 //! The `zeromq` crate's own `proxy()` is not `Send`, its XSUB forgets a topic
 //! when one of two subscribers leaves, its XPUB `send` blocks on one stalled
@@ -33,11 +34,7 @@
 //! ```
 
 mod proxy;
-mod registry;
 mod stats;
-mod subscription;
 
 pub use proxy::{Hooks, Proxy, ProxyConfig, ProxyCounters, ProxyError, UpstreamMode};
-pub use registry::{matches_any, Registry, Upstream};
 pub use stats::ProxyStats;
-pub use subscription::{prefix_matches, SubEvent, SubscriptionError};

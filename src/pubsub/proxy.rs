@@ -8,8 +8,10 @@
 //! ```
 //!
 //! One task owns both sockets and `select!`s over their cancel-safe
-//! receives. The frontend is the `zeromq` crate's XSUB; the backend is this
-//! crate's [`XPubServer`], whose publish never blocks: each subscriber has
+//! receives. Both are this crate's ZMTP sockets: the frontend is an
+//! [`XSubServer`], which refuses a message over its size limit from the
+//! frame header (the `zeromq` crate's XSUB buffers any frame whole); the
+//! backend is an [`XPubServer`], whose publish never blocks: each subscriber has
 //! its own bounded queue (its HWM), and a subscriber that stops reading loses
 //! only its own messages. Subscription frames update the [`Registry`]; only
 //! the first subscribe and the last unsubscribe of each prefix go upstream
@@ -17,22 +19,26 @@
 //! ([`UpstreamMode::Everything`], for caches). A subscriber that disconnects
 //! cancels its subscriptions, as in libzmq. Anything else a subscriber sends
 //! is counted as malformed and dropped.
+//!
+//! Everything a peer can make the proxy hold is bounded; see
+//! [`ProxyConfig`]'s "Limits" for the table.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
-use zeromq::prelude::*;
-use zeromq::{XSubSocket, ZmqError, ZmqMessage};
 
-use super::registry::{Registry, Upstream};
 use super::stats::{Counters, ProxyStats};
-use super::subscription::{SubEvent, SubscriptionError};
-use crate::endpoint::{Attach, EndpointError, EndpointSpec};
+use crate::endpoint::{EndpointError, EndpointSpec};
+use crate::ratelog::LogLimiter;
+use crate::subscription::{Registry, SubEvent, SubscriptionError, Upstream};
 use crate::task::{PatternTask, TaskPanicked};
-use crate::zmtp::{PeerId, Shared, XPubEvent, XPubOptions, XPubServer};
+use crate::zmtp::{
+    CloseCause, PeerId, Shared, XPubEvent, XPubOptions, XPubServer, XSubEvent, XSubOptions,
+    XSubServer,
+};
 
 /// Errors that stop a proxy from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -132,13 +138,38 @@ impl ProxyCounters {
 }
 
 /// How to run a proxy.
+///
+/// # Limits
+///
+/// Everything a remote peer can make the proxy hold is bounded. Each limit
+/// hit is counted in [`ProxyStats`] and logged at most once a second per
+/// cause; the offending peer's excess is refused and every other peer is
+/// still served.
+///
+/// | limit (setter) | default | what the peer gets | counted in |
+/// |---|---|---|---|
+/// | [`max_message`](Self::max_message): one message from a publisher, all frames | 1 MiB | disconnected when a frame header announces more, before the body is read (a libzmq publisher reconnects; the message is lost) | `oversized` |
+/// | frames per publisher message ([`XSubOptions::max_frames`]) | 1024 | disconnected | `oversized` |
+/// | one message from a subscriber ([`XPubOptions::max_frame`]) | 64 KiB | disconnected | `oversized` |
+/// | [`max_connections`](Self::max_connections): live connections per listener (backend, and frontend when bound) | 1024 | accepted and closed at once | `connections_refused` |
+/// | [`max_subscriptions_per_peer`](Self::max_subscriptions_per_peer): distinct prefixes of one subscriber | 10,000 | that subscribe is ignored (not registered, not forwarded) | `subscriptions_refused` |
+/// | [`max_subscriptions`](Self::max_subscriptions): distinct (subscriber, prefix) pairs in total | 1,000,000 | same | `subscriptions_refused` |
+/// | subscription bytes in total ([`XPubOptions::max_subscription_bytes`]) | 64 MiB | same | `subscriptions_refused` |
+/// | [`subscriber_hwm`](Self::subscriber_hwm): messages queued per subscriber, hook replays (Last Value Cache) included message by message | 10,000 | live messages dropped for it; a replay that does not fit in the room left is dropped whole | `slow_drops`, `replay_drops` |
+/// | subscription frames queued per publisher ([`XSubOptions::send_queue`]) | 100,000 | disconnected; it gets every subscription again when it reconnects | `publisher_disconnects` |
+///
+/// Why 1 MiB for publishers: libzmq's default (`ZMQ_MAXMSGSIZE` = -1) is
+/// unlimited, which lets one publisher take the proxy's memory; the Guide's
+/// pub-sub messages are small, and 1 MiB keeps the worst case (one partial
+/// message per connection plus 16 queued batches) to a few tens of MiB for
+/// a handful of publishers. Raise it if your publishers send larger values.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     frontend: EndpointSpec,
     backend: EndpointSpec,
     upstream: UpstreamMode,
     backend_options: XPubOptions,
-    connect_retry: Duration,
+    frontend_options: XSubOptions,
 }
 
 impl ProxyConfig {
@@ -151,7 +182,7 @@ impl ProxyConfig {
             backend,
             upstream: UpstreamMode::Forward,
             backend_options: XPubOptions::default(),
-            connect_retry: Duration::from_millis(500),
+            frontend_options: XSubOptions::default(),
         }
     }
 
@@ -176,10 +207,46 @@ impl ProxyConfig {
         self
     }
 
-    /// How often to retry a frontend connect whose publisher is not up yet
-    /// (default 500 ms).
-    pub fn connect_retry(mut self, every: Duration) -> Self {
-        self.connect_retry = every;
+    /// All tunables of the frontend.
+    pub fn frontend_options(mut self, options: XSubOptions) -> Self {
+        self.frontend_options = options;
+        self
+    }
+
+    /// First delay before (re)connecting a frontend publisher that is not
+    /// up (default 100 ms, doubled after each failed attempt up to 5 s).
+    pub fn connect_retry(mut self, every: std::time::Duration) -> Self {
+        self.frontend_options.reconnect = every;
+        self
+    }
+
+    /// Largest message, all frames together, accepted from a publisher
+    /// (default 1 MiB): a publisher whose frame header announces more is
+    /// disconnected before the body is read.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.frontend_options.max_message = bytes;
+        self
+    }
+
+    /// Live connections per listener, backend and (when bound) frontend
+    /// (default 1024); one more is accepted and closed at once.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.frontend_options.max_connections = n;
+        self.backend_options.max_connections = n;
+        self
+    }
+
+    /// Distinct prefixes one subscriber may hold (default 10,000); a
+    /// subscribe to one more is ignored: not registered, not forwarded.
+    pub fn max_subscriptions_per_peer(mut self, n: usize) -> Self {
+        self.backend_options.max_subscriptions_per_peer = n;
+        self
+    }
+
+    /// Distinct (subscriber, prefix) pairs held over all subscribers
+    /// (default 1,000,000); a subscribe over it is ignored.
+    pub fn max_subscriptions(mut self, n: usize) -> Self {
+        self.backend_options.max_subscriptions = n;
         self
     }
 
@@ -215,8 +282,8 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy under a child of `parent`: binds its bind endpoints
     /// before returning (so bind errors surface here and port 0 resolves),
-    /// connects its connect endpoints in the background (retrying every
-    /// [`ProxyConfig::connect_retry`] until the peer is up), and runs until
+    /// connects its connect endpoints in the background (retrying with a
+    /// backoff that starts at [`ProxyConfig::connect_retry`]), and runs until
     /// [`shutdown`](Self::shutdown), a drop of the handle, or `parent` is
     /// cancelled. `hooks` observe or extend it (`()` for a plain proxy).
     /// Must be called inside a tokio runtime. Never cancels `parent`.
@@ -225,11 +292,8 @@ impl Proxy {
         mut hooks: H,
         parent: &CancellationToken,
     ) -> Result<Self, ProxyError> {
-        let mut xsub = XSubSocket::new();
-        let frontend = match config.frontend.attach() {
-            Attach::Bind => config.frontend.attach_to(&mut xsub).await?,
-            Attach::Connect => config.frontend.endpoint().to_owned(),
-        };
+        let xsub = XSubServer::attach(&config.frontend, config.frontend_options).await?;
+        let frontend = xsub.endpoint().to_owned();
         let xpub = XPubServer::attach(&config.backend, config.backend_options).await?;
         let backend = xpub.endpoint().to_owned();
         let counters = ProxyCounters(Arc::new(Counters::default()));
@@ -242,10 +306,11 @@ impl Proxy {
             counters: counters.0.clone(),
             hooks,
             upstream: config.upstream,
+            logs: Logs::default(),
         };
         let task = PatternTask::spawn(parent, move |child| {
             async move {
-                let result = run.run(config, child).await;
+                let result = run.run(child).await;
                 if let Err(error) = &result {
                     warn!(%error, "proxy stopped with an error");
                 }
@@ -296,32 +361,27 @@ impl Proxy {
 }
 
 struct Run<H> {
-    xsub: XSubSocket,
+    xsub: XSubServer,
     xpub: XPubServer,
     registry: Registry,
     counters: Arc<Counters>,
     hooks: H,
     upstream: UpstreamMode,
+    logs: Logs,
+}
+
+/// Rate limiters of the proxy's log lines that a peer can trigger.
+#[derive(Default)]
+struct Logs {
+    malformed: LogLimiter,
+    upstream: LogLimiter,
 }
 
 impl<H: Hooks> Run<H> {
-    async fn run(
-        mut self,
-        config: ProxyConfig,
-        cancel: CancellationToken,
-    ) -> Result<(), ProxyError> {
+    async fn run(mut self, cancel: CancellationToken) -> Result<(), ProxyError> {
         if self.upstream == UpstreamMode::Everything {
             // Recorded by the XSUB and replayed to every publisher that connects.
-            self.send_upstream(SubEvent::Subscribe(Bytes::new())).await;
-        }
-        if config.frontend.attach() == Attach::Connect {
-            let connect = config
-                .frontend
-                .attach_patiently(&mut self.xsub, config.connect_retry);
-            tokio::select! {
-                r = connect => { r?; }
-                _ = cancel.cancelled() => return Ok(()),
-            }
+            self.send_upstream(SubEvent::Subscribe(Bytes::new()));
         }
         info!("proxy running");
         // The cancellation branch goes last: polling a `cancelled()` future
@@ -338,8 +398,11 @@ impl<H: Hooks> Run<H> {
             }
             tokio::select! {
                 biased;
-                ev = self.xpub.recv() => self.on_backend_event(ev).await,
-                r = self.xsub.recv() => self.on_publisher_message(r).await,
+                ev = self.xpub.recv() => self.on_backend_event(ev),
+                ev = self.xsub.recv() => match ev {
+                    XSubEvent::Message(msg) => self.on_publisher_message(msg).await,
+                    other => self.on_frontend_event(other),
+                },
                 _ = &mut cancelled => break,
             }
         }
@@ -347,11 +410,7 @@ impl<H: Hooks> Run<H> {
         Ok(())
     }
 
-    async fn on_publisher_message(&mut self, r: Result<ZmqMessage, ZmqError>) {
-        let msg: Shared = match r {
-            Ok(m) => m.into_vec().into(),
-            Err(e) => return self.recv_error(e).await,
-        };
+    async fn on_publisher_message(&mut self, msg: Shared) {
         let len: usize = msg.iter().map(Bytes::len).sum();
         Counters::bump(&self.counters.messages_in, 1);
         Counters::bump(&self.counters.bytes_in, len as u64);
@@ -364,11 +423,31 @@ impl<H: Hooks> Run<H> {
         tokio::task::consume_budget().await;
     }
 
-    async fn on_backend_event(&mut self, ev: XPubEvent) {
+    fn on_frontend_event(&mut self, ev: XSubEvent) {
+        match ev {
+            XSubEvent::Connected { .. } => Counters::add(&self.counters.publisher_connects, 1),
+            XSubEvent::Disconnected { cause, .. } => {
+                Counters::add(&self.counters.publisher_disconnects, 1);
+                match cause {
+                    CloseCause::TooLarge => Counters::add(&self.counters.oversized, 1),
+                    CloseCause::Error => Counters::add(&self.counters.recv_errors, 1),
+                    _ => {}
+                }
+            }
+            XSubEvent::ConnectionRefused { .. } => {
+                Counters::add(&self.counters.connections_refused, 1)
+            }
+            // Handled on the hot path; future kinds are ignored.
+            _ => {}
+        }
+    }
+
+    fn on_backend_event(&mut self, ev: XPubEvent) {
         let now = Instant::now();
         let up_bytes = match &ev {
             XPubEvent::Subscription { event, .. } => 1 + event.topic().len(),
-            XPubEvent::UnmatchedUnsubscribe { topic, .. } => 1 + topic.len(),
+            XPubEvent::SubscriptionRefused { topic, .. }
+            | XPubEvent::UnmatchedUnsubscribe { topic, .. } => 1 + topic.len(),
             XPubEvent::Malformed { frames, .. } => frames.iter().map(Bytes::len).sum(),
             _ => 0,
         };
@@ -378,16 +457,23 @@ impl<H: Hooks> Run<H> {
         }
         match ev {
             XPubEvent::Connected { .. } => Counters::add(&self.counters.connects, 1),
-            XPubEvent::Subscription { peer, event } => self.subscription(peer, event, now).await,
+            XPubEvent::Subscription { peer, event } => self.subscription(peer, event, now),
+            XPubEvent::SubscriptionRefused { .. } => {
+                // Logged (rate-limited) by the XPUB server.
+                Counters::add(&self.counters.subscriptions_refused, 1);
+            }
             XPubEvent::Disconnected {
                 peer,
                 subscriptions,
+                cause,
                 ..
             } => {
                 Counters::add(&self.counters.disconnects, 1);
+                if cause == CloseCause::TooLarge {
+                    Counters::add(&self.counters.oversized, 1);
+                }
                 for topic in subscriptions {
-                    self.subscription(peer, SubEvent::Unsubscribe(topic), now)
-                        .await;
+                    self.subscription(peer, SubEvent::Unsubscribe(topic), now);
                 }
             }
             XPubEvent::UnmatchedUnsubscribe { peer, topic } => {
@@ -404,13 +490,22 @@ impl<H: Hooks> Run<H> {
                 error,
             } => {
                 Counters::add(&self.counters.malformed, 1);
-                warn!(peer, %error, frames = frames.len(), "ignoring a subscriber message that is not a subscription");
+                if let Some(suppressed) = self.logs.malformed.check(now) {
+                    warn!(peer, %error, frames = frames.len(), suppressed, "ignoring a subscriber message that is not a subscription");
+                }
                 self.hooks.on_malformed(&frames, &error, now);
             }
+            XPubEvent::ConnectionRefused { .. } => {
+                Counters::add(&self.counters.connections_refused, 1)
+            }
         }
+        self.counters.subscriptions_held.store(
+            self.xpub.subscription_count() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
-    async fn subscription(&mut self, peer: PeerId, event: SubEvent, now: Instant) {
+    fn subscription(&mut self, peer: PeerId, event: SubEvent, now: Instant) {
         let counter = if event.is_subscribe() {
             &self.counters.subscribes
         } else {
@@ -419,40 +514,32 @@ impl<H: Hooks> Run<H> {
         Counters::add(counter, 1);
         if let Upstream::Forward(up) = self.registry.apply(&event) {
             if self.upstream == UpstreamMode::Forward {
-                self.send_upstream(up).await;
+                self.send_upstream(up);
             }
         }
         let mut reply = Vec::new();
         self.hooks.on_subscription(peer, &event, now, &mut reply);
         if !reply.is_empty() {
+            // Counted against the subscriber's queue message by message: a
+            // replay that does not fit is dropped whole for it alone.
             let n = reply.len() as u64;
-            Counters::add(&self.counters.replayed, n);
-            if !self.xpub.send_to(peer, reply) {
-                Counters::add(&self.counters.slow_drops, n);
+            if self.xpub.send_to(peer, reply) {
+                Counters::add(&self.counters.replayed, n);
+            } else {
+                Counters::add(&self.counters.replay_drops, n);
             }
         }
     }
 
-    async fn send_upstream(&mut self, event: SubEvent) {
-        let msg = ZmqMessage::from(event.encode());
-        // Subscriptions are tiny and publishers read them; the bound only
-        // protects the proxy from a publisher that stopped reading.
-        match tokio::time::timeout(Duration::from_secs(1), self.xsub.send(msg)).await {
-            Ok(Ok(())) => Counters::add(&self.counters.upstream_sent, 1),
-            Ok(Err(error)) => {
-                warn!(%error, topic = ?event.topic(), "subscription not sent upstream")
+    fn send_upstream(&mut self, event: SubEvent) {
+        // Never blocks: a publisher that does not read its subscriptions is
+        // disconnected by the XSUB and gets them all again on reconnect.
+        self.xsub.send(&event);
+        Counters::add(&self.counters.upstream_sent, 1);
+        if self.xsub.peer_count() == 0 {
+            if let Some(suppressed) = self.logs.upstream.check(Instant::now()) {
+                debug!(topic = ?event.topic(), suppressed, "no publisher connected: subscription recorded for the next one");
             }
-            Err(_) => warn!(topic = ?event.topic(), "subscription send upstream timed out"),
-        }
-    }
-
-    async fn recv_error(&mut self, error: ZmqError) {
-        Counters::add(&self.counters.recv_errors, 1);
-        if matches!(error, ZmqError::NoMessage) {
-            // No publisher to read from right now; do not spin.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        } else {
-            warn!(%error, "frontend receive error (a publisher dropped); carrying on");
         }
     }
 }

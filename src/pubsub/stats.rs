@@ -64,9 +64,28 @@ counters! {
     /// Messages sent to one subscriber by the proxy's hooks (e.g. Last
     /// Value Cache replays).
     replayed,
-    /// Receive errors on the frontend (a publisher sent garbage or
-    /// vanished); the proxy carried on.
+    /// Hook replay messages dropped because the replay did not fit in the
+    /// room left in that subscriber's queue (its HWM).
+    replay_drops,
+    /// Publisher connections that ended on a protocol or I/O error (a
+    /// publisher sent garbage or vanished); the proxy carried on.
     recv_errors,
+    /// Publishers that connected to the frontend (reconnects included).
+    publisher_connects,
+    /// Publisher connections that ended, for any reason.
+    publisher_disconnects,
+    /// Peers disconnected for sending a message over the size limit
+    /// (publishers: `max_message`; subscribers: the backend's `max_frame`).
+    oversized,
+    /// Connections over a listener's `max_connections`, accepted and
+    /// closed at once (frontend and backend).
+    connections_refused,
+    /// Subscribes ignored because a subscription limit was reached (not
+    /// registered, not forwarded).
+    subscriptions_refused,
+    /// A gauge, not a counter: distinct (subscriber, prefix) pairs held
+    /// now, what `max_subscriptions` bounds.
+    subscriptions_held,
     /// Capture events dropped because the capture listener was slower than
     /// the traffic (Espresso).
     capture_drops;

@@ -1,9 +1,12 @@
-//! One ZMTP connection of the XPUB server: the NULL handshake, then a
-//! reader (subscriptions, PING) and a writer (batched message frames).
+//! One ZMTP connection of the XPUB or XSUB server: the NULL handshake, then
+//! a reader (messages in batches, PING) and a writer (batched frames).
 //!
-//! The writer drains a bounded queue, encodes everything that is waiting
-//! into one buffer and writes it with one syscall, so a busy subscriber costs
-//! one `write` per batch rather than one flush per message.
+//! The reader decodes everything one `read` brought in and hands it to its
+//! server as one batch, so a busy publisher costs one channel send per read
+//! rather than one per message; a frame or message over the size limit ends
+//! the connection as soon as its header announces it, before its body is
+//! buffered. The writer drains a bounded queue, encodes everything that is
+//! waiting into one buffer and writes it with one syscall.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,18 +24,39 @@ use super::codec::{self, ZmtpError, GREETING_LEN};
 /// A message shared by every subscriber it goes to.
 pub type Shared = Arc<[Bytes]>;
 
+/// Why a connection ended, as reported in a server's disconnect event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseCause {
+    /// The peer closed its end.
+    PeerClosed,
+    /// The peer sent a frame or message over the configured size limit (or
+    /// frame count): it was disconnected before the body was buffered.
+    TooLarge,
+    /// The peer did not read what it was sent and its queue overflowed
+    /// (publishers, whose subscription queue must not lose frames): it was
+    /// disconnected and gets the full subscription set when it reconnects.
+    Overflow,
+    /// A protocol violation or an I/O error.
+    Error,
+    /// The server is shutting down.
+    Shutdown,
+}
+
 /// What a connection's writer sends.
 #[derive(Debug)]
 pub(crate) enum Out {
     /// One message.
     One(Shared),
-    /// Several messages in order, bypassing the queue limit (replays).
+    /// Several messages in order as one queue entry. Used only for the
+    /// subscription set replayed to a new publisher, which is bounded by
+    /// the subscription limits.
     Bulk(Vec<Shared>),
     /// A PONG answering a ZMTP 3.1 PING.
     Pong(Bytes),
 }
 
-/// What a connection reports to its server.
+/// What a connection (or a listener) reports to its server.
 #[derive(Debug)]
 pub(crate) enum Up {
     Connected {
@@ -40,28 +64,79 @@ pub(crate) enum Up {
         remote: SocketAddr,
         tx: mpsc::Sender<Out>,
     },
-    Message {
-        peer: u64,
-        frames: Vec<Bytes>,
-    },
+    /// Complete messages, in arrival order.
+    Batch { peer: u64, msgs: Vec<Shared> },
     Closed {
         peer: u64,
         reason: String,
+        cause: CloseCause,
     },
+    /// A connection over the listener's limit was accepted and closed.
+    Refused { remote: SocketAddr },
+}
+
+/// Which socket this end of the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// We are XPUB; peers are SUB/XSUB and send subscriptions.
+    XPub,
+    /// We are XSUB; peers are PUB/XPUB and send data.
+    XSub,
+}
+
+impl Role {
+    fn ours(self) -> &'static [u8] {
+        match self {
+            Role::XPub => b"XPUB",
+            Role::XSub => b"XSUB",
+        }
+    }
+
+    fn peers(self) -> &'static [&'static str] {
+        match self {
+            Role::XPub => &["SUB", "XSUB"],
+            Role::XSub => &["PUB", "XPUB"],
+        }
+    }
 }
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
+    pub(crate) role: Role,
+    /// Capacity of the writer's queue.
     pub(crate) hwm: usize,
-    pub(crate) max_frame: usize,
+    /// Largest frame, and largest message (all frames), accepted.
+    pub(crate) max_message: usize,
+    /// Most frames in one message.
     pub(crate) max_frames: usize,
     pub(crate) handshake_timeout: Duration,
+    /// Free space ensured in the read buffer before each read.
+    pub(crate) read_chunk: usize,
 }
 
-const PEER_TYPES: [&str; 2] = ["SUB", "XSUB"];
+/// A batch is handed over once it holds this many payload bytes.
+const BATCH_BYTES: usize = 64 * 1024;
+/// ... or this many messages.
+const BATCH_MSGS: usize = 1024;
+
+struct Closing(CloseCause, String);
+
+impl Closing {
+    fn error(e: impl std::fmt::Display) -> Self {
+        Closing(CloseCause::Error, e.to_string())
+    }
+
+    fn from_zmtp(e: ZmtpError) -> Self {
+        match e {
+            ZmtpError::TooLarge { .. } => Closing(CloseCause::TooLarge, e.to_string()),
+            e => Closing::error(e),
+        }
+    }
+}
 
 /// Runs one connection to completion; always ends with `Up::Closed`.
+/// Returns true if the handshake completed (the peer was announced).
 pub(crate) async fn serve(
     stream: TcpStream,
     remote: SocketAddr,
@@ -69,16 +144,24 @@ pub(crate) async fn serve(
     limits: Limits,
     up: mpsc::Sender<Up>,
     cancel: CancellationToken,
-) {
+) -> bool {
     let _ = stream.set_nodelay(true);
-    let reason = tokio::select! {
-        r = run(stream, remote, peer, limits, &up) => match r {
-            Ok(()) => "peer closed the connection".to_owned(),
+    let mut announced = false;
+    let Closing(cause, reason) = tokio::select! {
+        r = run(stream, remote, peer, limits, &up, &mut announced) => match r {
+            Ok(()) => Closing(CloseCause::PeerClosed, "peer closed the connection".to_owned()),
             Err(e) => e,
         },
-        _ = cancel.cancelled() => "server shutting down".to_owned(),
+        _ = cancel.cancelled() => Closing(CloseCause::Shutdown, "server shutting down".to_owned()),
     };
-    let _ = up.send(Up::Closed { peer, reason }).await;
+    let _ = up
+        .send(Up::Closed {
+            peer,
+            reason,
+            cause,
+        })
+        .await;
+    announced
 }
 
 async fn run(
@@ -87,23 +170,33 @@ async fn run(
     peer: u64,
     limits: Limits,
     up: &mpsc::Sender<Up>,
-) -> Result<(), String> {
+    announced: &mut bool,
+) -> Result<(), Closing> {
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(limits.read_chunk);
     tokio::time::timeout(
         limits.handshake_timeout,
-        handshake(&mut rd, &mut wr, &mut buf, limits.max_frame),
+        handshake(&mut rd, &mut wr, &mut buf, limits),
     )
     .await
-    .map_err(|_| "handshake timed out".to_owned())?
-    .map_err(|e| format!("handshake failed: {e}"))?;
+    .map_err(|_| Closing::error("handshake timed out"))?
+    .map_err(|e| Closing::error(format!("handshake failed: {e}")))?;
     let (tx, rx) = mpsc::channel(limits.hwm.max(1));
-    let pong_tx = tx.clone();
+    // The reader holds only a weak sender (for PONGs): when the server drops
+    // its sender the writer ends, and with it the connection.
+    let pong_tx = tx.downgrade();
     if up.send(Up::Connected { peer, remote, tx }).await.is_err() {
         return Ok(());
     }
-    let writer = tokio::spawn(write_loop(wr, rx));
-    let r = read_loop(&mut rd, &mut buf, peer, limits, up, &pong_tx).await;
+    *announced = true;
+    let mut writer = tokio::spawn(write_loop(wr, rx));
+    let r = tokio::select! {
+        r = read_loop(&mut rd, &mut buf, peer, limits, up, &pong_tx) => r,
+        w = &mut writer => Err(match w {
+            Ok(true) => Closing(CloseCause::Overflow, "dropped by the server (its queue overflowed)".to_owned()),
+            _ => Closing::error("write error"),
+        }),
+    };
     writer.abort();
     r
 }
@@ -112,7 +205,7 @@ async fn handshake<R, W>(
     rd: &mut R,
     wr: &mut W,
     buf: &mut BytesMut,
-    max_frame: usize,
+    limits: Limits,
 ) -> Result<(), ZmtpError>
 where
     R: AsyncRead + Unpin,
@@ -124,10 +217,12 @@ where
     rd.read_exact(&mut g).await.map_err(io)?;
     codec::check_greeting(&g)?;
     let mut ready = BytesMut::new();
-    codec::encode_ready(&[("Socket-Type", b"XPUB")], &mut ready);
+    codec::encode_ready(&[("Socket-Type", limits.role.ours())], &mut ready);
     wr.write_all(&ready).await.map_err(io)?;
+    // READY metadata is small: a peer that announces a huge one is refused.
+    let max = limits.max_message.min(64 * 1024);
     let frame = loop {
-        if let Some(f) = codec::decode_frame(buf, max_frame)? {
+        if let Some(f) = codec::decode_frame(buf, max)? {
             break f;
         }
         if rd.read_buf(buf).await.map_err(io)? == 0 {
@@ -144,7 +239,7 @@ where
         .find(|(n, _)| n.eq_ignore_ascii_case("Socket-Type"))
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
-    if !PEER_TYPES.contains(&kind.as_str()) {
+    if !limits.role.peers().contains(&kind.as_str()) {
         return Err(ZmtpError::SocketType(kind));
     }
     Ok(())
@@ -157,54 +252,88 @@ fn io_kind(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// Decodes messages and hands them over in batches; returns when the peer
+/// closes or breaks a rule.
 async fn read_loop<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     peer: u64,
     limits: Limits,
     up: &mpsc::Sender<Up>,
-    pong: &mpsc::Sender<Out>,
-) -> Result<(), String> {
-    let mut frames = Vec::new();
+    pong: &mpsc::WeakSender<Out>,
+) -> Result<(), Closing> {
+    let mut frames: Vec<Bytes> = Vec::new();
     let mut size = 0;
+    let mut batch: Vec<Shared> = Vec::new();
+    let mut batch_bytes = 0;
     loop {
-        while let Some(f) = codec::decode_frame(buf, limits.max_frame).map_err(|e| e.to_string())? {
+        while let Some(f) =
+            codec::decode_frame(buf, limits.max_message).map_err(Closing::from_zmtp)?
+        {
             if f.command {
-                handle_command(&f.body, peer, up, pong).await?;
+                if let Some(msg) = handle_command(&f.body, peer, limits.role, pong)? {
+                    batch.push(msg);
+                }
                 continue;
             }
             size += f.body.len();
             frames.push(f.body);
-            // Subscribers only send subscriptions: bound what one message may hold.
-            if frames.len() > limits.max_frames || size > limits.max_frame {
-                return Err(format!(
-                    "message over the limits ({} frames / {} bytes)",
-                    limits.max_frames, limits.max_frame
+            if frames.len() > limits.max_frames || size > limits.max_message {
+                return Err(Closing(
+                    CloseCause::TooLarge,
+                    format!(
+                        "message over the limits ({} frames / {} bytes)",
+                        limits.max_frames, limits.max_message
+                    ),
                 ));
             }
             if !f.more {
+                batch_bytes += size;
                 size = 0;
-                let msg = std::mem::take(&mut frames);
-                if up.send(Up::Message { peer, frames: msg }).await.is_err() {
-                    return Ok(());
+                batch.push(std::mem::take(&mut frames).into());
+                if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_MSGS {
+                    batch_bytes = 0;
+                    let msgs = std::mem::take(&mut batch);
+                    if up.send(Up::Batch { peer, msgs }).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
+        }
+        if !batch.is_empty() {
+            batch_bytes = 0;
+            let msgs = std::mem::take(&mut batch);
+            if up.send(Up::Batch { peer, msgs }).await.is_err() {
+                return Ok(());
+            }
+        }
+        // `read_buf` into a full BytesMut reads 64 bytes at a time: keep a
+        // chunk free (a partial frame, if any, is moved to the new buffer).
+        // A fresh buffer rather than `reserve`: reserving in a buffer whose
+        // earlier frames are still referenced can grow it in place, without
+        // bound, under a stream of small messages.
+        if buf.capacity() - buf.len() < limits.read_chunk / 4 {
+            let mut fresh = BytesMut::with_capacity(buf.len() + limits.read_chunk);
+            fresh.extend_from_slice(buf);
+            *buf = fresh;
         }
         match rd.read_buf(buf).await {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(e) => return Err(format!("read error: {e}")),
+            Err(e) => return Err(Closing::error(format!("read error: {e}"))),
         }
     }
 }
 
-async fn handle_command(
+/// Answers PINGs; maps a subscriber's ZMTP 3.1 SUBSCRIBE/CANCEL commands to
+/// the message form.
+fn handle_command(
     body: &Bytes,
     peer: u64,
-    up: &mpsc::Sender<Up>,
-    pong: &mpsc::Sender<Out>,
-) -> Result<(), String> {
-    let (name, data) = codec::parse_command(body).map_err(|e| e.to_string())?;
+    role: Role,
+    pong: &mpsc::WeakSender<Out>,
+) -> Result<Option<Shared>, Closing> {
+    let (name, data) = codec::parse_command(body).map_err(Closing::error)?;
     match name.as_str() {
         // ZMTP 3.1 heartbeat: PING = ttl(2) context; answer with the context.
         "PING" => {
@@ -213,25 +342,25 @@ async fn handle_command(
             } else {
                 Bytes::new()
             };
-            let _ = pong.try_send(Out::Pong(context));
+            if let Some(tx) = pong.upgrade() {
+                let _ = tx.try_send(Out::Pong(context));
+            }
         }
-        // ZMTP 3.1 subscription commands, mapped to the message form.
-        "SUBSCRIBE" | "CANCEL" => {
+        "SUBSCRIBE" | "CANCEL" if role == Role::XPub => {
             let mut v = Vec::with_capacity(1 + data.len());
             v.push(u8::from(name == "SUBSCRIBE"));
             v.extend_from_slice(&data);
-            let frames = vec![Bytes::from(v)];
-            if up.send(Up::Message { peer, frames }).await.is_err() {
-                return Ok(());
-            }
+            return Ok(Some(vec![Bytes::from(v)].into()));
         }
-        "ERROR" => return Err("peer sent ERROR".to_owned()),
+        "ERROR" => return Err(Closing::error("peer sent ERROR")),
         other => debug!(peer, command = other, "ignoring ZMTP command"),
     }
-    Ok(())
+    Ok(None)
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Out>) {
+/// Returns true when the server dropped the queue's sender, false on a
+/// write error.
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Out>) -> bool {
     let mut batch = Vec::with_capacity(256);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while rx.recv_many(&mut batch, 256).await > 0 {
@@ -242,24 +371,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Out
                     for m in ms {
                         codec::encode_message(m.iter(), &mut buf);
                         if flush_if_full(&mut wr, &mut buf).await.is_err() {
-                            return;
+                            return false;
                         }
                     }
                 }
                 Out::Pong(ctx) => codec::encode_command("PONG", &ctx, &mut buf),
             }
             if flush_if_full(&mut wr, &mut buf).await.is_err() {
-                return;
+                return false;
             }
         }
         if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
-            return;
+            return false;
         }
         buf.clear();
         if buf.capacity() > 4 * FLUSH_AT {
             buf = BytesMut::with_capacity(64 * 1024);
         }
     }
+    true
 }
 
 /// Bytes buffered before a write is forced in the middle of a batch.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::subscription::{prefix_matches, SubEvent};
+use super::frame::{prefix_matches, SubEvent};
 
 /// What a proxy should do upstream after a subscription event.
 #[derive(Debug, Clone, PartialEq, Eq)]

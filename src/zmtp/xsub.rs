@@ -1,0 +1,304 @@
+//! An XSUB socket written for proxies: it binds (accepting many publishers)
+//! or connects (reconnecting with backoff), fair-queues the publishers'
+//! messages, sends its subscription frames to every publisher and replays
+//! the current set to each one that connects or reconnects, and bounds what
+//! a publisher can make it hold.
+//!
+//! It speaks ZMTP 3.0 with the NULL mechanism, so libzmq PUB/XPUB sockets
+//! (any 4.x) and the `zeromq` crate's PUB connect to it unchanged, and it
+//! answers ZMTP 3.1 PINGs.
+//!
+//! # Limits
+//!
+//! | limit | default | what the publisher gets |
+//! |---|---|---|
+//! | [`XSubOptions::max_message`] (all frames of one message) | 1 MiB | disconnected as soon as a frame header announces more, before the body is read ([`CloseCause::TooLarge`]); a libzmq publisher reconnects, and the message is lost |
+//! | [`XSubOptions::max_frames`] (frames of one message) | 1024 | disconnected ([`CloseCause::TooLarge`]) |
+//! | [`XSubOptions::max_connections`] (live, when binding) | 1024 | accepted and closed at once |
+//! | [`XSubOptions::send_queue`] (subscription frames queued for it) | 100,000 | disconnected ([`CloseCause::Overflow`]); it gets the whole set on reconnect |
+//!
+//! Memory: each connection holds at most one partial message (up to
+//! `max_message`) and one decoded batch (64 KiB plus one message) waiting
+//! for the server, and at most 16 batches wait in the server's queue. A
+//! publisher that sends faster than the proxy forwards is slowed by TCP
+//! backpressure, not buffered.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, warn};
+
+use super::conn::{CloseCause, Limits, Out, Role, Shared, Up};
+use super::net;
+use super::xpub::PeerId;
+use crate::endpoint::{Attach, EndpointError, EndpointSpec};
+use crate::ratelog::LogLimiter;
+use crate::subscription::{Registry, SubEvent, Upstream};
+
+/// Batches of messages waiting between the connections and the server.
+const QUEUED_BATCHES: usize = 16;
+
+/// Tunables of an [`XSubServer`]. Every field bounds something a remote
+/// publisher could otherwise grow (see the module docs' table).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct XSubOptions {
+    /// Largest message (all frame bodies together) accepted from a
+    /// publisher; a frame or message over it disconnects the publisher.
+    pub max_message: usize,
+    /// Most frames in one message from a publisher.
+    pub max_frames: usize,
+    /// Live publisher connections of a binding server; one more is
+    /// accepted and closed at once ([`XSubEvent::ConnectionRefused`]).
+    pub max_connections: usize,
+    /// Subscription frames queued per publisher; a publisher that lets its
+    /// queue fill is disconnected (it gets every subscription again when it
+    /// reconnects, so none is lost).
+    pub send_queue: usize,
+    /// Time allowed for a new connection's ZMTP handshake.
+    pub handshake_timeout: Duration,
+    /// Delay before reconnecting (connecting server), doubled after each
+    /// failed attempt up to `reconnect_max`.
+    pub reconnect: Duration,
+    /// Longest delay between reconnect attempts.
+    pub reconnect_max: Duration,
+}
+
+impl Default for XSubOptions {
+    fn default() -> Self {
+        Self {
+            max_message: 1 << 20,
+            max_frames: 1024,
+            max_connections: 1024,
+            send_queue: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            reconnect: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What [`XSubServer::recv`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum XSubEvent {
+    /// A message from a publisher.
+    Message(Shared),
+    /// A publisher finished its handshake (it was sent the current
+    /// subscriptions).
+    Connected {
+        /// The publisher.
+        peer: PeerId,
+        /// Its address.
+        remote: SocketAddr,
+    },
+    /// A publisher went away (or was disconnected for breaking a limit).
+    Disconnected {
+        /// The publisher.
+        peer: PeerId,
+        /// Why the connection ended.
+        reason: String,
+        /// The same, as a kind (e.g. [`CloseCause::TooLarge`]).
+        cause: CloseCause,
+    },
+    /// A connection over [`XSubOptions::max_connections`] was accepted and
+    /// closed at once.
+    ConnectionRefused {
+        /// Its address.
+        remote: SocketAddr,
+    },
+}
+
+#[derive(Debug)]
+struct Publisher {
+    /// `None` once dropped for overflowing (its connection is closing).
+    tx: Option<mpsc::Sender<Out>>,
+    remote: SocketAddr,
+}
+
+/// The server side of XSUB. Owned by one task; `recv` is cancel-safe.
+#[derive(Debug)]
+pub struct XSubServer {
+    endpoint: String,
+    peers: HashMap<PeerId, Publisher>,
+    /// The subscriptions sent so far (counted), replayed to new publishers.
+    subs: Registry,
+    up: mpsc::Receiver<Up>,
+    /// The batch being handed out by `recv`.
+    batch: std::vec::IntoIter<Shared>,
+    closed_log: LogLimiter,
+    overflow_log: LogLimiter,
+    _stop: DropGuard,
+}
+
+impl XSubServer {
+    /// Binds (or, with a `>` endpoint, connects and keeps reconnecting).
+    pub async fn attach(spec: &EndpointSpec, options: XSubOptions) -> Result<Self, EndpointError> {
+        let cancel = CancellationToken::new();
+        let (up_tx, up) = mpsc::channel(QUEUED_BATCHES);
+        let limits = Limits {
+            role: Role::XSub,
+            hwm: options.send_queue,
+            max_message: options.max_message,
+            max_frames: options.max_frames.max(1),
+            handshake_timeout: options.handshake_timeout,
+            read_chunk: 64 * 1024,
+        };
+        let endpoint = match spec.attach() {
+            Attach::Bind => {
+                let listener = net::bind(spec).await?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| net::bind_error(spec, e))?;
+                tokio::spawn(net::accept_loop(
+                    listener,
+                    limits,
+                    options.max_connections,
+                    up_tx,
+                    cancel.clone(),
+                ));
+                format!("tcp://{local}")
+            }
+            Attach::Connect => {
+                let target = net::tcp_target(spec)?;
+                tokio::spawn(net::connect_loop(
+                    target,
+                    options.reconnect,
+                    options.reconnect_max,
+                    limits,
+                    up_tx,
+                    cancel.clone(),
+                ));
+                spec.endpoint().to_owned()
+            }
+        };
+        Ok(Self {
+            endpoint,
+            peers: HashMap::new(),
+            subs: Registry::new(),
+            up,
+            batch: Vec::new().into_iter(),
+            closed_log: LogLimiter::default(),
+            overflow_log: LogLimiter::default(),
+            _stop: cancel.drop_guard(),
+        })
+    }
+
+    /// The bound endpoint with its real port (or the connect endpoint).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Number of connected publishers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The subscriptions in effect (what a new publisher is sent).
+    pub fn subscriptions(&self) -> &Registry {
+        &self.subs
+    }
+
+    /// Waits for the next message or connection event. Cancel-safe.
+    pub async fn recv(&mut self) -> XSubEvent {
+        loop {
+            if let Some(msg) = self.batch.next() {
+                return XSubEvent::Message(msg);
+            }
+            // The accept (or connect) task holds a sender for as long as this
+            // server lives, so the channel cannot close under us.
+            let Some(up) = self.up.recv().await else {
+                return std::future::pending().await;
+            };
+            if let Some(ev) = self.apply(up) {
+                return ev;
+            }
+        }
+    }
+
+    fn apply(&mut self, up: Up) -> Option<XSubEvent> {
+        match up {
+            Up::Batch { msgs, .. } => {
+                self.batch = msgs.into_iter();
+                None
+            }
+            Up::Connected { peer, remote, tx } => {
+                debug!(peer, %remote, "publisher connected");
+                if !self.subs.is_empty() {
+                    let replay = self
+                        .subs
+                        .replay()
+                        .map(|e| Shared::from(vec![e.encode()]))
+                        .collect();
+                    // A fresh queue always has room for its first entry.
+                    let _ = tx.try_send(Out::Bulk(replay));
+                }
+                self.peers.insert(
+                    peer,
+                    Publisher {
+                        tx: Some(tx),
+                        remote,
+                    },
+                );
+                Some(XSubEvent::Connected { peer, remote })
+            }
+            Up::Closed {
+                peer,
+                reason,
+                cause,
+            } => {
+                let p = self.peers.remove(&peer)?;
+                if matches!(cause, CloseCause::TooLarge | CloseCause::Error) {
+                    if let Some(suppressed) = self.closed_log.check(Instant::now()) {
+                        warn!(peer, remote = %p.remote, %reason, suppressed, "publisher disconnected");
+                    }
+                } else {
+                    debug!(peer, remote = %p.remote, %reason, "publisher gone");
+                }
+                Some(XSubEvent::Disconnected {
+                    peer,
+                    reason,
+                    cause,
+                })
+            }
+            Up::Refused { remote } => Some(XSubEvent::ConnectionRefused { remote }),
+        }
+    }
+
+    /// Records a subscription event and queues its frame for every
+    /// connected publisher (libzmq's XSUB: every subscribe is sent; an
+    /// unsubscribe only for a prefix that was subscribed). Never blocks:
+    /// a publisher whose queue is full is disconnected and gets the whole
+    /// set when it reconnects. Returns the publishers it was queued for.
+    pub fn send(&mut self, event: &SubEvent) -> usize {
+        match event {
+            SubEvent::Subscribe(t) => {
+                self.subs.subscribe(t.clone());
+            }
+            SubEvent::Unsubscribe(t) => {
+                if self.subs.unsubscribe(t) == Upstream::Unmatched {
+                    return 0;
+                }
+            }
+        }
+        let msg = Shared::from(vec![event.encode()]);
+        let mut sent = 0;
+        for (id, p) in &mut self.peers {
+            let Some(tx) = &p.tx else { continue };
+            match tx.try_send(Out::One(msg.clone())) {
+                Ok(()) => sent += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if let Some(suppressed) = self.overflow_log.check(Instant::now()) {
+                        warn!(peer = id, remote = %p.remote, suppressed, "publisher does not read its subscriptions: disconnecting it");
+                    }
+                    p.tx = None;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        sent
+    }
+}
