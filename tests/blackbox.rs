@@ -449,16 +449,6 @@ async fn dropping_a_black_box_stops_it_without_touching_the_parent() {
     assert!(!parent.is_cancelled());
 }
 
-/// The process's resident set size, in KiB (Linux `/proc/self/status`).
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A hostile libzmq publisher sends 4 MiB frames to a Black Box whose
 /// limit is 64 KiB, while a well-behaved publisher on the same socket
 /// keeps sending: every oversized message is refused and counted, every

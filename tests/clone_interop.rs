@@ -517,19 +517,6 @@ async fn a_stalled_snapshot_reader_does_not_hold_up_others() {
     token.cancel();
 }
 
-/// The process's resident set size in KiB (Linux `/proc/self/status`), for
-/// the hostile-peer tests' reports. Other tests in this binary run at the
-/// same time, so it is printed, not asserted: the assertions use the
-/// crate's own accounting.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Limits on the server's inputs: a hostile libzmq PUB sends KVSETs with
 /// 32 MiB values to the collector and a hostile libzmq DEALER sends an
 /// `ICANHAZ?` with an 8 MiB subtree. Both are dropped and counted, nothing

@@ -21,16 +21,6 @@ fn connect(ep: &str) -> EndpointSpec {
     EndpointSpec::connect(ep).unwrap()
 }
 
-/// The process's resident set size, in KiB (Linux `/proc/self/status`).
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A hostile libzmq publisher sends frames far over the size limit, then
 /// a flood of stamps under 20,000 distinct publisher ids (each with a
 /// 16 KiB body), while a well-behaved publisher keeps ticking. The

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::conn::{self, Limits, Up};
-use crate::endpoint::{EndpointError, EndpointSpec};
+use crate::endpoint::{Attach, EndpointError, EndpointSpec};
 use crate::ratelog::LogLimiter;
 
 pub(crate) fn bind_error(spec: &EndpointSpec, e: std::io::Error) -> EndpointError {
@@ -52,6 +52,54 @@ impl Drop for Live {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// How a server reaches its peers: its listener's or connection's tunables.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reach {
+    /// Live connections at most, when bound.
+    pub(crate) max_connections: usize,
+    /// First reconnect delay, when connecting.
+    pub(crate) reconnect: Duration,
+    /// Longest reconnect delay, when connecting.
+    pub(crate) reconnect_max: Duration,
+}
+
+/// Binds (and spawns the accept loop) or spawns the connect loop for
+/// `spec`, as it asks; returns the endpoint (resolved, when bound).
+pub(crate) async fn attach(
+    spec: &EndpointSpec,
+    limits: Limits,
+    reach: Reach,
+    up: mpsc::Sender<Up>,
+    cancel: &CancellationToken,
+) -> Result<String, EndpointError> {
+    Ok(match spec.attach() {
+        Attach::Bind => {
+            let listener = bind(spec).await?;
+            let local = listener.local_addr().map_err(|e| bind_error(spec, e))?;
+            tokio::spawn(accept_loop(
+                listener,
+                limits,
+                reach.max_connections,
+                up,
+                cancel.clone(),
+            ));
+            format!("tcp://{local}")
+        }
+        Attach::Connect => {
+            let target = tcp_target(spec)?;
+            tokio::spawn(connect_loop(
+                target,
+                reach.reconnect,
+                reach.reconnect_max,
+                limits,
+                up,
+                cancel.clone(),
+            ));
+            spec.endpoint().to_owned()
+        }
+    })
 }
 
 /// Accepts connections until cancelled, at most `max_connections` at once.

@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 use super::conn::{CloseCause, Limits, Out, Role, Shared, Up};
 use super::net;
 use super::xpub::PeerId;
-use crate::endpoint::{Attach, EndpointError, EndpointSpec};
+use crate::endpoint::{EndpointError, EndpointSpec};
 use crate::ratelog::LogLimiter;
 use crate::subscription::{Registry, SubEvent, Upstream};
 
@@ -147,34 +147,12 @@ impl XSubServer {
             handshake_timeout: options.handshake_timeout,
             read_chunk: 64 * 1024,
         };
-        let endpoint = match spec.attach() {
-            Attach::Bind => {
-                let listener = net::bind(spec).await?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|e| net::bind_error(spec, e))?;
-                tokio::spawn(net::accept_loop(
-                    listener,
-                    limits,
-                    options.max_connections,
-                    up_tx,
-                    cancel.clone(),
-                ));
-                format!("tcp://{local}")
-            }
-            Attach::Connect => {
-                let target = net::tcp_target(spec)?;
-                tokio::spawn(net::connect_loop(
-                    target,
-                    options.reconnect,
-                    options.reconnect_max,
-                    limits,
-                    up_tx,
-                    cancel.clone(),
-                ));
-                spec.endpoint().to_owned()
-            }
+        let reach = net::Reach {
+            max_connections: options.max_connections,
+            reconnect: options.reconnect,
+            reconnect_max: options.reconnect_max,
         };
+        let endpoint = net::attach(spec, limits, reach, up_tx, &cancel).await?;
         Ok(Self {
             endpoint,
             peers: HashMap::new(),

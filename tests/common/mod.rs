@@ -180,3 +180,14 @@ pub fn text(frames: &[impl AsRef<[u8]>]) -> Vec<String> {
         .map(|f| String::from_utf8_lossy(f.as_ref()).into_owned())
         .collect()
 }
+
+/// The process's resident set size in KiB (Linux `/proc/self/status`
+/// VmRSS), for the hostile-peer tests.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}

@@ -30,6 +30,7 @@
 //! |---|---|---|
 //! | [`ZmqConfig::max_message`]: largest payload accepted | 16 MiB | the message is dropped, counted in [`TransportStats::oversized`] |
 //! | [`ZmqConfig::inbound_bytes`]: payload bytes received and not yet taken by the node | 64 MiB | the message is dropped, counted in [`TransportStats::dropped`] |
+//! | one peer's share of `inbound_bytes` | half of it | the message is dropped, counted in [`TransportStats::dropped`]: one flooding peer cannot take the whole budget from the others |
 //! | [`ZmqConfig::inbound`]: messages received and not yet taken | 65,536 | the message is dropped, counted in [`TransportStats::dropped`] |
 //! | [`ZmqConfig::queue`]: messages queued for one peer | 4096 | (our own sends) dropped, counted in [`TransportStats::dropped`] |
 //!
@@ -50,9 +51,9 @@
 //! the final counters. Dropping a `ZmqTransport` cancels its tasks without
 //! waiting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -136,8 +137,10 @@ impl ZmqConfig {
     }
 
     /// Payload bytes received and not yet taken by the node before further
-    /// messages are dropped (default 64 MiB). One message larger than the
-    /// budget still passes when nothing else is queued.
+    /// messages are dropped (default 64 MiB). One peer may hold at most half
+    /// of it, so a peer that floods the node leaves room for the others.
+    /// One message larger than the budget still passes when nothing else
+    /// is queued.
     pub fn inbound_bytes(mut self, bytes: usize) -> Self {
         self.inbound_bytes = bytes.max(1);
         self
@@ -208,9 +211,27 @@ pub(crate) struct Inbound {
     counters: Arc<Counters>,
     max_message: usize,
     max_bytes: u64,
+    /// Payload bytes queued per sending peer (entries removed at zero, so
+    /// at most one per queued message).
+    per_peer: Arc<Mutex<HashMap<NodeId, u64>>>,
 }
 
 impl Inbound {
+    /// Releases the accounting of a message of `len` bytes from `from` that
+    /// left the queue (taken by the node, or never queued).
+    pub(crate) fn taken(&self, from: NodeId, len: usize) {
+        self.counters
+            .queued_bytes
+            .fetch_sub(len as u64, Ordering::Relaxed);
+        let mut per_peer = self.per_peer.lock().expect("inbound accounting lock");
+        if let Some(mine) = per_peer.get_mut(&from) {
+            *mine = mine.saturating_sub(len as u64);
+            if *mine == 0 {
+                per_peer.remove(&from);
+            }
+        }
+    }
+
     /// Queues `payload` from `from`, or drops and counts it. `log` limits
     /// the caller's warnings.
     pub(crate) fn offer(&self, from: NodeId, payload: Bytes, log: &mut LogLimiter) {
@@ -222,8 +243,12 @@ impl Inbound {
             }
             return;
         }
+        let mut per_peer = self.per_peer.lock().expect("inbound accounting lock");
         let queued = self.counters.queued_bytes.load(Ordering::Relaxed);
-        if queued > 0 && queued.saturating_add(len as u64) > self.max_bytes {
+        let mine = per_peer.get(&from).copied().unwrap_or(0);
+        let over_total = queued > 0 && queued.saturating_add(len as u64) > self.max_bytes;
+        let over_share = mine > 0 && mine.saturating_add(len as u64) > self.max_bytes / 2;
+        if over_total || over_share {
             Counters::bump(&self.counters.dropped);
             if let Some(suppressed) = log.check(std::time::Instant::now()) {
                 warn!(peer = %from, queued, limit = self.max_bytes, suppressed, "inbound byte budget full; message dropped");
@@ -233,10 +258,10 @@ impl Inbound {
         self.counters
             .queued_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
+        *per_peer.entry(from).or_insert(0) += len as u64;
+        drop(per_peer);
         if self.tx.try_send((from, payload)).is_err() {
-            self.counters
-                .queued_bytes
-                .fetch_sub(len as u64, Ordering::Relaxed);
+            self.taken(from, len);
             Counters::bump(&self.counters.dropped);
             if let Some(suppressed) = log.check(std::time::Instant::now()) {
                 debug!(peer = %from, suppressed, "inbound queue full; message dropped");
@@ -285,6 +310,7 @@ impl ZmqTransport {
             counters: counters.clone(),
             max_message: cfg.max_message,
             max_bytes: cfg.inbound_bytes as u64,
+            per_peer: Arc::default(),
         };
         let mut endpoint = None;
         let mut router_tx = None;
@@ -410,11 +436,9 @@ impl Transport for ZmqTransport {
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<(NodeId, Bytes)>> {
         let r = self.inbound.poll_recv(cx);
-        if let Poll::Ready(Some((_, m))) = &r {
+        if let Poll::Ready(Some((from, m))) = &r {
             Counters::bump(&self.counters.received);
-            self.counters
-                .queued_bytes
-                .fetch_sub(m.len() as u64, Ordering::Relaxed);
+            self.inbound_tx.taken(*from, m.len());
         }
         r
     }
