@@ -146,7 +146,7 @@ pub(crate) struct Case {
     pub(crate) size: usize,
 }
 
-/// The runs, interleaved as in `perf-anchors.md`: for each repetition, each
+/// The runs, interleaved: for each repetition, each
 /// pattern and size, every implementation back to back (A B A B ...), so
 /// slow drifts of a shared machine hit both sides alike.
 pub(crate) fn plan(

@@ -1,7 +1,7 @@
 //! CPU accounting from `/proc`: each measured process's CPU time, the whole
 //! machine's busy time, and so the CPU that *other* programs used during a
 //! run (this box is a shared 2-vCPU VM; a run that shared it with a
-//! compiler is not comparable, `perf-anchors.md`). Linux only; elsewhere
+//! compiler is not comparable). Linux only; elsewhere
 //! every reading is zero and the columns read 0.
 
 use std::time::{Duration, Instant};

@@ -115,7 +115,7 @@ pub(crate) enum Role {
 /// The tokio runtime flavour of zeromq-crate processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Runtime {
-    /// `current_thread`: one thread (fastest on 2 vCPUs, perf-anchors.md).
+    /// `current_thread`: one thread (measured fastest on 2 vCPUs).
     Ct,
     /// `multi_thread` with one worker per core.
     Mt,

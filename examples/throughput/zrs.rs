@@ -1,7 +1,7 @@
 //! Roles on the pure-Rust `zeromq` crate: PUB/PUSH/DEALER senders, the REQ
 //! pinger, SUB/PULL/ROUTER receivers and the REP echo, each in its own
 //! process on a tokio runtime (current-thread by default: measured fastest
-//! on this 2-vCPU box, `perf-anchors.md`).
+//! on this 2-vCPU box, `--rt mt` to compare).
 //!
 //! Messages are built fresh per send by copying a payload buffer
 //! (`Bytes::copy_from_slice`), as libzmq's `send(&[u8])` copies too.
