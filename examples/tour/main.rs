@@ -7,6 +7,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/failover.rs"]
+mod failover;
 
 use clap::Parser;
 
@@ -14,6 +16,7 @@ mod blackbox;
 mod clone;
 mod espresso;
 mod lvc;
+mod pair;
 mod paxos;
 mod snail;
 
@@ -67,6 +70,11 @@ const SECTIONS: &[Section] = &[
         "clone",
         "Clone: shared key-value state (CHP server + client agents)",
         clone::run,
+    ),
+    (
+        "pair",
+        "Clone pair over Binary Star: the primary killed mid-stream",
+        pair::run,
     ),
     (
         "paxos",

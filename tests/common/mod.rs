@@ -20,6 +20,8 @@
 //! ```
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod relay;
+
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
