@@ -416,6 +416,7 @@ impl Agent {
                 Update::Hugz {
                     seq: hugz,
                     instance,
+                    ..
                 },
             ) => {
                 let last = *seq;

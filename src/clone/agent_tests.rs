@@ -44,6 +44,7 @@ impl H {
             seq,
             subtree: Bytes::new(),
             instance: None,
+            epoch: None,
         };
         self.a.handle_snapshot(att, end, self.now);
     }
@@ -59,6 +60,7 @@ impl H {
             Update::Hugz {
                 seq,
                 instance: None,
+                epoch: None,
             },
             self.now,
         );
@@ -249,6 +251,7 @@ fn messages_from_a_stale_link_are_ignored() {
             seq: 1,
             subtree: Bytes::new(),
             instance: None,
+            epoch: None,
         },
         h.now,
     );
@@ -341,11 +344,13 @@ fn a_new_server_instance_in_the_heartbeat_means_a_restart() {
         seq: 6,
         subtree: Bytes::new(),
         instance: Some(1),
+        epoch: None,
     };
     h.a.handle_snapshot(att, end, h.now);
     let same = Update::Hugz {
         seq: 9,
         instance: Some(1),
+        epoch: None,
     };
     h.a.handle_update(att, same, h.now);
     assert!(h.opened().is_empty());
@@ -354,6 +359,7 @@ fn a_new_server_instance_in_the_heartbeat_means_a_restart() {
     let other = Update::Hugz {
         seq: 9,
         instance: Some(2),
+        epoch: None,
     };
     h.a.handle_update(att, other, h.now);
     assert_eq!(h.a.stats().restarts, 1);

@@ -61,6 +61,7 @@ mod client;
 mod error;
 mod kvmsg;
 mod link;
+mod pending;
 mod proto;
 mod server;
 mod snapshot;
@@ -71,7 +72,7 @@ pub use client::{CloneClient, CloneClientConfig, CloneClientStats, SERVER_MAX};
 pub use error::{CloneError, KvMsgError, PropertyError};
 pub use kvmsg::{KvMsg, Properties, Uuid, KEY_MAX, PROPS_MAX, TTL};
 pub use link::ServerAddr;
-pub use proto::{Icanhaz, SnapshotReply, Update, HUGZ, ICANHAZ, INSTANCE, KTHXBAI};
+pub use proto::{Icanhaz, SnapshotReply, Update, EPOCH, HUGZ, ICANHAZ, INSTANCE, KTHXBAI};
 pub use server::{CloneServer, CloneServerConfig, CloneServerEndpoints, CloneServerStats};
 pub use snapshot::SnapshotCursor;
 pub use store::{
