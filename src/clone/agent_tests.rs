@@ -309,8 +309,8 @@ fn set_publishes_a_kvset_with_uuid_and_ttl_and_applies_in_subtree_only() {
     let set = |k: &str, v: &str, ttl, u| {
         kvset(Bytes::from(k.to_owned()), Bytes::from(v.to_owned()), ttl, u)
     };
-    h.a.handle_set(set("/a/k", "v", ttl, [3; 16]).unwrap());
-    h.a.handle_set(set("/b/k", "w", None, [4; 16]).unwrap());
+    h.a.handle_set(set("/a/k", "v", ttl, [3; 16]).unwrap(), h.now);
+    h.a.handle_set(set("/b/k", "w", None, [4; 16]).unwrap(), h.now);
     let sent: Vec<KvMsg> = h
         .actions()
         .into_iter()

@@ -59,6 +59,7 @@
 mod agent;
 mod client;
 mod error;
+mod inflight;
 mod kvmsg;
 mod link;
 mod pending;
