@@ -723,7 +723,13 @@ impl Store {
                 return Vec::new();
             }
         };
-        if !self.accept_epoch(update.epoch(), now) || self.role != Role::Passive {
+        if self.role != Role::Passive {
+            if let Some(epoch) = update.epoch() {
+                self.observed_epoch = Some(self.observed_epoch.map_or(epoch, |e| e.max(epoch)));
+            }
+            return Vec::new();
+        }
+        if !self.accept_epoch(update.epoch(), now) {
             return Vec::new();
         }
         match update {
@@ -864,6 +870,7 @@ impl Store {
             let mut msg = p.msg;
             let deadline = msg
                 .ttl()
+                .filter(|_| !msg.is_delete())
                 .map(|ttl| p.arrived + ttl.min(self.config.max_ttl));
             if let Some(d) = deadline {
                 if d <= now {
@@ -1416,3 +1423,7 @@ mod tests {
         assert_eq!(s.snapshot_load(), (1, 1));
     }
 }
+
+#[cfg(test)]
+#[path = "store_pair_tests.rs"]
+mod pair_tests;
