@@ -5,8 +5,12 @@
 //! Guide ch. 5, "Reliable Pub-Sub (Clone Pattern)": the server of models
 //! 3-5 (`clonesrv3` to `clonesrv5`) with CHP's SUB collector, and the
 //! client agent of the `clone` class (`clonecli6`'s, with failover to a
-//! second server). The Binary Star server pair of model 6 (`clonesrv6`) is
-//! not built yet. Socket topology (server port `P`):
+//! second server). For the Binary Star server pair of model 6
+//! (`clonesrv6`) the pure parts exist: the [`Store`]'s passive role
+//! (pending list, snapshot from the active, promotion, epoch fencing,
+//! UUID de-duplication) and the [`Agent`]'s acknowledgements, re-sending
+//! of unacknowledged updates after a failover, and epoch fencing. Socket
+//! topology (server port `P`):
 //!
 //! ```text
 //!  client DEALER ──ICANHAZ?──▶ ROUTER :P    (snapshots: KVSYNC…, KTHXBAI)
