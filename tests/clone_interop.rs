@@ -20,11 +20,17 @@ use zpatterns::clone::{
 
 type Frames = Vec<Vec<u8>>;
 
+/// A KVSET with a UUID of its own (servers drop a UUID they applied
+/// recently as a re-sent duplicate).
 fn kvset(key: &str, value: &str, props: &str) -> Frames {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut uuid = vec![0xAB; 8];
+    uuid.extend_from_slice(&n.to_be_bytes());
     vec![
         key.into(),
         0u64.to_be_bytes().to_vec(),
-        vec![0xAB; 16],
+        uuid,
         props.into(),
         value.into(),
     ]
@@ -93,13 +99,14 @@ async fn libzmq_chp_client_against_this_server() {
     let publisher = live_publisher(&ep.collector, &sub).await;
 
     publisher.send_owned(kvset("/other/x", "hidden", "")).await;
-    publisher.send_owned(kvset("/client/a", "1", "")).await;
+    let sent_a = kvset("/client/a", "1", "");
+    publisher.send_owned(sent_a.clone()).await;
     publisher
         .send_owned(kvset("/client/eph", "brief", "ttl=1\n"))
         .await;
     let a = recv_until(&sub, "/client/a", |m| m[0] == b"/client/a").await;
     let eph = recv_until(&sub, "/client/eph", |m| m[0] == b"/client/eph").await;
-    assert_eq!(a[2], vec![0xAB; 16], "the writer's UUID is propagated");
+    assert_eq!(a[2], sent_a[2], "the writer's UUID is propagated");
     assert_eq!(eph[3], b"ttl=1\n", "KVPUB carries the relative ttl");
     assert_eq!(seq_of(&eph), seq_of(&a) + 1);
     assert!(server.stats().sequence >= seq_of(&eph));

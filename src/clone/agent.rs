@@ -14,15 +14,37 @@
 //! the differences as changes. Silence for `server_ttl` moves to the next
 //! server; servers are retried forever, with a backoff after a whole round
 //! of them failed.
+//!
+//! Acknowledgements and re-sending (for a Clone server pair, Guide ch. 5
+//! `clonesrv6`, extended): every KVSET the client publishes for a key in
+//! its subtree stays *in flight* until its UUID comes back from the server
+//! on a KVPUB or a KVSYNC; that is the acknowledgement
+//! ([`Agent::poll_ack`]). A KVSET for a key outside the subtree never comes
+//! back (the client is not subscribed to it), so it is not tracked
+//! (`untracked`). After every completed sync the agent re-sends, with the
+//! same UUID, every update still in flight: an update the dead active never
+//! sequenced reaches the new one, and the servers' UUID de-duplication keeps
+//! one the new active already applied from being applied twice. (A server
+//! that does not de-duplicate, such as the Guide's, may apply a re-sent
+//! update twice; with the Guide's assumption that clients do not write the
+//! same key at the same time the value stays the same.)
+//!
+//! Fencing: the agent remembers the highest epoch a server presented (the
+//! `epoch` property of KVPUB, HUGZ and KTHXBAI); a server presenting a lower
+//! one is abandoned as if it had fallen silent (`fenced`). A server without
+//! the property (a single server, the Guide's) is never fenced. HUGZ are
+//! not checked while syncing, as they are not read then: a passive server
+//! sends them too, with its own (older) epoch, until a vote promotes it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::error::KvMsgError;
-use super::kvmsg::{KvMsg, TTL};
+use super::inflight::InFlight;
+use super::kvmsg::{KvMsg, Uuid, TTL};
 use super::proto::{in_subtree, SnapshotReply, Update, HUGZ, ICANHAZ, KTHXBAI};
 use crate::ratelog::LogLimiter;
 
@@ -35,6 +57,8 @@ pub struct AgentConfig {
     max_buffered_bytes: usize,
     min_backoff: Duration,
     max_backoff: Duration,
+    max_in_flight: usize,
+    max_in_flight_bytes: usize,
 }
 
 impl Default for AgentConfig {
@@ -45,6 +69,8 @@ impl Default for AgentConfig {
             max_buffered_bytes: 256 << 20,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
+            max_in_flight: 100_000,
+            max_in_flight_bytes: 64 << 20,
         }
     }
 }
@@ -82,6 +108,20 @@ impl AgentConfig {
     /// Longest pause between rounds. Default 5 s.
     pub fn max_backoff(mut self, pause: Duration) -> Self {
         self.max_backoff = pause;
+        self
+    }
+    /// Published updates kept in flight (not yet acknowledged) for
+    /// re-sending; beyond it the oldest is forgotten (`in_flight_evicted`:
+    /// never acknowledged, never re-sent). Default 100,000.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+    /// Bytes of the in-flight updates (keys, values and properties plus 64
+    /// bytes each); beyond it the oldest is forgotten
+    /// (`in_flight_evicted`). Default 64 MiB.
+    pub fn max_in_flight_bytes(mut self, n: usize) -> Self {
+        self.max_in_flight_bytes = n;
         self
     }
 }
@@ -187,6 +227,24 @@ pub struct AgentStats {
     /// Messages dropped unread for exceeding the client's
     /// `max_message_size`.
     pub oversized: u64,
+    /// Updates acknowledged: their UUID came back on a KVPUB or KVSYNC.
+    pub acked: u64,
+    /// In-flight updates re-sent after a sync.
+    pub resent: u64,
+    /// Updates in flight now (published, not acknowledged).
+    pub in_flight: usize,
+    /// In-flight updates forgotten by `max_in_flight` or
+    /// `max_in_flight_bytes` (never acknowledged, never re-sent).
+    pub in_flight_evicted: u64,
+    /// In-flight updates dropped because a later update of the same key
+    /// from this client was acknowledged (never re-sent).
+    pub in_flight_superseded: u64,
+    /// Updates published but not tracked: outside the subtree (they never
+    /// come back) or without a UUID.
+    pub untracked: u64,
+    /// Servers abandoned because they presented an epoch lower than the
+    /// highest seen (also counted in `failovers`).
+    pub fenced: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +263,9 @@ enum State {
         fresh: HashMap<Bytes, Item>,
         buffer: VecDeque<KvMsg>,
         buffered_bytes: usize,
+        /// In-flight UUIDs the snapshot carried (acknowledged at KTHXBAI
+        /// unless the server is fenced).
+        acks: HashSet<Uuid>,
     },
     Active {
         seq: u64,
@@ -228,8 +289,13 @@ pub struct Agent {
     map: HashMap<Bytes, Item>,
     actions: VecDeque<AgentAction>,
     changes: VecDeque<Change>,
+    in_flight: InFlight,
+    acks: VecDeque<Uuid>,
+    report_acks: bool,
+    epoch: Option<u64>,
     stats: AgentStats,
     bad_input_log: LogLimiter,
+    evict_log: LogLimiter,
 }
 
 impl Agent {
@@ -250,8 +316,13 @@ impl Agent {
             map: HashMap::new(),
             actions: VecDeque::new(),
             changes: VecDeque::new(),
+            in_flight: InFlight::default(),
+            acks: VecDeque::new(),
+            report_acks: true,
+            epoch: None,
             stats: AgentStats::default(),
             bad_input_log: LogLimiter::default(),
+            evict_log: LogLimiter::default(),
         }
     }
 
@@ -323,6 +394,33 @@ impl Agent {
         self.changes.pop_front()
     }
 
+    /// Whether to queue acknowledgements for [`poll_ack`](Self::poll_ack)
+    /// (on by default; in-flight tracking and re-sending happen either
+    /// way).
+    pub fn set_report_acks(&mut self, report: bool) {
+        self.report_acks = report;
+        if !report {
+            self.acks.clear();
+        }
+    }
+
+    /// The UUID of the next update acknowledged (seen republished by the
+    /// server, on a KVPUB or in a snapshot), if any.
+    pub fn poll_ack(&mut self) -> Option<Uuid> {
+        self.acks.pop_front()
+    }
+
+    /// Updates published and not yet acknowledged, and the bytes they count
+    /// against [`AgentConfig::max_in_flight_bytes`].
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.in_flight.len(), self.in_flight.bytes())
+    }
+
+    /// The highest epoch a server presented, if any.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
     /// A server was added (the task keeps the address list); the first one
     /// starts synchronisation.
     pub fn handle_server_added(&mut self, now: Instant) {
@@ -334,11 +432,37 @@ impl Agent {
     }
 
     /// The application sets a key (a message from [`kvset`]): publish it
-    /// and, if the key is in the subtree, apply it locally at once.
-    pub fn handle_set(&mut self, msg: KvMsg) {
+    /// and, if the key is in the subtree, apply it locally at once and keep
+    /// it in flight until acknowledged (a key outside the subtree, or a
+    /// message without a UUID, is not tracked: `untracked`).
+    pub fn handle_set(&mut self, msg: KvMsg, now: Instant) {
         let (key, value) = (msg.key().clone(), msg.body().clone());
+        let tracked = in_subtree(&key, &self.subtree);
+        match msg.uuid().copied().filter(|_| tracked) {
+            Some(uuid) => {
+                let evicted = self.in_flight.push(
+                    uuid,
+                    msg.clone(),
+                    self.config.max_in_flight,
+                    self.config.max_in_flight_bytes,
+                );
+                if evicted > 0 {
+                    self.stats.in_flight_evicted += evicted as u64;
+                    if let Some(suppressed) = self.evict_log.check(now) {
+                        warn!(
+                            max = self.config.max_in_flight,
+                            max_bytes = self.config.max_in_flight_bytes,
+                            suppressed,
+                            "too many unacknowledged updates; oldest forgotten"
+                        );
+                    }
+                }
+                self.stats.in_flight = self.in_flight.len();
+            }
+            None => self.stats.untracked += 1,
+        }
         self.actions.push_back(AgentAction::Publish(msg));
-        if in_subtree(&key, &self.subtree) {
+        if tracked {
             let item = (!value.is_empty()).then_some(Item { value, seq: 0 });
             self.store(key, item, None, ChangeCause::Local);
         }
@@ -349,13 +473,16 @@ impl Agent {
         if attempt != self.attempt {
             return;
         }
-        let State::Syncing { fresh, .. } = &mut self.state else {
+        let State::Syncing { fresh, acks, .. } = &mut self.state else {
             debug!("snapshot data outside a sync ignored");
             return;
         };
         self.expiry = now + self.config.server_ttl;
         match reply {
             SnapshotReply::Kvsync(msg) => {
+                if let Some(u) = msg.uuid().filter(|u| self.in_flight.contains(u)) {
+                    acks.insert(*u);
+                }
                 if !in_subtree(msg.key(), &self.subtree) {
                     self.stats.filtered += 1;
                 } else if msg.is_delete() {
@@ -368,9 +495,22 @@ impl Agent {
                     fresh.insert(msg.key().clone(), item);
                 }
             }
-            SnapshotReply::Kthxbai { seq, instance, .. } => {
+            SnapshotReply::Kthxbai {
+                seq,
+                instance,
+                epoch,
+                ..
+            } => {
+                let acks = std::mem::take(acks);
+                if !self.accept_epoch(epoch, now) {
+                    return;
+                }
+                for uuid in acks {
+                    self.ack(&uuid);
+                }
                 self.instance = instance;
                 self.finish_sync(seq, now);
+                self.resend();
             }
         }
     }
@@ -379,6 +519,21 @@ impl Agent {
     pub fn handle_update(&mut self, attempt: u64, update: Update, now: Instant) {
         if attempt != self.attempt {
             return;
+        }
+        let checked = match (&self.state, &update) {
+            (State::Syncing { .. } | State::Active { .. }, Update::Kvpub(_))
+            | (State::Active { .. }, Update::Hugz { .. }) => update.epoch(),
+            _ => None,
+        };
+        if !self.accept_epoch(checked, now) {
+            return;
+        }
+        if let Update::Kvpub(msg) = &update {
+            if let Some(uuid) = msg.uuid().copied() {
+                if matches!(self.state, State::Syncing { .. } | State::Active { .. }) {
+                    self.ack(&uuid);
+                }
+            }
         }
         match (&mut self.state, update) {
             (
@@ -416,6 +571,7 @@ impl Agent {
                 Update::Hugz {
                     seq: hugz,
                     instance,
+                    ..
                 },
             ) => {
                 let last = *seq;
@@ -482,20 +638,71 @@ impl Agent {
                     server = self.current,
                     "server didn't give HUGZ; failing over"
                 );
-                self.stats.failovers += 1;
-                self.failures += 1;
-                self.current = (self.current + 1) % self.servers.max(1);
-                let rounds = self.failures / self.servers.max(1) as u32;
-                if rounds == 0 {
-                    self.open(self.current, now);
-                } else {
-                    let backoff = self.config.min_backoff * 2u32.saturating_pow(rounds - 1);
-                    let until = now + backoff.min(self.config.max_backoff);
-                    self.state = State::Backoff { until };
-                }
+                self.fail_over(now);
             }
             _ => {}
         }
+    }
+
+    /// Abandons the current server for the next one (after a backoff once a
+    /// whole round failed).
+    fn fail_over(&mut self, now: Instant) {
+        self.stats.failovers += 1;
+        self.failures += 1;
+        self.current = (self.current + 1) % self.servers.max(1);
+        let rounds = self.failures / self.servers.max(1) as u32;
+        if rounds == 0 {
+            self.open(self.current, now);
+        } else {
+            let backoff = self.config.min_backoff * 2u32.saturating_pow(rounds - 1);
+            let until = now + backoff.min(self.config.max_backoff);
+            self.state = State::Backoff { until };
+        }
+    }
+
+    /// Fencing: `false` if `epoch` is below the highest seen, after
+    /// abandoning the server (counted, logged); else records it. No epoch
+    /// always passes.
+    fn accept_epoch(&mut self, epoch: Option<u64>, now: Instant) -> bool {
+        let Some(epoch) = epoch else { return true };
+        match self.epoch {
+            Some(seen) if epoch < seen => {
+                self.stats.fenced += 1;
+                warn!(
+                    server = self.current,
+                    epoch, seen, "server presents an older epoch; failing over"
+                );
+                self.fail_over(now);
+                false
+            }
+            _ => {
+                self.epoch = Some(epoch);
+                true
+            }
+        }
+    }
+
+    /// `uuid` came back from the server: acknowledged if in flight.
+    fn ack(&mut self, uuid: &Uuid) {
+        if let Some(acked) = self.in_flight.ack(uuid) {
+            self.stats.acked += 1;
+            self.stats.in_flight_superseded += acked.superseded as u64;
+            self.stats.in_flight = self.in_flight.len();
+            if self.report_acks {
+                self.acks.push_back(*uuid);
+            }
+        }
+    }
+
+    /// Re-sends every update still in flight, oldest first, same UUIDs.
+    fn resend(&mut self) {
+        let msgs = self.in_flight.messages();
+        if !msgs.is_empty() {
+            info!(count = msgs.len(), "re-sending unacknowledged updates");
+        }
+        self.stats.resent += msgs.len() as u64;
+        self.actions
+            .extend(msgs.into_iter().map(AgentAction::Publish));
     }
 
     fn open(&mut self, server: usize, now: Instant) {
@@ -508,6 +715,7 @@ impl Agent {
             fresh: HashMap::new(),
             buffer: VecDeque::new(),
             buffered_bytes: 0,
+            acks: HashSet::new(),
         };
         self.actions.push_back(AgentAction::Open {
             server,

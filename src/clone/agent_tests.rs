@@ -1,6 +1,7 @@
 //! Deterministic tests of the client state machine, in virtual time.
 
 use super::*;
+use crate::clone::inflight::InFlight;
 
 const TTL5: Duration = Duration::from_secs(5);
 
@@ -44,6 +45,7 @@ impl H {
             seq,
             subtree: Bytes::new(),
             instance: None,
+            epoch: None,
         };
         self.a.handle_snapshot(att, end, self.now);
     }
@@ -59,6 +61,7 @@ impl H {
             Update::Hugz {
                 seq,
                 instance: None,
+                epoch: None,
             },
             self.now,
         );
@@ -249,6 +252,7 @@ fn messages_from_a_stale_link_are_ignored() {
             seq: 1,
             subtree: Bytes::new(),
             instance: None,
+            epoch: None,
         },
         h.now,
     );
@@ -306,8 +310,8 @@ fn set_publishes_a_kvset_with_uuid_and_ttl_and_applies_in_subtree_only() {
     let set = |k: &str, v: &str, ttl, u| {
         kvset(Bytes::from(k.to_owned()), Bytes::from(v.to_owned()), ttl, u)
     };
-    h.a.handle_set(set("/a/k", "v", ttl, [3; 16]).unwrap());
-    h.a.handle_set(set("/b/k", "w", None, [4; 16]).unwrap());
+    h.a.handle_set(set("/a/k", "v", ttl, [3; 16]).unwrap(), h.now);
+    h.a.handle_set(set("/b/k", "w", None, [4; 16]).unwrap(), h.now);
     let sent: Vec<KvMsg> = h
         .actions()
         .into_iter()
@@ -341,11 +345,13 @@ fn a_new_server_instance_in_the_heartbeat_means_a_restart() {
         seq: 6,
         subtree: Bytes::new(),
         instance: Some(1),
+        epoch: None,
     };
     h.a.handle_snapshot(att, end, h.now);
     let same = Update::Hugz {
         seq: 9,
         instance: Some(1),
+        epoch: None,
     };
     h.a.handle_update(att, same, h.now);
     assert!(h.opened().is_empty());
@@ -354,8 +360,264 @@ fn a_new_server_instance_in_the_heartbeat_means_a_restart() {
     let other = Update::Hugz {
         seq: 9,
         instance: Some(2),
+        epoch: None,
     };
     h.a.handle_update(att, other, h.now);
     assert_eq!(h.a.stats().restarts, 1);
     assert_eq!(h.opened().len(), 1);
+}
+
+// --- acknowledgements, re-sending and epoch fencing ---
+
+fn set_msg(key: &str, value: &str, u: u8) -> KvMsg {
+    kvset(
+        Bytes::from(key.to_owned()),
+        Bytes::from(value.to_owned()),
+        None,
+        [u; 16],
+    )
+    .unwrap()
+}
+
+fn echo(key: &str, value: &str, seq: u64, u: Option<u8>, epoch: Option<u64>) -> KvMsg {
+    let mut m = kv(key, value, seq);
+    m.set_uuid(u.map(|u| [u; 16]));
+    if let Some(e) = epoch {
+        m.props_mut()
+            .set(crate::clone::EPOCH, &e.to_string())
+            .unwrap();
+    }
+    m
+}
+
+impl H {
+    fn set(&mut self, key: &str, value: &str, u: u8) {
+        self.a.handle_set(set_msg(key, value, u), self.now);
+    }
+    fn echo(&mut self, key: &str, value: &str, seq: u64, u: Option<u8>, epoch: Option<u64>) {
+        let att = self.a.attempt();
+        let m = echo(key, value, seq, u, epoch);
+        self.a.handle_update(att, Update::Kvpub(m), self.now);
+    }
+    fn snap(&mut self, entries: Vec<KvMsg>, seq: u64, epoch: Option<u64>) {
+        let att = self.a.attempt();
+        for m in entries {
+            self.a
+                .handle_snapshot(att, SnapshotReply::Kvsync(m), self.now);
+        }
+        let end = SnapshotReply::Kthxbai {
+            seq,
+            subtree: Bytes::new(),
+            instance: None,
+            epoch,
+        };
+        self.a.handle_snapshot(att, end, self.now);
+    }
+    fn hugz_epoch(&mut self, seq: u64, epoch: Option<u64>) {
+        let att = self.a.attempt();
+        let h = Update::Hugz {
+            seq,
+            instance: None,
+            epoch,
+        };
+        self.a.handle_update(att, h, self.now);
+    }
+    fn acks(&mut self) -> Vec<Uuid> {
+        std::iter::from_fn(|| self.a.poll_ack()).collect()
+    }
+    /// The UUIDs published since the last call (and drops other actions).
+    fn published_uuids(&mut self) -> Vec<u8> {
+        self.actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                AgentAction::Publish(m) => m.uuid().map(|u| u[0]),
+                AgentAction::Open { .. } => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn an_update_is_acknowledged_when_its_uuid_comes_back_on_a_kvpub() {
+    let mut h = H::new("/a/", 1);
+    h.opened();
+    h.sync(&[], 0);
+    h.set("/a/k", "v", 1);
+    h.set("/a/j", "v", 2);
+    assert_eq!(h.a.stats().in_flight, 2);
+    h.echo("/a/k", "v", 1, Some(1), None);
+    assert_eq!(h.acks(), [[1; 16]]);
+    h.echo("/a/k", "v", 2, Some(9), None); // someone else's: not ours
+    assert!(h.acks().is_empty());
+    assert_eq!((h.a.stats().acked, h.a.stats().in_flight), (1, 1));
+    assert_eq!(h.a.in_flight().0, 1);
+}
+
+#[test]
+fn an_acknowledged_write_supersedes_the_clients_older_writes_of_the_key() {
+    let mut h = H::new("", 2);
+    h.opened();
+    h.sync(&[], 0);
+    h.set("k", "1", 1);
+    h.set("j", "1", 2);
+    h.set("k", "2", 3);
+    h.published_uuids();
+    h.echo("k", "2", 1, Some(3), None);
+    assert_eq!(
+        h.acks(),
+        [[3; 16]],
+        "the superseded one is not acknowledged"
+    );
+    assert_eq!(h.a.stats().in_flight_superseded, 1);
+    // After a failover only j is re-sent: k=1 must never come back.
+    h.advance(TTL5);
+    h.opened();
+    h.sync(&[], 1);
+    assert_eq!(h.published_uuids(), [2]);
+}
+
+#[test]
+fn keys_outside_the_subtree_are_published_but_not_tracked() {
+    let mut h = H::new("/a/", 1);
+    h.opened();
+    h.sync(&[], 0);
+    h.set("/b/k", "v", 1);
+    assert_eq!(h.published_uuids(), [1]);
+    assert_eq!((h.a.stats().untracked, h.a.stats().in_flight), (1, 0));
+    let mut no_uuid = KvMsg::new("/a/x", "v").unwrap();
+    no_uuid.set_uuid(None);
+    h.a.handle_set(no_uuid, h.now);
+    assert_eq!((h.a.stats().untracked, h.a.stats().in_flight), (2, 0));
+}
+
+#[test]
+fn unacknowledged_updates_are_resent_after_a_failover_with_their_uuids() {
+    let mut h = H::new("", 2);
+    h.opened();
+    h.sync(&[], 0);
+    for u in 1..=3 {
+        h.set(&format!("k{u}"), "v", u);
+    }
+    h.echo("k1", "v", 1, Some(1), None);
+    assert_eq!(h.acks(), [[1; 16]]);
+    assert_eq!(h.published_uuids(), [1, 2, 3]);
+    // The active dies; the backup's snapshot already has update 2.
+    h.advance(TTL5);
+    assert_eq!(h.opened(), [(1, 2)]);
+    h.snap(
+        vec![
+            echo("k1", "v", 1, Some(1), None),
+            echo("k2", "v", 2, Some(2), None),
+        ],
+        2,
+        None,
+    );
+    assert_eq!(h.acks(), [[2; 16]], "acknowledged by the snapshot");
+    assert_eq!(h.published_uuids(), [3], "only the unacknowledged one");
+    assert_eq!((h.a.stats().resent, h.a.stats().acked), (1, 2));
+    // Still in flight until acknowledged: re-sent after every sync.
+    h.kvpub("x", "1", 5); // a gap: resync
+    h.opened();
+    h.sync(&[], 5);
+    assert_eq!(h.published_uuids(), [3]);
+    h.echo("k3", "v", 6, Some(3), None);
+    assert_eq!(h.a.stats().in_flight, 0);
+}
+
+#[test]
+fn updates_set_before_the_first_sync_are_resent_after_it() {
+    // A KVSET sent before the PUB-SUB subscription completes is lost
+    // (slow joiner); re-sending after the sync repairs it.
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig::default(), Bytes::new(), now);
+    a.handle_set(set_msg("k", "v", 1), now);
+    a.handle_server_added(now);
+    let att = a.attempt();
+    let end = SnapshotReply::Kthxbai {
+        seq: 0,
+        subtree: Bytes::new(),
+        instance: None,
+        epoch: None,
+    };
+    a.handle_snapshot(att, end, now);
+    let publishes = std::iter::from_fn(|| a.poll_action())
+        .filter(|x| matches!(x, AgentAction::Publish(_)))
+        .count();
+    assert_eq!(publishes, 2, "sent, then re-sent");
+}
+
+#[test]
+fn a_server_presenting_a_lower_epoch_is_abandoned() {
+    let mut h = H::new("", 2);
+    h.opened();
+    h.snap(Vec::new(), 0, Some(3));
+    assert_eq!(h.a.epoch(), Some(3));
+    h.hugz_epoch(0, None);
+    h.hugz_epoch(0, Some(3));
+    assert!(h.opened().is_empty(), "same epoch, or none: fine");
+    h.hugz_epoch(0, Some(2));
+    assert_eq!(h.opened(), [(1, 2)], "fenced like a silent server");
+    assert_eq!((h.a.stats().fenced, h.a.stats().failovers), (1, 1));
+    // While syncing, heartbeats are not read (a passive sends its own,
+    // older epoch until a vote promotes it).
+    h.hugz_epoch(0, Some(1));
+    assert!(h.opened().is_empty());
+    // A snapshot from an older epoch is refused, with what it acknowledged.
+    h.set("k", "v", 7);
+    h.published_uuids();
+    h.snap(vec![echo("k", "v", 1, Some(7), None)], 1, Some(2));
+    assert_eq!(h.a.phase(), Phase::Backoff, "a whole round failed");
+    h.advance(Duration::from_millis(250));
+    assert_eq!(h.opened(), [(0, 3)]);
+    assert!(h.acks().is_empty());
+    assert_eq!(h.a.stats().fenced, 2);
+    assert_eq!(h.a.stats().syncs, 1, "the refused snapshot is not a sync");
+    // A newer epoch is accepted and becomes the bar.
+    h.snap(vec![echo("k", "v", 1, Some(7), None)], 1, Some(4));
+    assert_eq!(h.acks(), [[7; 16]]);
+    assert_eq!(h.a.epoch(), Some(4));
+    h.echo("j", "v", 2, Some(8), Some(3));
+    assert_eq!(h.a.stats().fenced, 3, "a KVPUB presents it too");
+    assert_eq!(h.opened().len(), 1);
+}
+
+#[test]
+fn servers_without_an_epoch_are_never_fenced() {
+    let mut h = H::new("", 1);
+    h.opened();
+    h.sync(&[], 0);
+    h.hugz(0);
+    h.kvpub("k", "v", 1);
+    assert!(h.opened().is_empty());
+    assert_eq!((h.a.stats().fenced, h.a.epoch()), (0, None));
+}
+
+#[test]
+fn in_flight_bounds_evict_the_oldest_and_count() {
+    let now = Instant::now();
+    let config = AgentConfig::new().max_in_flight(2);
+    let mut a = Agent::new(config, Bytes::new(), now);
+    for u in 1..=3 {
+        a.handle_set(set_msg("k", "v", u), now);
+    }
+    assert_eq!((a.stats().in_flight, a.stats().in_flight_evicted), (2, 1));
+    let one = InFlight::cost(&set_msg("k", "v", 1));
+    let config = AgentConfig::new().max_in_flight_bytes(one);
+    let mut a = Agent::new(config, Bytes::new(), now);
+    a.handle_set(set_msg("k", "v", 1), now);
+    a.handle_set(set_msg("k", "v", 2), now);
+    assert_eq!((a.stats().in_flight, a.stats().in_flight_evicted), (1, 1));
+    assert_eq!(a.in_flight(), (1, one));
+}
+
+#[test]
+fn acks_are_not_queued_while_nobody_listens_but_still_clear_the_in_flight_list() {
+    let mut h = H::new("", 1);
+    h.opened();
+    h.sync(&[], 0);
+    h.a.set_report_acks(false);
+    h.set("k", "v", 1);
+    h.echo("k", "v", 1, Some(1), None);
+    assert!(h.acks().is_empty());
+    assert_eq!((h.a.stats().acked, h.a.stats().in_flight), (1, 0));
 }

@@ -5,8 +5,8 @@
 //!
 //! The task owns the [`Agent`] state machine, one link (DEALER + SUB) to the
 //! current server and one supervised PUB per server; the handle sends
-//! commands over an mpsc channel and exposes a broadcast stream of
-//! [`Change`]s.
+//! commands over an mpsc channel and exposes broadcast streams of
+//! [`Change`]s and of acknowledged updates' UUIDs ([`CloneClient::acks`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use tracing::{info, warn, Instrument};
 
 use super::agent::{kvset, Agent, AgentAction, AgentConfig, AgentStats, Change, Phase};
 use super::error::CloneError;
-use super::kvmsg::KvMsg;
+use super::kvmsg::{KvMsg, Uuid};
 use super::link::{spawn_link, spawn_publisher, LinkEvent, ServerAddr};
 use crate::ratelog::LogLimiter;
 use crate::task::{PatternTask, TaskPanicked};
@@ -86,7 +86,9 @@ impl CloneClientConfig {
         self
     }
     /// Changes buffered for slow [`changes`](CloneClient::changes)
-    /// receivers (they see `Lagged` beyond this). Default 65,536.
+    /// receivers, and acknowledgements for slow
+    /// [`acks`](CloneClient::acks) receivers (they see `Lagged` beyond
+    /// this). Default 65,536.
     pub fn change_capacity(mut self, n: usize) -> Self {
         self.change_capacity = n;
         self
@@ -135,6 +137,7 @@ enum Cmd {
 pub struct CloneClient {
     cmds: mpsc::Sender<Cmd>,
     changes: broadcast::Sender<Change>,
+    acks: broadcast::Sender<Uuid>,
     phase: watch::Receiver<Phase>,
     stats: Arc<Mutex<CloneClientStats>>,
     sent: Arc<AtomicU64>,
@@ -151,15 +154,18 @@ impl CloneClient {
     ) -> Result<Self, CloneError> {
         let (cmds, rx) = mpsc::channel(256);
         let (changes, _) = broadcast::channel(config.change_capacity.max(1));
+        let (acks, _) = broadcast::channel(config.change_capacity.max(1));
         let (phase_tx, phase) = watch::channel(Phase::Idle);
         let stats = Arc::new(Mutex::new(CloneClientStats::default()));
         let sent = Arc::new(AtomicU64::new(0));
         let task = {
             let (changes, stats, sent) = (changes.clone(), stats.clone(), sent.clone());
+            let acks = acks.clone();
             PatternTask::spawn(parent, move |token| {
                 let task = Task {
                     config,
                     changes,
+                    acks,
                     phase: phase_tx,
                     stats,
                     sent,
@@ -171,6 +177,7 @@ impl CloneClient {
         Ok(Self {
             cmds,
             changes,
+            acks,
             phase,
             stats,
             sent,
@@ -192,13 +199,16 @@ impl CloneClient {
 
     /// Sets `key` to `value` on every server (an empty value deletes it);
     /// `ttl` makes it ephemeral. Applied to the local map at once if the
-    /// key is in the subtree.
+    /// key is in the subtree. Returns the update's UUID: it appears on
+    /// [`acks`](Self::acks) once the server republished it (keys in the
+    /// subtree only; until then the client re-sends it after every sync,
+    /// see [`AgentConfig::max_in_flight`]).
     pub async fn set(
         &self,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
         ttl: Option<Duration>,
-    ) -> Result<(), CloneError> {
+    ) -> Result<Uuid, CloneError> {
         let uuid = *uuid::Uuid::new_v4().as_bytes();
         let msg = kvset(key.into(), value.into(), ttl, uuid)?;
         // Fire and forget, like the Guide's agent: only the command queue's
@@ -206,7 +216,8 @@ impl CloneClient {
         self.cmds
             .send(Cmd::Set(msg))
             .await
-            .map_err(|_| CloneError::Stopped)
+            .map_err(|_| CloneError::Stopped)?;
+        Ok(uuid)
     }
 
     /// The current value of `key`, or `None`.
@@ -230,6 +241,13 @@ impl CloneClient {
     /// A stream of changes to the local map from now on.
     pub fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    /// A stream of the UUIDs (as [`set`](Self::set) returned them) of
+    /// updates acknowledged from now on: seen republished by the server
+    /// (on a KVPUB, or in a snapshot after a failover).
+    pub fn acks(&self) -> broadcast::Receiver<Uuid> {
+        self.acks.subscribe()
     }
 
     /// Where the state machine is now.
@@ -274,6 +292,7 @@ impl CloneClient {
 struct Task {
     config: CloneClientConfig,
     changes: broadcast::Sender<Change>,
+    acks: broadcast::Sender<Uuid>,
     phase: watch::Sender<Phase>,
     stats: Arc<Mutex<CloneClientStats>>,
     sent: Arc<AtomicU64>,
@@ -320,6 +339,7 @@ impl Task {
             // Checked after the wait: a receiver taken just before a `set`
             // must see that set's change.
             agent.set_report_changes(self.changes.receiver_count() > 0);
+            agent.set_report_acks(self.acks.receiver_count() > 0);
             if let Some(cmd) = cmd {
                 self.command(cmd, &mut agent, &mut servers);
             }
@@ -375,7 +395,7 @@ impl Task {
                 agent.handle_server_added(now());
                 let _ = reply.send(Ok(()));
             }
-            Cmd::Set(msg) => agent.handle_set(msg),
+            Cmd::Set(msg) => agent.handle_set(msg, now()),
             Cmd::Get(key, reply) => {
                 let _ = reply.send(agent.get(&key).cloned());
             }
@@ -428,6 +448,9 @@ impl Task {
         *self.stats.lock().expect("stats lock") = Self::stats(agent, servers);
         while let Some(change) = agent.poll_change() {
             let _ = self.changes.send(change);
+        }
+        while let Some(uuid) = agent.poll_ack() {
+            let _ = self.acks.send(uuid);
         }
         self.phase.send_if_modified(|p| {
             let new = agent.phase();

@@ -193,6 +193,12 @@ impl KvMsg {
         parse_ttl(self.props.get(TTL)?)
     }
 
+    /// The `epoch` property (a Clone server pair's epoch, see
+    /// [`EPOCH`](super::proto::EPOCH)), if present and a decimal number.
+    pub fn epoch(&self) -> Option<u64> {
+        super::proto::epoch_of(&self.props)
+    }
+
     /// The five frames.
     pub fn encode(&self) -> [Bytes; 5] {
         [

@@ -5,8 +5,12 @@
 //! Guide ch. 5, "Reliable Pub-Sub (Clone Pattern)": the server of models
 //! 3-5 (`clonesrv3` to `clonesrv5`) with CHP's SUB collector, and the
 //! client agent of the `clone` class (`clonecli6`'s, with failover to a
-//! second server). The Binary Star server pair of model 6 (`clonesrv6`) is
-//! not built yet. Socket topology (server port `P`):
+//! second server). For the Binary Star server pair of model 6
+//! (`clonesrv6`) the pure parts exist: the [`Store`]'s passive role
+//! (pending list, snapshot from the active, promotion, epoch fencing,
+//! UUID de-duplication) and the [`Agent`]'s acknowledgements, re-sending
+//! of unacknowledged updates after a failover, and epoch fencing. Socket
+//! topology (server port `P`):
 //!
 //! ```text
 //!  client DEALER ──ICANHAZ?──▶ ROUTER :P    (snapshots: KVSYNC…, KTHXBAI)
@@ -59,8 +63,10 @@
 mod agent;
 mod client;
 mod error;
+mod inflight;
 mod kvmsg;
 mod link;
+mod pending;
 mod proto;
 mod server;
 mod snapshot;
@@ -71,7 +77,7 @@ pub use client::{CloneClient, CloneClientConfig, CloneClientStats, SERVER_MAX};
 pub use error::{CloneError, KvMsgError, PropertyError};
 pub use kvmsg::{KvMsg, Properties, Uuid, KEY_MAX, PROPS_MAX, TTL};
 pub use link::ServerAddr;
-pub use proto::{Icanhaz, SnapshotReply, Update, HUGZ, ICANHAZ, INSTANCE, KTHXBAI};
+pub use proto::{Icanhaz, SnapshotReply, Update, EPOCH, HUGZ, ICANHAZ, INSTANCE, KTHXBAI};
 pub use server::{CloneServer, CloneServerConfig, CloneServerEndpoints, CloneServerStats};
 pub use snapshot::SnapshotCursor;
 pub use store::{

@@ -27,6 +27,14 @@ pub const HUGZ: &[u8] = b"HUGZ";
 /// properties empty and the Guide's programs ignore them; a client that
 /// sees the instance change knows the server restarted and lost its state.
 pub const INSTANCE: &str = "instance";
+/// Property on the KVPUB, HUGZ and KTHXBAI of a Clone server pair's active
+/// server (Guide ch. 5, `clonesrv6`, extended): its epoch, a decimal number
+/// that increases on every promotion. An extension CHP allows (extra
+/// properties); receivers refuse a server presenting an epoch lower than
+/// one they have seen (fencing). Absent on a single server (epoch 0) and on
+/// the Guide's programs, which are never fenced. Stored entries never keep
+/// it.
+pub const EPOCH: &str = "epoch";
 
 /// A snapshot request as the server's ROUTER sees it (identity removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +84,8 @@ pub enum SnapshotReply {
         subtree: Bytes,
         /// The server instance, if the server names it ([`INSTANCE`]).
         instance: Option<u64>,
+        /// The server's epoch, if it presents one ([`EPOCH`]).
+        epoch: Option<u64>,
     },
 }
 
@@ -83,20 +93,26 @@ impl SnapshotReply {
     /// Parses five frames: KTHXBAI if the key is `KTHXBAI`, else KVSYNC.
     pub fn decode(frames: &[Bytes]) -> Result<Self, KvMsgError> {
         if frames.first().is_some_and(|k| k == KTHXBAI) {
-            let (seq, subtree, instance) = decode_marker(frames)?;
+            let (seq, subtree, instance, epoch) = decode_marker(frames)?;
             return Ok(Self::Kthxbai {
                 seq,
                 subtree,
                 instance,
+                epoch,
             });
         }
         KvMsg::decode(frames).map(Self::Kvsync)
     }
 
     /// `["KTHXBAI"][seq][""][props][subtree]`, as CHP specifies (props
-    /// empty unless `instance` is given).
-    pub fn encode_kthxbai(seq: u64, subtree: &Bytes, instance: Option<u64>) -> [Bytes; 5] {
-        marker(KTHXBAI, seq, instance, subtree.clone())
+    /// empty unless `instance` or `epoch` is given).
+    pub fn encode_kthxbai(
+        seq: u64,
+        subtree: &Bytes,
+        instance: Option<u64>,
+        epoch: Option<u64>,
+    ) -> [Bytes; 5] {
+        marker(KTHXBAI, seq, instance, epoch, subtree.clone())
     }
 }
 
@@ -111,6 +127,8 @@ pub enum Update {
         seq: u64,
         /// The server instance, if the server names it ([`INSTANCE`]).
         instance: Option<u64>,
+        /// The server's epoch, if it presents one ([`EPOCH`]).
+        epoch: Option<u64>,
     },
 }
 
@@ -118,17 +136,31 @@ impl Update {
     /// Parses five frames: HUGZ if the key is `HUGZ`, else KVPUB.
     pub fn decode(frames: &[Bytes]) -> Result<Self, KvMsgError> {
         if frames.first().is_some_and(|k| k == HUGZ) {
-            let (seq, _, instance) = decode_marker(frames)?;
-            return Ok(Self::Hugz { seq, instance });
+            let (seq, _, instance, epoch) = decode_marker(frames)?;
+            return Ok(Self::Hugz {
+                seq,
+                instance,
+                epoch,
+            });
         }
         KvMsg::decode(frames).map(Self::Kvpub)
     }
 
     /// `["HUGZ"][seq][""][""][""]`. CHP says `seq` 0; the reference servers
     /// (and this crate's) send their current sequence, which lets clients
-    /// detect restarts and gaps.
-    pub fn encode_hugz(seq: u64, instance: Option<u64>) -> [Bytes; 5] {
-        marker(HUGZ, seq, instance, Bytes::new())
+    /// detect restarts and gaps. The properties name the instance and the
+    /// epoch when given.
+    pub fn encode_hugz(seq: u64, instance: Option<u64>, epoch: Option<u64>) -> [Bytes; 5] {
+        marker(HUGZ, seq, instance, epoch, Bytes::new())
+    }
+
+    /// The epoch the message presents ([`EPOCH`]): the HUGZ field or the
+    /// KVPUB property.
+    pub fn epoch(&self) -> Option<u64> {
+        match self {
+            Self::Kvpub(msg) => msg.epoch(),
+            Self::Hugz { epoch, .. } => *epoch,
+        }
     }
 }
 
@@ -145,15 +177,36 @@ pub(crate) fn decode_kvset(frames: &[Bytes]) -> Result<KvMsg, KvMsgError> {
     Ok(msg)
 }
 
+/// The [`EPOCH`] property, if present and a decimal number (anything else
+/// is ignored: lenient).
+pub(crate) fn epoch_of(props: &Properties) -> Option<u64> {
+    props.get(EPOCH).and_then(|v| v.trim().parse().ok())
+}
+
 /// `true` if `key` is in `subtree` (a plain prefix; empty matches all).
 pub(crate) fn in_subtree(key: &[u8], subtree: &[u8]) -> bool {
     key.starts_with(subtree)
 }
 
-fn marker(name: &'static [u8], seq: u64, instance: Option<u64>, body: Bytes) -> [Bytes; 5] {
-    let props = instance.map_or_else(Bytes::new, |id| {
-        Bytes::from(format!("{INSTANCE}={id:016x}\n"))
-    });
+fn marker(
+    name: &'static [u8],
+    seq: u64,
+    instance: Option<u64>,
+    epoch: Option<u64>,
+    body: Bytes,
+) -> [Bytes; 5] {
+    let mut props = String::new();
+    if let Some(id) = instance {
+        props.push_str(&format!("{INSTANCE}={id:016x}\n"));
+    }
+    if let Some(epoch) = epoch {
+        props.push_str(&format!("{EPOCH}={epoch}\n"));
+    }
+    let props = if props.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::from(props)
+    };
     [
         Bytes::from_static(name),
         Bytes::copy_from_slice(&seq.to_be_bytes()),
@@ -163,10 +216,13 @@ fn marker(name: &'static [u8], seq: u64, instance: Option<u64>, body: Bytes) -> 
     ]
 }
 
+/// What a KTHXBAI or HUGZ carries: sequence, body, instance, epoch.
+type Marker = (u64, Bytes, Option<u64>, Option<u64>);
+
 /// A KTHXBAI or HUGZ: five frames, a valid sequence and UUID frame; of the
-/// properties only a well-formed [`INSTANCE`] is read, anything else there
-/// is ignored (lenient).
-fn decode_marker(frames: &[Bytes]) -> Result<(u64, Bytes, Option<u64>), KvMsgError> {
+/// properties only a well-formed [`INSTANCE`] and [`EPOCH`] are read,
+/// anything else there is ignored (lenient).
+fn decode_marker(frames: &[Bytes]) -> Result<Marker, KvMsgError> {
     let [_, seq, uuid, props, body] = frames else {
         return Err(KvMsgError::FrameCount {
             expected: "5",
@@ -174,11 +230,13 @@ fn decode_marker(frames: &[Bytes]) -> Result<(u64, Bytes, Option<u64>), KvMsgErr
         });
     };
     decode_uuid(uuid)?;
-    let instance = Properties::decode(props).ok().and_then(|p| {
+    let props = Properties::decode(props).ok();
+    let instance = props.as_ref().and_then(|p| {
         p.get(INSTANCE)
             .and_then(|v| u64::from_str_radix(v, 16).ok())
     });
-    Ok((decode_seq(seq)?, body.clone(), instance))
+    let epoch = props.as_ref().and_then(epoch_of);
+    Ok((decode_seq(seq)?, body.clone(), instance, epoch))
 }
 
 fn unknown(cmd: &[u8]) -> KvMsgError {
@@ -216,14 +274,15 @@ mod tests {
 
     #[test]
     fn kthxbai_with_subtree_or_empty_body_and_hugz_with_any_seq() {
-        let k = SnapshotReply::encode_kthxbai(42, &Bytes::from("/a/"), Some(0xabc));
-        assert_eq!(&k[3][..], b"instance=0000000000000abc\n");
+        let k = SnapshotReply::encode_kthxbai(42, &Bytes::from("/a/"), Some(0xabc), Some(7));
+        assert_eq!(&k[3][..], b"instance=0000000000000abc\nepoch=7\n");
         assert_eq!(
             SnapshotReply::decode(&k).unwrap(),
             SnapshotReply::Kthxbai {
                 seq: 42,
                 subtree: Bytes::from("/a/"),
                 instance: Some(0xabc),
+                epoch: Some(7),
             }
         );
         // Python's HUGZ carries a random UUID: accepted.
@@ -231,6 +290,7 @@ mod tests {
         let hugz = Update::Hugz {
             seq: 7,
             instance: None,
+            epoch: None,
         };
         assert_eq!(Update::decode(&h).unwrap(), hugz);
         let h = f(&[b"HUGZ", &7u64.to_be_bytes(), b"", b"\xff", b""]);
@@ -241,6 +301,21 @@ mod tests {
             matches!(SnapshotReply::decode(&kv).unwrap(), SnapshotReply::Kvsync(m) if m.seq() == 3)
         );
         assert!(matches!(Update::decode(&kv).unwrap(), Update::Kvpub(m) if m.body() == "v"));
+    }
+
+    #[test]
+    fn the_epoch_is_read_leniently_from_hugz_kthxbai_and_kvpub() {
+        let h = Update::encode_hugz(3, None, Some(12));
+        assert_eq!(&h[3][..], b"epoch=12\n");
+        let u = Update::decode(&h).unwrap();
+        assert_eq!(u.epoch(), Some(12));
+        assert_eq!(Update::encode_hugz(3, None, None)[3].len(), 0);
+        let bad = f(&[b"HUGZ", &[0; 8], b"", b"epoch=x\n", b""]);
+        assert_eq!(Update::decode(&bad).unwrap().epoch(), None);
+        let kv = f(&[b"k", &[0; 8], b"", b"ttl=5\nepoch=4\n", b"v"]);
+        assert_eq!(Update::decode(&kv).unwrap().epoch(), Some(4));
+        let kv = f(&[b"k", &[0; 8], b"", b"epoch=-1\n", b"v"]);
+        assert_eq!(Update::decode(&kv).unwrap().epoch(), None);
     }
 
     #[test]

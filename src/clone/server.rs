@@ -314,6 +314,8 @@ async fn run(
                     }
                 }
                 StoreAction::StartSnapshot(cursor) => streams.spawn(cursor),
+                // A single server's store is active: it never asks.
+                StoreAction::FetchSnapshot => {}
             }
         }
         let (streaming, queued) = store.snapshot_load();

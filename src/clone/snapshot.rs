@@ -26,6 +26,7 @@ pub struct SnapshotCursor {
     finished: bool,
     started: Instant,
     instance: Option<u64>,
+    epoch: Option<u64>,
 }
 
 impl SnapshotCursor {
@@ -42,6 +43,7 @@ impl SnapshotCursor {
             finished: false,
             started: now,
             instance: None,
+            epoch: None,
         }
     }
 
@@ -49,6 +51,13 @@ impl SnapshotCursor {
     /// [`INSTANCE`](super::proto::INSTANCE)).
     pub fn with_instance(mut self, instance: Option<u64>) -> Self {
         self.instance = instance;
+        self
+    }
+
+    /// Presents the server's epoch in KTHXBAI (see
+    /// [`EPOCH`](super::proto::EPOCH)).
+    pub fn with_epoch(mut self, epoch: Option<u64>) -> Self {
+        self.epoch = epoch;
         self
     }
 
@@ -103,6 +112,7 @@ impl SnapshotCursor {
             self.seq,
             &self.subtree,
             self.instance,
+            self.epoch,
         ));
         true
     }

@@ -1,0 +1,555 @@
+//! Deterministic tests of the store's server-pair rules (Guide ch. 5,
+//! `clonesrv6`, with its bugs fixed): the passive role, the pending list,
+//! UUID de-duplication, the epoch and promotion.
+
+use super::*;
+use crate::clone::SnapshotReply;
+
+const U: Duration = Duration::from_secs(1);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A client KVSET for `key` with UUID `[u; 16]` (`None`: no UUID).
+fn kvset(key: &str, value: &str, u: Option<u8>) -> KvMsg {
+    let mut m = KvMsg::new(key.to_owned(), value.to_owned()).unwrap();
+    m.set_uuid(u.map(|u| [u; 16]));
+    m
+}
+
+fn with_ttl(mut m: KvMsg, ttl: u64) -> KvMsg {
+    m.props_mut().set(TTL, &ttl.to_string()).unwrap();
+    m
+}
+
+fn with_epoch(mut m: KvMsg, epoch: u64) -> KvMsg {
+    m.props_mut().set(EPOCH, &epoch.to_string()).unwrap();
+    m
+}
+
+/// The active's KVPUB of `m` at `seq`, as frames.
+fn kvpub(mut m: KvMsg, seq: u64) -> [Bytes; 5] {
+    m.set_seq(seq);
+    m.encode()
+}
+
+fn hugz(seq: u64, epoch: Option<u64>) -> [Bytes; 5] {
+    Update::encode_hugz(seq, None, epoch)
+}
+
+fn published(actions: &[StoreAction]) -> Vec<KvMsg> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            StoreAction::Publish(f) if f[0] != "HUGZ" => Some(KvMsg::decode(f).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fetches(actions: &[StoreAction]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, StoreAction::FetchSnapshot))
+        .count()
+}
+
+fn value(s: &Store, key: &str) -> Option<String> {
+    s.get(key.as_bytes())
+        .map(|e| String::from_utf8_lossy(e.value()).into_owned())
+}
+
+/// A passive store synced from a snapshot of `entries` at `seq`.
+fn synced(config: StoreConfig, entries: Vec<KvMsg>, seq: u64, now: Instant) -> Store {
+    let mut s = Store::new_passive(config, now);
+    assert_eq!(fetches(&s.handle_peer_update(&hugz(seq, None), now)), 1);
+    assert!(s.handle_peer_snapshot(entries, seq, None, now).is_empty());
+    assert!(s.is_synced());
+    s
+}
+
+fn quiet() -> StoreConfig {
+    StoreConfig::new().hugz_interval(secs(3600))
+}
+
+#[test]
+fn a_passive_fetches_the_snapshot_on_the_first_peer_message_and_buffers_live_updates() {
+    let t0 = Instant::now();
+    let mut s = Store::new_passive(quiet(), t0);
+    assert_eq!(s.role(), Role::Passive);
+    assert!(!s.is_synced());
+    let first = s.handle_peer_update(&kvpub(kvset("/b", "2", Some(2)), 5), t0);
+    assert_eq!(fetches(&first), 1);
+    // No second request while one is under way; live updates are buffered.
+    assert!(s
+        .handle_peer_update(&kvpub(kvset("/c", "3", Some(3)), 6), t0)
+        .is_empty());
+    assert!(s.handle_peer_update(&hugz(6, None), t0).is_empty());
+    assert!(s.is_empty());
+    let mut a = kvset("/a", "1", Some(1));
+    a.set_seq(4);
+    let mut b = kvset("/b", "2", Some(2));
+    b.set_seq(5);
+    assert!(s.handle_peer_snapshot(vec![a, b], 5, None, t0).is_empty());
+    assert_eq!(s.sequence(), 6, "the buffered update after the snapshot");
+    assert_eq!(value(&s, "/c").as_deref(), Some("3"));
+    assert_eq!(s.get(b"/a").unwrap().seq(), 4);
+    let st = s.stats();
+    assert_eq!(
+        (st.peer_snapshots, st.peer_stale, st.peer_updates),
+        (1, 1, 2)
+    );
+    // Synced now: the next update applies directly.
+    assert!(s
+        .handle_peer_update(&kvpub(kvset("/d", "4", None), 7), t0)
+        .is_empty());
+    assert_eq!(s.sequence(), 7);
+    assert_eq!(s.role(), Role::Passive);
+}
+
+#[test]
+fn a_failed_fetch_is_retried_by_the_timer_and_a_stray_snapshot_ignored() {
+    let t0 = Instant::now();
+    let mut s = Store::new_passive(quiet().snapshot_retry(secs(2)), t0);
+    assert!(s.handle_peer_snapshot(Vec::new(), 9, None, t0).is_empty());
+    assert!(!s.is_synced(), "not asked for");
+    assert_eq!(fetches(&s.handle_peer_update(&hugz(3, None), t0)), 1);
+    assert!(s.handle_peer_snapshot_failed(t0).is_empty());
+    assert_eq!(s.poll_timeout(), t0 + secs(2));
+    assert!(
+        s.handle_peer_update(&hugz(3, None), t0 + U).is_empty(),
+        "waits"
+    );
+    assert_eq!(fetches(&s.handle_timeout(t0 + U)), 0);
+    assert_eq!(fetches(&s.handle_timeout(t0 + secs(2))), 1);
+    assert_eq!(
+        s.poll_timeout(),
+        t0 + secs(3600),
+        "no retry while in flight"
+    );
+    s.handle_peer_snapshot(Vec::new(), 3, None, t0 + secs(2));
+    assert!(s.is_synced());
+    assert_eq!(s.stats().peer_snapshot_failures, 1);
+}
+
+#[test]
+fn the_pending_list_is_cancelled_by_uuid_in_both_directions() {
+    let t0 = Instant::now();
+    let mut s = synced(quiet(), Vec::new(), 0, t0);
+    // The client's copy first, then the active's: cancelled.
+    assert!(s.handle_kvset(kvset("/k", "1", Some(1)), t0).is_empty());
+    assert_eq!(s.pending_load().0, 1);
+    s.handle_peer_update(&kvpub(kvset("/k", "1", Some(1)), 1), t0);
+    assert_eq!(s.pending_load().0, 0);
+    // The active's copy first, then the client's: dropped, never pending.
+    s.handle_peer_update(&kvpub(kvset("/j", "2", Some(2)), 2), t0);
+    assert!(s.handle_kvset(kvset("/j", "2", Some(2)), t0).is_empty());
+    assert_eq!(s.pending_load().0, 0);
+    let st = s.stats().clone();
+    assert_eq!(
+        (st.pending_added, st.pending_cancelled, st.duplicates),
+        (1, 1, 1)
+    );
+    // Nothing is re-applied at promotion.
+    assert!(published(&s.promote(1, t0)).is_empty());
+    assert_eq!(s.sequence(), 2);
+    assert_eq!(s.stats().pending_applied, 0);
+}
+
+#[test]
+fn an_active_copy_whose_client_copy_never_arrives_is_not_reapplied_at_promotion() {
+    // The Guide's "flip it around" puts the active's copy on the pending
+    // list; when the client's copy is lost it is re-published at failover
+    // with a new sequence and can overwrite a newer value.
+    let t0 = Instant::now();
+    let mut s = synced(quiet(), Vec::new(), 0, t0);
+    s.handle_peer_update(&kvpub(kvset("/k", "old", Some(7)), 1), t0);
+    s.handle_peer_update(&kvpub(kvset("/k", "new", Some(8)), 2), t0);
+    // The newer write's client copy arrives; the older's never does.
+    s.handle_kvset(kvset("/k", "new", Some(8)), t0);
+    let out = s.promote(1, t0);
+    assert!(published(&out).is_empty(), "{out:?}");
+    assert_eq!(value(&s, "/k").as_deref(), Some("new"));
+    assert_eq!(s.sequence(), 2);
+}
+
+#[test]
+fn an_older_pending_value_never_overwrites_a_newer_applied_one() {
+    let t0 = Instant::now();
+    let mut s = synced(quiet(), Vec::new(), 0, t0);
+    // Client 1's update reaches the passive; the active never republishes
+    // it (it died first, or applied client 2's later) ...
+    s.handle_kvset(kvset("/k", "older", Some(1)), t0);
+    s.handle_kvset(kvset("/gone", "v", Some(2)), t0);
+    // ... and the active writes both keys after they were queued.
+    s.handle_peer_update(&kvpub(kvset("/k", "newer", Some(3)), 1), t0);
+    s.handle_peer_update(&kvpub(kvset("/gone", "", None), 2), t0);
+    // A pending update queued after the active's write is newer: kept.
+    s.handle_kvset(kvset("/k", "newest", Some(4)), t0);
+    let out = published(&s.promote(1, t0));
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].body().as_ref(), out[0].seq()), (&b"newest"[..], 3));
+    assert_eq!(value(&s, "/gone"), None, "a delete is not undone");
+    let st = s.stats();
+    assert_eq!((st.superseded, st.pending_applied), (2, 1));
+}
+
+#[test]
+fn promotion_applies_the_pending_updates_fifo_with_new_sequences_and_the_epoch() {
+    let t0 = Instant::now();
+    let mut s = synced(quiet(), Vec::new(), 10, t0);
+    s.handle_kvset(kvset("/b", "1", Some(1)), t0);
+    s.handle_kvset(kvset("/a", "2", Some(2)), t0);
+    s.handle_kvset(kvset("/b", "", Some(3)), t0);
+    let out = published(&s.promote(5, t0));
+    let got: Vec<_> = out
+        .iter()
+        .map(|m| (m.key().clone(), m.body().clone(), m.seq(), m.epoch()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Bytes::from("/b"), Bytes::from("1"), 11, Some(5)),
+            (Bytes::from("/a"), Bytes::from("2"), 12, Some(5)),
+            (Bytes::from("/b"), Bytes::new(), 13, Some(5)),
+        ]
+    );
+    assert_eq!((s.role(), s.epoch(), s.sequence()), (Role::Active, 5, 13));
+    assert_eq!(s.len(), 1);
+    assert!(s.promote(6, t0).is_empty(), "already active");
+    assert_eq!(s.epoch(), 5);
+}
+
+#[test]
+fn ttl_is_absolute_on_the_passive_which_neither_expires_nor_advances_its_sequence() {
+    let t0 = Instant::now();
+    let mut s = synced(StoreConfig::new(), Vec::new(), 0, t0);
+    let t1 = t0 + U;
+    s.handle_peer_update(&kvpub(with_ttl(kvset("/e", "x", Some(1)), 5), 1), t1);
+    assert_eq!(s.get(b"/e").unwrap().deadline(), Some(t1 + secs(5)));
+    assert_eq!(
+        s.get(b"/e")
+            .unwrap()
+            .to_kvsync(&Bytes::from("/e"), t1)
+            .props()
+            .get(TTL),
+        Some("5")
+    );
+    // Long past the deadline: HUGZ only, carrying the unchanged sequence.
+    let t9 = t0 + secs(60);
+    assert_eq!(s.poll_timeout(), t0 + U, "the next HUGZ, not the deadline");
+    let out = s.handle_timeout(t9);
+    assert_eq!(out.len(), 1);
+    let StoreAction::Publish(frames) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(matches!(
+        Update::decode(frames).unwrap(),
+        Update::Hugz { seq: 1, .. }
+    ));
+    assert_eq!((s.sequence(), s.len(), s.stats().expired), (1, 1, 0));
+    // Once active, what fell due expires with a new sequence.
+    s.promote(1, t9);
+    assert_eq!(s.poll_timeout(), t1 + secs(5));
+    let deletes = published(&s.handle_timeout(t9));
+    assert_eq!(deletes.len(), 1);
+    assert!(deletes[0].is_delete() && deletes[0].seq() == 2);
+    assert_eq!(deletes[0].epoch(), Some(1));
+}
+
+#[test]
+fn ephemeral_keys_from_the_snapshot_keep_their_remaining_lifetime() {
+    let t0 = Instant::now();
+    let mut s = Store::new_passive(quiet(), t0);
+    s.handle_peer_update(&hugz(3, None), t0);
+    let mut e = with_ttl(kvset("/e", "x", None), 3);
+    e.set_seq(3);
+    let t1 = t0 + U;
+    s.handle_peer_snapshot(vec![e], 3, None, t1);
+    assert_eq!(s.get(b"/e").unwrap().deadline(), Some(t1 + secs(3)));
+    assert_eq!(s.get(b"/e").unwrap().seq(), 3);
+    assert!(s.get(b"/e").unwrap().props.is_empty(), "ttl not kept");
+}
+
+#[test]
+fn a_pending_updates_ttl_counts_from_its_arrival() {
+    let t0 = Instant::now();
+    let mut s = synced(quiet(), Vec::new(), 0, t0);
+    s.handle_kvset(with_ttl(kvset("/long", "x", Some(1)), 10), t0);
+    s.handle_kvset(with_ttl(kvset("/short", "x", Some(2)), 2), t0);
+    s.handle_kvset(with_ttl(kvset("/del", "", Some(3)), 2), t0);
+    let t4 = t0 + secs(4);
+    let out = published(&s.promote(1, t4));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0].props().get(TTL), Some("6"), "remaining, not 10");
+    assert!(out[1].is_delete(), "a delete does not expire");
+    assert_eq!(s.get(b"/long").unwrap().deadline(), Some(t0 + secs(10)));
+    assert_eq!(s.get(b"/short"), None);
+    assert_eq!(s.stats().pending_expired, 1);
+}
+
+#[test]
+fn a_gap_is_repaired_by_a_snapshot_that_replaces_the_map() {
+    let t0 = Instant::now();
+    let mut keep = kvset("/keep", "1", Some(1));
+    keep.set_seq(1);
+    let mut old = kvset("/old", "1", Some(2));
+    old.set_seq(2);
+    let mut s = synced(quiet(), vec![keep.clone(), old], 2, t0);
+    // A client update for /old reaches the passive; the active applies it,
+    // then expires /old, but the passive misses both KVPUBs (3 and 4).
+    s.handle_kvset(kvset("/old", "2", Some(3)), t0);
+    let out = s.handle_peer_update(&kvpub(kvset("/new", "1", Some(4)), 5), t0);
+    assert_eq!(fetches(&out), 1);
+    assert_eq!(s.stats().peer_gaps, 1);
+    s.handle_peer_update(&kvpub(kvset("/new", "2", Some(5)), 6), t0);
+    assert_eq!(
+        value(&s, "/old").as_deref(),
+        Some("1"),
+        "readable meanwhile"
+    );
+    let mut new = kvset("/new", "1", Some(4));
+    new.set_seq(5);
+    s.handle_peer_snapshot(vec![keep, new], 5, None, t0);
+    assert_eq!(value(&s, "/old"), None, "replaced, not merged");
+    assert_eq!(value(&s, "/new").as_deref(), Some("2"));
+    assert_eq!((s.sequence(), s.len()), (6, 2));
+    // The pending /old predates the snapshot: never resurrected.
+    assert!(published(&s.promote(1, t0)).is_empty());
+    assert_eq!(value(&s, "/old"), None);
+    assert_eq!(s.stats().superseded, 1);
+}
+
+#[test]
+fn a_heartbeat_ahead_of_the_passive_is_a_gap() {
+    let t0 = Instant::now();
+    let mut s = synced(quiet(), Vec::new(), 4, t0);
+    assert!(s.handle_peer_update(&hugz(4, None), t0).is_empty());
+    assert!(s.handle_peer_update(&hugz(2, None), t0).is_empty());
+    assert_eq!(fetches(&s.handle_peer_update(&hugz(5, None), t0)), 1);
+    assert_eq!(s.stats().peer_gaps, 1);
+}
+
+#[test]
+fn a_resent_update_is_applied_once_before_and_after_promotion() {
+    let t0 = Instant::now();
+    let mut active = Store::new(quiet(), t0);
+    assert_eq!(
+        published(&active.handle_kvset(kvset("/k", "1", Some(1)), t0)).len(),
+        1
+    );
+    assert!(active
+        .handle_kvset(kvset("/k", "1", Some(1)), t0)
+        .is_empty());
+    assert_eq!(active.stats().duplicates, 1);
+
+    let mut s = synced(quiet(), Vec::new(), 0, t0);
+    s.handle_peer_update(&kvpub(kvset("/k", "1", Some(1)), 1), t0);
+    s.handle_kvset(kvset("/p", "1", Some(2)), t0);
+    assert_eq!(published(&s.promote(1, t0)).len(), 1);
+    // After the failover the client re-sends both: applied already.
+    assert!(s.handle_kvset(kvset("/k", "1", Some(1)), t0).is_empty());
+    assert!(s.handle_kvset(kvset("/p", "1", Some(2)), t0).is_empty());
+    assert_eq!(s.stats().duplicates, 2);
+    assert_eq!(s.sequence(), 2);
+    assert_eq!(
+        published(&s.handle_kvset(kvset("/k", "2", Some(3)), t0)).len(),
+        1
+    );
+}
+
+#[test]
+fn messages_without_a_uuid_are_never_deduplicated_and_never_match_pending() {
+    let t0 = Instant::now();
+    let mut active = Store::new(quiet(), t0);
+    active.handle_kvset(kvset("/k", "1", None), t0);
+    active.handle_kvset(kvset("/k", "1", None), t0);
+    assert_eq!((active.sequence(), active.stats().duplicates), (2, 0));
+
+    let mut s = synced(quiet(), Vec::new(), 0, t0);
+    s.handle_kvset(kvset("/a", "1", None), t0);
+    s.handle_kvset(kvset("/a", "1", None), t0);
+    s.handle_kvset(kvset("/b", "1", Some(1)), t0);
+    // The active's copy without a UUID cancels nothing (its key write
+    // supersedes only its own key's pending updates).
+    s.handle_peer_update(&kvpub(kvset("/c", "1", None), 1), t0);
+    assert_eq!(s.pending_load().0, 3);
+    assert_eq!(s.stats().pending_cancelled, 0);
+    assert_eq!(published(&s.promote(1, t0)).len(), 3);
+}
+
+#[test]
+fn pending_and_buffer_bounds_drop_the_oldest_and_count() {
+    let t0 = Instant::now();
+    let mut s = synced(quiet().max_pending(2), Vec::new(), 0, t0);
+    for u in 1..=3 {
+        s.handle_kvset(kvset(&format!("/{u}"), "v", Some(u)), t0);
+    }
+    assert_eq!(s.stats().pending_dropped, 1);
+    let cost = PendingList::cost(&kvset("/x", "v", Some(9)));
+    assert_eq!(s.pending_load(), (2, 2 * cost));
+    let keys: Vec<_> = published(&s.promote(1, t0))
+        .iter()
+        .map(|m| m.key().clone())
+        .collect();
+    assert_eq!(keys, ["/2", "/3"]);
+
+    let mut s = synced(quiet().max_pending_bytes(cost), Vec::new(), 0, t0);
+    s.handle_kvset(kvset("/x", "v", Some(1)), t0);
+    s.handle_kvset(kvset("/y", "v", Some(2)), t0);
+    assert_eq!((s.pending_load().0, s.stats().pending_dropped), (1, 1));
+
+    // Live updates buffered during a fetch share the bounds.
+    let mut s = Store::new_passive(quiet().max_pending(2), t0);
+    for seq in 1..=3 {
+        s.handle_peer_update(&kvpub(kvset("/k", "v", None), seq), t0);
+    }
+    assert_eq!(s.stats().peer_buffer_overflows, 1);
+    s.handle_peer_snapshot(Vec::new(), 0, None, t0);
+    assert_eq!(s.sequence(), 0, "the buffer was dropped");
+    // The gap it left is seen at the next message.
+    let out = s.handle_peer_update(&kvpub(kvset("/k", "v", None), 4), t0);
+    assert_eq!(fetches(&out), 1);
+}
+
+#[test]
+fn the_recent_uuid_memory_is_bounded() {
+    let t0 = Instant::now();
+    let mut s = Store::new(quiet().recent_uuids(2), t0);
+    for u in 1..=3 {
+        s.handle_kvset(kvset("/k", "v", Some(u)), t0);
+    }
+    assert_eq!(s.recent_uuids(), 2);
+    assert!(s.handle_kvset(kvset("/k", "v", Some(3)), t0).is_empty());
+    assert_eq!(
+        published(&s.handle_kvset(kvset("/k", "v", Some(1)), t0)).len(),
+        1,
+        "forgotten: applied again"
+    );
+    let mut off = Store::new(quiet().recent_uuids(0), t0);
+    off.handle_kvset(kvset("/k", "v", Some(1)), t0);
+    assert_eq!(
+        published(&off.handle_kvset(kvset("/k", "v", Some(1)), t0)).len(),
+        1
+    );
+}
+
+#[test]
+fn a_passive_refuses_peer_messages_from_a_lower_epoch() {
+    let t0 = Instant::now();
+    let mut s = Store::new_passive(quiet().snapshot_retry(U), t0);
+    assert_eq!(s.observed_epoch(), None);
+    assert_eq!(fetches(&s.handle_peer_update(&hugz(0, Some(3)), t0)), 1);
+    assert_eq!(s.observed_epoch(), Some(3));
+    // A snapshot from an older active is refused and asked again.
+    assert!(s
+        .handle_peer_snapshot(Vec::new(), 0, Some(2), t0)
+        .is_empty());
+    assert!(!s.is_synced());
+    assert_eq!(fetches(&s.handle_timeout(t0 + U)), 1);
+    s.handle_peer_snapshot(Vec::new(), 0, Some(4), t0 + U);
+    assert_eq!(s.observed_epoch(), Some(4));
+    let old = kvpub(with_epoch(kvset("/k", "stale", Some(1)), 3), 1);
+    assert!(s.handle_peer_update(&old, t0).is_empty());
+    assert!(
+        s.handle_peer_update(&hugz(9, Some(3)), t0).is_empty(),
+        "no gap"
+    );
+    assert_eq!((s.sequence(), s.len()), (0, 0));
+    assert_eq!(s.stats().fenced, 3);
+    // Without the property (the Guide's server) messages are never fenced.
+    s.handle_peer_update(&kvpub(kvset("/k", "v", Some(2)), 1), t0);
+    s.handle_peer_update(&kvpub(with_epoch(kvset("/j", "v", None), 4), 2), t0);
+    assert_eq!((s.sequence(), s.len()), (2, 2));
+    assert!(s.get(b"/j").unwrap().props.is_empty(), "epoch not stored");
+}
+
+#[test]
+fn the_epoch_is_presented_only_above_zero_and_clients_cannot_forge_it() {
+    let t0 = Instant::now();
+    let mut single = Store::new(StoreConfig::new().instance(None), t0);
+    let out = published(&single.handle_kvset(with_epoch(kvset("/k", "v", Some(1)), 99), t0));
+    assert_eq!(out[0].epoch(), None, "a client's epoch is stripped");
+    assert!(single.get(b"/k").unwrap().props.is_empty());
+    let hb = single.handle_timeout(t0 + U);
+    let StoreAction::Publish(f) = &hb[0] else {
+        panic!()
+    };
+    assert!(f[3].is_empty(), "HUGZ as CHP says: no properties");
+
+    let mut s = Store::new_passive(StoreConfig::new().instance(None).epoch(2), t0);
+    assert_eq!(s.epoch(), 2);
+    let hb = s.handle_timeout(t0 + U);
+    let StoreAction::Publish(f) = &hb[0] else {
+        panic!()
+    };
+    assert_eq!(Update::decode(f).unwrap().epoch(), Some(2), "every role");
+    s.promote(3, t0 + U);
+    let out = published(&s.handle_kvset(with_epoch(kvset("/k", "v", Some(1)), 99), t0 + U));
+    assert_eq!(out[0].epoch(), Some(3));
+    let cursor = match s
+        .handle_request(
+            vec![Bytes::from("p"), Bytes::from("ICANHAZ?"), Bytes::new()],
+            t0 + U,
+        )
+        .pop()
+    {
+        Some(StoreAction::StartSnapshot(c)) => c,
+        other => panic!("{other:?}"),
+    };
+    let mut c = cursor;
+    let mut frames = Vec::new();
+    while !c.next_chunk(t0, 10, &mut frames) {}
+    let kv = KvMsg::decode(&frames[0]).unwrap();
+    assert_eq!(kv.epoch(), None, "KVSYNC entries carry no epoch");
+    match SnapshotReply::decode(frames.last().unwrap()).unwrap() {
+        SnapshotReply::Kthxbai { epoch, .. } => assert_eq!(epoch, Some(3)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_passive_refuses_snapshot_requests_and_drops_bad_peer_input() {
+    let t0 = Instant::now();
+    let mut s = Store::new_passive(quiet().max_kvset_size(64), t0);
+    let req = vec![Bytes::from("p"), Bytes::from("ICANHAZ?"), Bytes::new()];
+    assert!(s.handle_request(req, t0).is_empty());
+    assert_eq!(s.stats().passive_requests, 1);
+    assert!(s.handle_peer_update(&[Bytes::from("x")], t0).is_empty());
+    let big = kvpub(kvset("/k", &"x".repeat(64), None), 1);
+    assert!(s.handle_peer_update(&big, t0).is_empty());
+    assert_eq!(s.stats().peer_malformed, 2);
+    assert!(!s.is_synced());
+}
+
+#[test]
+fn promotion_during_a_fetch_applies_the_buffered_updates_and_ignores_the_late_snapshot() {
+    let t0 = Instant::now();
+    let mut s = synced(quiet(), vec![], 1, t0);
+    s.handle_peer_update(&kvpub(kvset("/a", "1", Some(1)), 3), t0);
+    s.handle_peer_update(&kvpub(kvset("/b", "1", Some(2)), 4), t0);
+    s.handle_kvset(kvset("/c", "1", Some(3)), t0);
+    let out = published(&s.promote(2, t0));
+    assert_eq!(value(&s, "/a").as_deref(), Some("1"));
+    assert_eq!(value(&s, "/b").as_deref(), Some("1"));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seq(), 5);
+    assert!(s.handle_peer_snapshot(Vec::new(), 9, None, t0).is_empty());
+    assert_eq!((s.sequence(), s.len()), (5, 3));
+    // An active store ignores its peer (but notes the epoch it presents).
+    assert!(s.handle_peer_update(&hugz(40, Some(7)), t0).is_empty());
+    assert_eq!((s.observed_epoch(), s.stats().fenced), (Some(7), 0));
+}
+
+#[test]
+fn a_lone_passive_promoted_without_any_peer_starts_from_its_pending_list() {
+    let t0 = Instant::now();
+    let mut s = Store::new_passive(quiet(), t0);
+    s.handle_kvset(kvset("/k", "v", Some(1)), t0);
+    let out = published(&s.promote(1, t0));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seq(), 1);
+    assert!(s.is_synced());
+    assert_eq!(value(&s, "/k").as_deref(), Some("v"));
+}
