@@ -21,7 +21,7 @@ use tracing::{info, warn, Instrument};
 use super::agent::{kvset, Agent, AgentAction, AgentConfig, AgentStats, Change, Phase};
 use super::error::CloneError;
 use super::kvmsg::{KvMsg, Uuid};
-use super::link::{spawn_link, spawn_publisher, LinkEvent, ServerAddr};
+use super::link::{spawn_link, spawn_publisher, CollectorSocket, LinkEvent, ServerAddr};
 use crate::ratelog::LogLimiter;
 use crate::task::{PatternTask, TaskPanicked};
 
@@ -39,6 +39,7 @@ pub struct CloneClientConfig {
     publish_queue: usize,
     change_capacity: usize,
     max_message_size: usize,
+    collector_socket: CollectorSocket,
 }
 
 impl Default for CloneClientConfig {
@@ -50,6 +51,7 @@ impl Default for CloneClientConfig {
             publish_queue: 10_000,
             change_capacity: 65_536,
             max_message_size: (16 << 20) + super::kvmsg::PROPS_MAX + 1024,
+            collector_socket: CollectorSocket::Pub,
         }
     }
 }
@@ -99,6 +101,15 @@ impl CloneClientConfig {
     /// `max_kvset_size`.
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.max_message_size = n;
+        self
+    }
+    /// The socket KVSETs are sent with to each server's collector (`P+2`):
+    /// [`CollectorSocket::Pub`] for CHP servers (`clonesrv6`, this crate's),
+    /// [`CollectorSocket::Push`] for the PULL collector of the Guide's
+    /// `clonesrv3` to `clonesrv5` (this crate's server takes both). Default
+    /// `Pub`.
+    pub fn collector_socket(mut self, socket: CollectorSocket) -> Self {
+        self.collector_socket = socket;
         self
     }
 }
@@ -388,8 +399,9 @@ impl Task {
                 }
                 info!(server = %addr.snapshot(), "adding server");
                 let (tx, rx) = mpsc::channel(self.config.publish_queue.max(1));
-                let (settle, sent) = (self.config.publish_settle, self.sent.clone());
-                spawn_publisher(addr.clone(), settle, rx, sent, self.token.child_token());
+                let socket = (self.config.collector_socket, self.config.publish_settle);
+                let sent = self.sent.clone();
+                spawn_publisher(addr.clone(), socket, rx, sent, self.token.child_token());
                 servers.publishers.push(tx);
                 servers.addrs.push(addr);
                 agent.handle_server_added(now());

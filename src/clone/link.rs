@@ -1,11 +1,13 @@
 //! The client's sockets to one server: a "link" (SUB to `P+1`, then DEALER
 //! to `P` with `ICANHAZ?`) per synchronisation attempt, and a supervised
-//! PUB to `P+2` per server for KVSETs.
+//! publisher to `P+2` per server for KVSETs: a PUB (CHP, the clone agent's)
+//! or a PUSH (for the PULL collector of Clone models 3-5), as
+//! [`CollectorSocket`] says.
 //!
 //! Guide ch. 5: the clone agent's per-server sockets (`clone.c`). The `zeromq`
-//! crate's DEALER and PUB never reconnect once their peer restarts, so a
-//! link lives for one attempt only (the agent opens a new one on failover
-//! or resync) and each publisher recreates its PUB when it disconnects.
+//! crate's DEALER, PUB and PUSH never reconnect once their peer restarts, so
+//! a link lives for one attempt only (the agent opens a new one on failover
+//! or resync) and each publisher recreates its socket when it disconnects.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
 use zeromq::prelude::*;
-use zeromq::{DealerSocket, PubSocket, SocketEvent, SubSocket};
+use zeromq::{DealerSocket, PubSocket, PushSocket, SocketEvent, SubSocket};
 
 use super::error::{CloneError, KvMsgError};
 use super::kvmsg::KvMsg;
@@ -91,6 +93,27 @@ impl FromStr for ServerAddr {
         let (host, port) = addr.rsplit_once(':').ok_or_else(malformed)?;
         Self::from_port(host, port.parse().map_err(|_| malformed())?)
     }
+}
+
+/// The socket a [`CloneClient`](super::CloneClient) sends its KVSETs with to
+/// a server's collector (`P+2`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CollectorSocket {
+    /// PUB, as CHP and the Guide's clone agent (`clonecli6`) do: the
+    /// collector is a SUB (`clonesrv6`, this crate's server). KVSETs sent
+    /// before the collector's subscription arrives are dropped by PUB
+    /// semantics, hence the client's `publish_settle` pause after each
+    /// connect.
+    #[default]
+    Pub,
+    /// PUSH, as the Guide's `clonecli3` to `clonecli5` do: for the PULL
+    /// collector of `clonesrv3` to `clonesrv5` (this crate's server takes
+    /// both). No settle pause. The `zeromq` crate's PUSH notices a dead
+    /// server only when a write fails, so the one or two KVSETs written
+    /// just after the server died are lost (a model 3-5 server loses its
+    /// whole state when it restarts anyway).
+    Push,
 }
 
 /// What a link reports to the agent.
@@ -227,49 +250,74 @@ async fn connect_patiently<S: Socket>(socket: &mut S, endpoint: &str) -> Result<
     Ok(())
 }
 
-/// Starts the publisher of one server: a PUB connected to its collector,
-/// recreated whenever it disconnects. KVSETs wait in `rx` while it is
-/// (re)connecting.
+/// Starts the publisher of one server: a PUB or PUSH (`kind`) connected to
+/// its collector, recreated whenever it disconnects. KVSETs wait in `rx`
+/// while it is (re)connecting.
 pub(crate) fn spawn_publisher(
     addr: ServerAddr,
-    settle: Duration,
+    (kind, settle): (CollectorSocket, Duration),
     rx: mpsc::Receiver<KvMsg>,
     sent: Arc<AtomicU64>,
     token: CancellationToken,
 ) {
-    let span = tracing::info_span!("clone_publisher", collector = %addr.collector);
+    let span = tracing::info_span!("clone_publisher", collector = %addr.collector, ?kind);
     spawn_until_cancelled(span, token, async move {
-        run_publisher(&addr, settle, rx, &sent).await
+        match kind {
+            CollectorSocket::Pub => run_publisher::<PubSocket>(&addr, settle, rx, &sent).await,
+            CollectorSocket::Push => {
+                run_publisher::<PushSocket>(&addr, Duration::ZERO, rx, &sent).await
+            }
+        }
     });
 }
 
-async fn run_publisher(
+async fn run_publisher<S: Socket + SocketSend>(
     addr: &ServerAddr,
     settle: Duration,
     mut rx: mpsc::Receiver<KvMsg>,
     sent: &AtomicU64,
 ) -> Result<(), CloneError> {
+    // A KVSET the socket handed back (no peer): sent first after reconnecting.
+    let mut pending: Option<KvMsg> = None;
     loop {
-        let mut publisher = PubSocket::new();
-        let mut monitor = publisher.monitor();
-        connect_patiently(&mut publisher, &addr.collector).await?;
-        // The collector's subscription reaches this PUB just after the
-        // handshake; a KVSET sent before it would be dropped silently.
-        tokio::time::sleep(settle).await;
+        let mut socket = S::new();
+        let mut monitor = socket.monitor();
+        connect_patiently(&mut socket, &addr.collector).await?;
+        // PUB: the collector's subscription reaches this socket just after
+        // the handshake; a KVSET sent before it would be dropped silently.
+        if !settle.is_zero() {
+            tokio::time::sleep(settle).await;
+        }
         info!("publisher connected");
         loop {
-            tokio::select! {
-                ev = monitor.next() => match ev {
-                    Some(SocketEvent::Disconnected(_)) | None => break,
-                    Some(_) => {}
+            let msg = match pending.take() {
+                Some(msg) => msg,
+                None => tokio::select! {
+                    ev = monitor.next() => match ev {
+                        Some(SocketEvent::Disconnected(_)) | None => break,
+                        Some(_) => continue,
+                    },
+                    m = rx.recv() => match m {
+                        Some(msg) => msg,
+                        None => return Ok(()),
+                    },
                 },
-                m = rx.recv() => {
-                    let Some(msg) = m else { return Ok(()) };
-                    let out = crate::frames::message(msg.encode()).expect("five frames");
-                    publisher.send(out).await?;
+            };
+            let out = crate::frames::message(msg.encode()).expect("five frames");
+            match socket.send(out).await {
+                Ok(()) => {
                     if sent.fetch_add(1, Ordering::Relaxed) % 256 == 255 {
                         tokio::task::yield_now().await;
                     }
+                }
+                // Not connected (PUSH): keep it for the next socket.
+                Err(zeromq::ZmqError::ReturnToSender { .. }) => {
+                    pending = Some(msg);
+                    break;
+                }
+                Err(e) => {
+                    debug!(cause = %e, "KVSET lost with the connection");
+                    break;
                 }
             }
         }

@@ -62,6 +62,7 @@
 
 mod agent;
 mod client;
+mod collector;
 mod error;
 mod inflight;
 mod kvmsg;
@@ -74,9 +75,10 @@ mod store;
 
 pub use agent::{kvset, Agent, AgentAction, AgentConfig, AgentStats, Change, ChangeCause, Phase};
 pub use client::{CloneClient, CloneClientConfig, CloneClientStats, SERVER_MAX};
+pub use collector::{CollectorLimits, COLLECTOR_MAX_MESSAGE};
 pub use error::{CloneError, KvMsgError, PropertyError};
 pub use kvmsg::{KvMsg, Properties, Uuid, KEY_MAX, PROPS_MAX, TTL};
-pub use link::ServerAddr;
+pub use link::{CollectorSocket, ServerAddr};
 pub use proto::{Icanhaz, SnapshotReply, Update, EPOCH, HUGZ, ICANHAZ, INSTANCE, KTHXBAI};
 pub use server::{CloneServer, CloneServerConfig, CloneServerEndpoints, CloneServerStats};
 pub use snapshot::SnapshotCursor;

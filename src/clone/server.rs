@@ -1,12 +1,13 @@
 //! The Clone server: its config, its handle ([`CloneServer`]) and its task,
-//! which binds ROUTER (snapshots), PUB (updates and HUGZ) and SUB
-//! (collector) and drives the pure [`Store`].
+//! which binds ROUTER (snapshots), PUB (updates and HUGZ) and the collector
+//! and drives the pure [`Store`].
 //!
 //! Guide ch. 5, Clone models 3-5 (`clonesrv3` to `clonesrv5`, the reactor
-//! server), speaking CHP: collector SUB at `P+2` (as CHP specifies, not the
-//! PULL of models 3-5). Each snapshot streams from its own task over a
-//! clone of the ROUTER's send half, so a large or slow snapshot never holds
-//! up updates, heartbeats or other clients.
+//! server), speaking CHP. The collector at `P+2` takes both CHP's PUB
+//! peers (model 6 clients) and the PUSH peers of models 3-5 on the same
+//! endpoint (see [`CollectorLimits`]). Each snapshot streams from its own
+//! task over a clone of the ROUTER's send half, so a large or slow snapshot
+//! never holds up updates, heartbeats or other clients.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,8 +19,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 use zeromq::prelude::*;
-use zeromq::{PubSocket, RouterSendHalf, RouterSocket, SubSocket};
+use zeromq::{PubSocket, RouterSendHalf, RouterSocket};
 
+use super::collector::{Collector, CollectorCounts, CollectorLimits};
 use super::error::CloneError;
 use super::kvmsg::KvMsg;
 use super::proto::KTHXBAI;
@@ -39,6 +41,7 @@ pub struct CloneServerConfig {
     publisher: EndpointSpec,
     collector: EndpointSpec,
     store: StoreConfig,
+    collector_limits: CollectorLimits,
     snapshot_chunk: usize,
     snapshot_stall_timeout: Duration,
 }
@@ -64,13 +67,14 @@ impl CloneServerConfig {
     }
 
     /// Explicit endpoints: snapshot ROUTER (CHP port `P`), update PUB
-    /// (`P+1`), collector SUB (`P+2`).
+    /// (`P+1`), collector (`P+2`, taking PUB and PUSH peers).
     pub fn new(snapshot: EndpointSpec, publisher: EndpointSpec, collector: EndpointSpec) -> Self {
         Self {
             snapshot,
             publisher,
             collector,
             store: StoreConfig::default(),
+            collector_limits: CollectorLimits::default(),
             snapshot_chunk: 256,
             snapshot_stall_timeout: Duration::from_secs(30),
         }
@@ -79,6 +83,13 @@ impl CloneServerConfig {
     /// The state machine's limits and timers. Default [`StoreConfig::new`].
     pub fn store(mut self, store: StoreConfig) -> Self {
         self.store = store;
+        self
+    }
+
+    /// What a collector peer can make the server hold (message size,
+    /// frames, connections, handshake time). Default [`CollectorLimits::new`].
+    pub fn collector_limits(mut self, limits: CollectorLimits) -> Self {
+        self.collector_limits = limits;
         self
     }
 
@@ -103,7 +114,7 @@ pub struct CloneServerEndpoints {
     pub snapshot: String,
     /// Update PUB.
     pub publisher: String,
-    /// Collector SUB.
+    /// Collector (PUB and PUSH peers).
     pub collector: String,
 }
 
@@ -111,7 +122,10 @@ pub struct CloneServerEndpoints {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CloneServerStats {
-    /// The state machine's counters (updates, refusals, bad input).
+    /// The state machine's counters (updates, refusals, bad input). Its
+    /// `oversized_kvsets` and `bad_kvsets` include the collector messages
+    /// skipped unread for exceeding [`CollectorLimits`]' `max_message` and
+    /// `max_frames` (also counted below on their own).
     pub store: StoreStats,
     /// Keys currently stored.
     pub keys: usize,
@@ -131,6 +145,25 @@ pub struct CloneServerStats {
     pub snapshots_streaming: usize,
     /// Snapshot requests waiting for a streaming slot.
     pub snapshots_queued: usize,
+    /// Collector peers connected now.
+    pub collector_peers: usize,
+    /// Collector peers that joined as PUB or XPUB (CHP clients), in total.
+    pub collector_pub_peers: u64,
+    /// Collector peers that joined as PUSH (Clone models 3-5 clients), in
+    /// total.
+    pub collector_push_peers: u64,
+    /// Collector connections refused at the handshake: another socket type
+    /// than PUB, XPUB or PUSH, a bad greeting, another mechanism than NULL,
+    /// or `handshake_timeout`.
+    pub collector_refused: u64,
+    /// Of `collector_refused`, those refused for their socket type.
+    pub collector_wrong_socket_type: u64,
+    /// Collector connections over `max_connections`, closed at once.
+    pub collector_connections_refused: u64,
+    /// Collector messages skipped unread for exceeding `max_message`.
+    pub collector_oversized: u64,
+    /// Collector messages skipped unread for exceeding `max_frames`.
+    pub collector_too_many_frames: u64,
 }
 
 /// A running Clone server.
@@ -175,12 +208,14 @@ impl CloneServer {
         }
         let mut router = RouterSocket::new();
         let mut publisher = PubSocket::new();
-        let mut collector = SubSocket::new();
-        collector.subscribe("").await?;
+        let snapshot = bind(&config.snapshot, &mut router).await?;
+        let updates = bind(&config.publisher, &mut publisher).await?;
+        let (collector, collector_ep) =
+            Collector::bind(&config.collector, &config.collector_limits).await?;
         let endpoints = CloneServerEndpoints {
-            snapshot: bind(&config.snapshot, &mut router).await?,
-            publisher: bind(&config.publisher, &mut publisher).await?,
-            collector: bind(&config.collector, &mut collector).await?,
+            snapshot,
+            publisher: updates,
+            collector: collector_ep,
         };
         info!(snapshot = %endpoints.snapshot, publisher = %endpoints.publisher,
               collector = %endpoints.collector, "clone server listening");
@@ -250,7 +285,7 @@ async fn bind<S: Socket>(spec: &EndpointSpec, socket: &mut S) -> Result<String, 
 struct Sockets {
     router: RouterSocket,
     publisher: PubSocket,
-    collector: SubSocket,
+    collector: Collector,
 }
 
 /// How a snapshot stream ended.
@@ -288,10 +323,11 @@ async fn run(
         let deadline = Instant::from_std(store.poll_timeout());
         let actions = tokio::select! {
             () = token.cancelled() => break,
-            msg = collector.recv() => {
-                let Some(frames) = received(msg, &mut io, &mut recv_log, "collector") else { continue };
-                store.handle_collector(&frames, now())
-            }
+            frames = collector.recv() => match frames {
+                Some(frames) => store.handle_collector(&frames, now()),
+                // Only the collector's counters changed.
+                None => Vec::new(),
+            },
             msg = router_rx.recv() => {
                 let Some(frames) = received(msg, &mut io, &mut recv_log, "snapshot") else { continue };
                 store.handle_request(frames, now())
@@ -320,23 +356,44 @@ async fn run(
         }
         let (streaming, queued) = store.snapshot_load();
         let mut shared = stats.lock().expect("stats lock");
-        *shared = CloneServerStats {
-            snapshots_streaming: streaming,
-            snapshots_queued: queued,
-            store: store.stats().clone(),
-            keys: store.len(),
-            bytes: store.bytes(),
-            sequence: store.sequence(),
-            ..io.clone()
-        };
+        *shared = with_collector(
+            CloneServerStats {
+                snapshots_streaming: streaming,
+                snapshots_queued: queued,
+                store: store.stats().clone(),
+                keys: store.len(),
+                bytes: store.bytes(),
+                sequence: store.sequence(),
+                ..io.clone()
+            },
+            collector.counts(),
+        );
     }
     // Release the ports now (a restart may bind them again at once).
     drop(streams);
     drop(router_rx);
     publisher.close().await;
-    collector.close().await;
+    drop(collector);
     info!("clone server stopped");
     Ok(())
+}
+
+/// Adds the collector's counters (`recv_errors` includes its peers' protocol
+/// errors; the store's size and frame refusals include its skipped
+/// messages).
+fn with_collector(mut s: CloneServerStats, c: CollectorCounts) -> CloneServerStats {
+    s.recv_errors += c.errors;
+    s.store.oversized_kvsets += c.oversized;
+    s.store.bad_kvsets += c.too_many_frames;
+    s.collector_peers = c.peers;
+    s.collector_pub_peers = c.pub_peers;
+    s.collector_push_peers = c.push_peers;
+    s.collector_refused = c.refused;
+    s.collector_wrong_socket_type = c.wrong_socket_type;
+    s.collector_connections_refused = c.connections_refused;
+    s.collector_oversized = c.oversized;
+    s.collector_too_many_frames = c.too_many_frames;
+    s
 }
 
 /// A received message's frames; a peer's protocol error (which the

@@ -96,16 +96,30 @@ pub struct Frame {
     pub body: Bytes,
 }
 
-/// Decodes one frame from the front of `buf`, or `Ok(None)` if more bytes
-/// are needed. Frames larger than `max` are an error (memory protection).
-pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ZmtpError> {
+/// A frame's header, read without consuming anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// More frames of the same message follow.
+    pub more: bool,
+    /// This is a command frame, not message data.
+    pub command: bool,
+    /// Bytes of the header itself (2 or 9).
+    pub len: usize,
+    /// The announced body size.
+    pub size: u64,
+}
+
+/// Reads the header of the frame at the front of `buf`, or `Ok(None)` if
+/// more bytes are needed. Lets a reader decide about a frame (e.g. skip an
+/// oversized body) before the body arrives.
+pub fn frame_header(buf: &[u8]) -> Result<Option<FrameHeader>, ZmtpError> {
     let Some(&flags) = buf.first() else {
         return Ok(None);
     };
     if flags & !(FLAG_MORE | FLAG_LONG | FLAG_COMMAND) != 0 {
         return Err(ZmtpError::Flags(flags));
     }
-    let (header, size) = if flags & FLAG_LONG != 0 {
+    let (len, size) = if flags & FLAG_LONG != 0 {
         if buf.len() < 9 {
             return Ok(None);
         }
@@ -119,19 +133,33 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Zmt
         }
         (2, u64::from(buf[1]))
     };
-    if size > max as u64 {
-        return Err(ZmtpError::TooLarge { size, max });
-    }
-    let size = size as usize;
-    if buf.len() < header + size {
-        buf.reserve(header + size - buf.len());
-        return Ok(None);
-    }
-    buf.advance(header);
-    let body = buf.split_to(size).freeze();
-    Ok(Some(Frame {
+    Ok(Some(FrameHeader {
         more: flags & FLAG_MORE != 0,
         command: flags & FLAG_COMMAND != 0,
+        len,
+        size,
+    }))
+}
+
+/// Decodes one frame from the front of `buf`, or `Ok(None)` if more bytes
+/// are needed. Frames larger than `max` are an error (memory protection).
+pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ZmtpError> {
+    let Some(h) = frame_header(buf)? else {
+        return Ok(None);
+    };
+    if h.size > max as u64 {
+        return Err(ZmtpError::TooLarge { size: h.size, max });
+    }
+    let size = h.size as usize;
+    if buf.len() < h.len + size {
+        buf.reserve(h.len + size - buf.len());
+        return Ok(None);
+    }
+    buf.advance(h.len);
+    let body = buf.split_to(size).freeze();
+    Ok(Some(Frame {
+        more: h.more,
+        command: h.command,
         body,
     }))
 }

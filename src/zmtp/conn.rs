@@ -1,18 +1,27 @@
 //! One ZMTP connection of the XPUB or XSUB server: the NULL handshake, then
 //! a reader (messages in batches, PING) and a writer (batched frames).
 //!
+//! The handshake answers with the socket type the server plays for this
+//! peer: XPUB to SUB/XSUB peers, XSUB to PUB/XPUB peers and, when the XSUB
+//! server also accepts pushers (the Clone collector), PULL to PUSH peers.
+//! That server reads the peer's READY before sending its own (libzmq and
+//! the `zeromq` crate both send READY without waiting for the other side's),
+//! so it can choose; a peer of any other type is refused before any READY.
+//!
 //! The reader decodes everything one `read` brought in and hands it to its
 //! server as one batch, so a busy publisher costs one channel send per read
-//! rather than one per message; a frame or message over the size limit ends
-//! the connection as soon as its header announces it, before its body is
-//! buffered. The writer drains a bounded queue, encodes everything that is
-//! waiting into one buffer and writes it with one syscall.
+//! rather than one per message. A frame or message over the size or frame
+//! limit is seen from its header, before its body is buffered: it either
+//! ends the connection or (when the server asks for it) is skipped unread
+//! and counted, the connection staying up. The writer drains a bounded
+//! queue, encodes everything that is waiting into one buffer and writes it
+//! with one syscall.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -39,8 +48,81 @@ pub enum CloseCause {
     Overflow,
     /// A protocol violation or an I/O error.
     Error,
+    /// The peer's socket type cannot talk to this server (e.g. a DEALER at
+    /// an XSUB): refused during the handshake.
+    SocketType,
     /// The server is shutting down.
     Shutdown,
+}
+
+/// The socket type a peer announced in its READY, among those a server
+/// accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PeerSocketType {
+    /// A PUB: sends data, filtered by the subscriptions it is sent.
+    Pub,
+    /// An XPUB: like PUB.
+    XPub,
+    /// A SUB: sends subscriptions.
+    Sub,
+    /// An XSUB: sends subscriptions.
+    XSub,
+    /// A PUSH: sends data, needs no subscription (Guide ch. 5, the clients
+    /// of Clone models 3-5).
+    Push,
+}
+
+impl PeerSocketType {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "PUB" => Self::Pub,
+            "XPUB" => Self::XPub,
+            "SUB" => Self::Sub,
+            "XSUB" => Self::XSub,
+            "PUSH" => Self::Push,
+            _ => return None,
+        })
+    }
+
+    /// The name in ZMTP's `Socket-Type` property (`"PUB"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pub => "PUB",
+            Self::XPub => "XPUB",
+            Self::Sub => "SUB",
+            Self::XSub => "XSUB",
+            Self::Push => "PUSH",
+        }
+    }
+
+    /// True for PUB and XPUB: peers that send only what they are
+    /// subscribed to.
+    pub fn needs_subscriptions(self) -> bool {
+        matches!(self, Self::Pub | Self::XPub)
+    }
+}
+
+impl std::fmt::Display for PeerSocketType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Messages a connection skipped unread for breaking a limit (only when
+/// its limits say to skip rather than disconnect).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Skipped {
+    /// Over the size limit.
+    pub(crate) oversized: u64,
+    /// Over the frame-count limit.
+    pub(crate) too_many_frames: u64,
+}
+
+impl Skipped {
+    fn any(self) -> bool {
+        self.oversized + self.too_many_frames > 0
+    }
 }
 
 /// What a connection's writer sends.
@@ -62,10 +144,16 @@ pub(crate) enum Up {
     Connected {
         peer: u64,
         remote: SocketAddr,
+        kind: PeerSocketType,
         tx: mpsc::Sender<Out>,
     },
-    /// Complete messages, in arrival order.
-    Batch { peer: u64, msgs: Vec<Shared> },
+    /// Complete messages, in arrival order, and the messages skipped since
+    /// the last batch.
+    Batch {
+        peer: u64,
+        msgs: Vec<Shared>,
+        skipped: Skipped,
+    },
     Closed {
         peer: u64,
         reason: String,
@@ -73,6 +161,13 @@ pub(crate) enum Up {
     },
     /// A connection over the listener's limit was accepted and closed.
     Refused { remote: SocketAddr },
+    /// A connection failed its handshake (never announced): wrong socket
+    /// type ([`CloseCause::SocketType`]) or anything else ([`CloseCause::Error`]).
+    Rejected {
+        remote: SocketAddr,
+        reason: String,
+        cause: CloseCause,
+    },
 }
 
 /// Which socket this end of the connection is.
@@ -92,10 +187,10 @@ impl Role {
         }
     }
 
-    fn peers(self) -> &'static [&'static str] {
+    fn accepts(self, peer: PeerSocketType) -> bool {
         match self {
-            Role::XPub => &["SUB", "XSUB"],
-            Role::XSub => &["PUB", "XPUB"],
+            Role::XPub => matches!(peer, PeerSocketType::Sub | PeerSocketType::XSub),
+            Role::XSub => peer.needs_subscriptions(),
         }
     }
 }
@@ -113,6 +208,24 @@ pub(crate) struct Limits {
     pub(crate) handshake_timeout: Duration,
     /// Free space ensured in the read buffer before each read.
     pub(crate) read_chunk: usize,
+    /// An XSUB that also takes PUSH peers (answering them as PULL).
+    pub(crate) accept_push: bool,
+    /// Skip a message over `max_message` / `max_frames` unread (and count
+    /// it) instead of disconnecting the peer.
+    pub(crate) skip_oversized: bool,
+}
+
+impl Limits {
+    /// The socket type we answer `peer` with, if we talk to it at all.
+    fn answer(&self, peer: PeerSocketType) -> Option<&'static [u8]> {
+        if self.role.accepts(peer) {
+            Some(self.role.ours())
+        } else if self.accept_push && self.role == Role::XSub && peer == PeerSocketType::Push {
+            Some(b"PULL")
+        } else {
+            None
+        }
+    }
 }
 
 /// A batch is handed over once it holds this many payload bytes.
@@ -154,13 +267,22 @@ pub(crate) async fn serve(
         },
         _ = cancel.cancelled() => Closing(CloseCause::Shutdown, "server shutting down".to_owned()),
     };
-    let _ = up
-        .send(Up::Closed {
+    let report = if announced {
+        Up::Closed {
             peer,
             reason,
             cause,
-        })
-        .await;
+        }
+    } else if cause == CloseCause::Shutdown {
+        return false;
+    } else {
+        Up::Rejected {
+            remote,
+            reason,
+            cause,
+        }
+    };
+    let _ = up.send(report).await;
     announced
 }
 
@@ -174,18 +296,30 @@ async fn run(
 ) -> Result<(), Closing> {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(limits.read_chunk);
-    tokio::time::timeout(
+    let kind = tokio::time::timeout(
         limits.handshake_timeout,
         handshake(&mut rd, &mut wr, &mut buf, limits),
     )
     .await
     .map_err(|_| Closing::error("handshake timed out"))?
-    .map_err(|e| Closing::error(format!("handshake failed: {e}")))?;
+    .map_err(|e| {
+        let cause = match e {
+            ZmtpError::SocketType(_) => CloseCause::SocketType,
+            _ => CloseCause::Error,
+        };
+        Closing(cause, format!("handshake failed: {e}"))
+    })?;
     let (tx, rx) = mpsc::channel(limits.hwm.max(1));
     // The reader holds only a weak sender (for PONGs): when the server drops
     // its sender the writer ends, and with it the connection.
     let pong_tx = tx.downgrade();
-    if up.send(Up::Connected { peer, remote, tx }).await.is_err() {
+    let connected = Up::Connected {
+        peer,
+        remote,
+        kind,
+        tx,
+    };
+    if up.send(connected).await.is_err() {
         return Ok(());
     }
     *announced = true;
@@ -201,12 +335,13 @@ async fn run(
     r
 }
 
+/// The greeting and READY exchange; returns the peer's socket type.
 async fn handshake<R, W>(
     rd: &mut R,
     wr: &mut W,
     buf: &mut BytesMut,
     limits: Limits,
-) -> Result<(), ZmtpError>
+) -> Result<PeerSocketType, ZmtpError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -216,9 +351,12 @@ where
     let mut g = [0u8; GREETING_LEN];
     rd.read_exact(&mut g).await.map_err(io)?;
     codec::check_greeting(&g)?;
-    let mut ready = BytesMut::new();
-    codec::encode_ready(&[("Socket-Type", limits.role.ours())], &mut ready);
-    wr.write_all(&ready).await.map_err(io)?;
+    // A server with one socket type answers at once; one whose type depends
+    // on the peer's reads the peer's READY first.
+    let answer_first = !limits.accept_push;
+    if answer_first {
+        send_ready(wr, limits.role.ours()).await.map_err(io)?;
+    }
     // READY metadata is small: a peer that announces a huge one is refused.
     let max = limits.max_message.min(64 * 1024);
     let frame = loop {
@@ -234,21 +372,100 @@ where
         return Err(ZmtpError::ExpectedReady(name));
     }
     let props = codec::parse_properties(data)?;
-    let kind = props
+    let name = props
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("Socket-Type"))
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
-    if !limits.role.peers().contains(&kind.as_str()) {
-        return Err(ZmtpError::SocketType(kind));
+    let kind = PeerSocketType::parse(&name);
+    let (Some(kind), Some(ours)) = (kind, kind.and_then(|k| limits.answer(k))) else {
+        return Err(ZmtpError::SocketType(name));
+    };
+    if !answer_first {
+        send_ready(wr, ours).await.map_err(io)?;
     }
-    Ok(())
+    Ok(kind)
+}
+
+async fn send_ready<W: AsyncWrite + Unpin>(wr: &mut W, ours: &[u8]) -> std::io::Result<()> {
+    let mut ready = BytesMut::new();
+    codec::encode_ready(&[("Socket-Type", ours)], &mut ready);
+    wr.write_all(&ready).await
 }
 
 fn io_kind(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof => "closed during handshake",
         _ => "i/o error during handshake",
+    }
+}
+
+/// The message being assembled by a reader, and the skipping of one that
+/// broke a limit.
+#[derive(Default)]
+struct Assembly {
+    frames: Vec<Bytes>,
+    size: usize,
+    /// Skipping the rest of the current message, for this reason.
+    skipping: Option<Limit>,
+    /// Body bytes of the current frame still to skip.
+    skip: u64,
+    /// The frame being skipped is the message's last.
+    skip_ends: bool,
+    skipped: Skipped,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Size,
+    Frames,
+}
+
+impl Assembly {
+    /// The limit a data frame with header `h` breaks, if any (once one
+    /// frame of a message broke one, the rest of the message does too).
+    fn breaks(&self, h: &codec::FrameHeader, limits: &Limits) -> Option<Limit> {
+        if self.skipping.is_some() {
+            self.skipping
+        } else if self.frames.len() >= limits.max_frames {
+            Some(Limit::Frames)
+        } else if self.size as u64 + h.size > limits.max_message as u64 {
+            Some(Limit::Size)
+        } else {
+            None
+        }
+    }
+
+    /// Starts (or goes on) skipping the message whose next frame has
+    /// header `h`.
+    fn skip_frame(&mut self, h: codec::FrameHeader, why: Limit, buf: &mut BytesMut) {
+        if self.skipping.is_none() {
+            self.frames.clear();
+            self.size = 0;
+            self.skipping = Some(why);
+        }
+        buf.advance(h.len);
+        self.skip = h.size;
+        self.skip_ends = !h.more;
+        self.skip_input(buf);
+    }
+
+    /// Drops what is buffered of the frame being skipped; ends the skip
+    /// (counting the message) once its last frame is gone.
+    fn skip_input(&mut self, buf: &mut BytesMut) {
+        let n = usize::try_from(self.skip)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        buf.advance(n);
+        self.skip -= n as u64;
+        if self.skip == 0 && self.skip_ends {
+            match self.skipping.take() {
+                Some(Limit::Size) => self.skipped.oversized += 1,
+                Some(Limit::Frames) => self.skipped.too_many_frames += 1,
+                None => {}
+            }
+            self.skip_ends = false;
+        }
     }
 }
 
@@ -262,48 +479,64 @@ async fn read_loop<R: AsyncRead + Unpin>(
     up: &mpsc::Sender<Up>,
     pong: &mpsc::WeakSender<Out>,
 ) -> Result<(), Closing> {
-    let mut frames: Vec<Bytes> = Vec::new();
-    let mut size = 0;
+    let mut asm = Assembly::default();
     let mut batch: Vec<Shared> = Vec::new();
     let mut batch_bytes = 0;
     loop {
-        while let Some(f) =
-            codec::decode_frame(buf, limits.max_message).map_err(Closing::from_zmtp)?
-        {
+        loop {
+            if asm.skip > 0 {
+                asm.skip_input(buf);
+                if asm.skip > 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(h) = codec::frame_header(buf).map_err(Closing::from_zmtp)? else {
+                break;
+            };
+            if !h.command {
+                if let Some(why) = asm.breaks(&h, &limits) {
+                    if !limits.skip_oversized {
+                        return Err(Closing(
+                            CloseCause::TooLarge,
+                            format!(
+                                "message over the limits ({} frames / {} bytes)",
+                                limits.max_frames, limits.max_message
+                            ),
+                        ));
+                    }
+                    asm.skip_frame(h, why, buf);
+                    continue;
+                }
+            }
+            let Some(f) =
+                codec::decode_frame(buf, limits.max_message).map_err(Closing::from_zmtp)?
+            else {
+                break;
+            };
             if f.command {
                 if let Some(msg) = handle_command(&f.body, peer, limits.role, pong)? {
                     batch.push(msg);
                 }
                 continue;
             }
-            size += f.body.len();
-            frames.push(f.body);
-            if frames.len() > limits.max_frames || size > limits.max_message {
-                return Err(Closing(
-                    CloseCause::TooLarge,
-                    format!(
-                        "message over the limits ({} frames / {} bytes)",
-                        limits.max_frames, limits.max_message
-                    ),
-                ));
-            }
+            asm.size += f.body.len();
+            asm.frames.push(f.body);
             if !f.more {
-                batch_bytes += size;
-                size = 0;
-                batch.push(std::mem::take(&mut frames).into());
+                batch_bytes += asm.size;
+                asm.size = 0;
+                batch.push(std::mem::take(&mut asm.frames).into());
                 if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_MSGS {
                     batch_bytes = 0;
-                    let msgs = std::mem::take(&mut batch);
-                    if up.send(Up::Batch { peer, msgs }).await.is_err() {
+                    if !hand_over(up, peer, &mut batch, &mut asm.skipped).await {
                         return Ok(());
                     }
                 }
             }
         }
-        if !batch.is_empty() {
+        if !batch.is_empty() || asm.skipped.any() {
             batch_bytes = 0;
-            let msgs = std::mem::take(&mut batch);
-            if up.send(Up::Batch { peer, msgs }).await.is_err() {
+            if !hand_over(up, peer, &mut batch, &mut asm.skipped).await {
                 return Ok(());
             }
         }
@@ -323,6 +556,25 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Err(e) => return Err(Closing::error(format!("read error: {e}"))),
         }
     }
+}
+
+/// Sends the batch (and the skip counts) to the server; false once the
+/// server is gone.
+async fn hand_over(
+    up: &mpsc::Sender<Up>,
+    peer: u64,
+    batch: &mut Vec<Shared>,
+    skipped: &mut Skipped,
+) -> bool {
+    let msgs = std::mem::take(batch);
+    let skipped = std::mem::take(skipped);
+    up.send(Up::Batch {
+        peer,
+        msgs,
+        skipped,
+    })
+    .await
+    .is_ok()
 }
 
 /// Answers PINGs; maps a subscriber's ZMTP 3.1 SUBSCRIBE/CANCEL commands to

@@ -20,7 +20,7 @@ mod net;
 mod xpub;
 mod xsub;
 
-pub use conn::{CloseCause, Shared};
+pub use conn::{CloseCause, PeerSocketType, Shared};
 pub use xpub::{
     Delivery, PeerId, SubscriptionLimit, XPubEvent, XPubOptions, XPubServer, SUBSCRIPTION_OVERHEAD,
 };

@@ -35,6 +35,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
+#[cfg(test)]
+use super::conn::PeerSocketType;
 use super::conn::{CloseCause, Limits, Out, Role, Shared, Up};
 use super::net;
 use crate::endpoint::{EndpointError, EndpointSpec};
@@ -237,6 +239,8 @@ impl XPubServer {
             max_frames: 16,
             handshake_timeout: options.handshake_timeout,
             read_chunk: 8 * 1024,
+            accept_push: false,
+            skip_oversized: false,
         };
         let reach = net::Reach {
             max_connections: options.max_connections,
@@ -306,7 +310,9 @@ impl XPubServer {
 
     fn apply(&mut self, up: Up) -> Option<XPubEvent> {
         match up {
-            Up::Connected { peer, remote, tx } => {
+            Up::Connected {
+                peer, remote, tx, ..
+            } => {
                 debug!(peer, %remote, "subscriber connected");
                 let p = Peer {
                     tx,
@@ -344,11 +350,15 @@ impl XPubServer {
                     cause,
                 })
             }
-            Up::Batch { peer, msgs } => {
+            Up::Batch { peer, msgs, .. } => {
                 self.batch = (peer, msgs.into_iter());
                 None
             }
             Up::Refused { remote } => Some(XPubEvent::ConnectionRefused { remote }),
+            Up::Rejected { remote, reason, .. } => {
+                debug!(%remote, %reason, "subscriber refused at the handshake");
+                None
+            }
         }
     }
 
@@ -511,7 +521,12 @@ mod tests {
     fn connect(x: &mut XPubServer, peer: PeerId, hwm: usize) -> mpsc::Receiver<Out> {
         let (tx, rx) = mpsc::channel(hwm);
         let remote = ([127, 0, 0, 1], 1).into();
-        x.apply(Up::Connected { peer, remote, tx });
+        x.apply(Up::Connected {
+            peer,
+            remote,
+            kind: PeerSocketType::Sub,
+            tx,
+        });
         rx
     }
 
@@ -527,6 +542,7 @@ mod tests {
         x.apply(Up::Connected {
             peer: 1,
             remote,
+            kind: PeerSocketType::Sub,
             tx,
         });
         for f in [frame(1, "A"), frame(1, "A"), frame(1, "B"), frame(0, "A")] {

@@ -8,20 +8,31 @@
 //! (any 4.x) and the `zeromq` crate's PUB connect to it unchanged, and it
 //! answers ZMTP 3.1 PINGs.
 //!
+//! With [`XSubOptions::accept_push`] it is also a PULL on the same
+//! endpoint: each peer is answered according to the `Socket-Type` of its
+//! READY, a PUB or XPUB as XSUB (it is sent the subscriptions), a PUSH as
+//! PULL (it is sent nothing); any other type is refused at the handshake
+//! ([`XSubEvent::Rejected`]). This is the Clone server's collector, which
+//! takes KVSETs both from CHP clients (PUB, Guide ch. 5 `clonecli6`'s
+//! agent) and from the clients of Clone models 3-5 (PUSH, `clonecli3` to
+//! `clonecli5`).
+//!
 //! # Limits
 //!
-//! | limit | default | what the publisher gets |
+//! | limit | default | what the peer gets |
 //! |---|---|---|
-//! | [`XSubOptions::max_message`] (all frames of one message) | 1 MiB | disconnected as soon as a frame header announces more, before the body is read ([`CloseCause::TooLarge`]); a libzmq publisher reconnects, and the message is lost |
-//! | [`XSubOptions::max_frames`] (frames of one message) | 1024 | disconnected ([`CloseCause::TooLarge`]) |
-//! | [`XSubOptions::max_connections`] (live, when binding) | 1024 | accepted and closed at once |
+//! | [`XSubOptions::max_message`] (all frames of one message) | 1 MiB | disconnected as soon as a frame header announces more, before the body is read ([`CloseCause::TooLarge`]); a libzmq publisher reconnects, and the message is lost. With [`XSubOptions::skip_oversized`]: the message is skipped unread and counted ([`XSubEvent::Skipped`]), the connection stays |
+//! | [`XSubOptions::max_frames`] (frames of one message) | 1024 | as for `max_message` |
+//! | [`XSubOptions::max_connections`] (live, when binding) | 1024 | accepted and closed at once ([`XSubEvent::ConnectionRefused`]) |
 //! | [`XSubOptions::send_queue`] (subscription frames queued for it) | 100,000 | disconnected ([`CloseCause::Overflow`]); it gets the whole set on reconnect |
+//! | [`XSubOptions::handshake_timeout`] | 10 s | closed ([`XSubEvent::Rejected`]) |
 //!
 //! Memory: each connection holds at most one partial message (up to
 //! `max_message`) and one decoded batch (64 KiB plus one message) waiting
 //! for the server, and at most 16 batches wait in the server's queue. A
 //! publisher that sends faster than the proxy forwards is slowed by TCP
-//! backpressure, not buffered.
+//! backpressure, not buffered. A skipped message costs nothing but the
+//! read buffer (64 KiB): its bytes are dropped as they arrive.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,7 +42,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
-use super::conn::{CloseCause, Limits, Out, Role, Shared, Up};
+use super::conn::{CloseCause, Limits, Out, PeerSocketType, Role, Shared, Up};
 use super::net;
 use super::xpub::PeerId;
 use crate::endpoint::{EndpointError, EndpointSpec};
@@ -47,9 +58,10 @@ const QUEUED_BATCHES: usize = 16;
 #[non_exhaustive]
 pub struct XSubOptions {
     /// Largest message (all frame bodies together) accepted from a
-    /// publisher; a frame or message over it disconnects the publisher.
+    /// publisher; a frame or message over it disconnects the publisher
+    /// (or, with `skip_oversized`, is skipped unread).
     pub max_message: usize,
-    /// Most frames in one message from a publisher.
+    /// Most frames in one message from a publisher (as `max_message`).
     pub max_frames: usize,
     /// Live publisher connections of a binding server; one more is
     /// accepted and closed at once ([`XSubEvent::ConnectionRefused`]).
@@ -65,6 +77,13 @@ pub struct XSubOptions {
     pub reconnect: Duration,
     /// Longest delay between reconnect attempts.
     pub reconnect_max: Duration,
+    /// Also accept PUSH peers, answering them as a PULL (they are sent no
+    /// subscriptions). Default false: only PUB and XPUB peers.
+    pub accept_push: bool,
+    /// Skip a message over `max_message` or `max_frames` without reading
+    /// it into memory, report it ([`XSubEvent::Skipped`]) and keep the
+    /// connection, instead of disconnecting the peer. Default false.
+    pub skip_oversized: bool,
 }
 
 impl Default for XSubOptions {
@@ -77,6 +96,8 @@ impl Default for XSubOptions {
             handshake_timeout: Duration::from_secs(10),
             reconnect: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            accept_push: false,
+            skip_oversized: false,
         }
     }
 }
@@ -87,13 +108,17 @@ impl Default for XSubOptions {
 pub enum XSubEvent {
     /// A message from a publisher.
     Message(Shared),
-    /// A publisher finished its handshake (it was sent the current
+    /// A peer finished its handshake (a publisher was sent the current
     /// subscriptions).
+    #[non_exhaustive]
     Connected {
-        /// The publisher.
+        /// The peer.
         peer: PeerId,
         /// Its address.
         remote: SocketAddr,
+        /// Its socket type (PUB or XPUB; PUSH with
+        /// [`XSubOptions::accept_push`]).
+        socket_type: PeerSocketType,
     },
     /// A publisher went away (or was disconnected for breaking a limit).
     Disconnected {
@@ -110,10 +135,33 @@ pub enum XSubEvent {
         /// Its address.
         remote: SocketAddr,
     },
+    /// A connection failed its handshake and was closed: a socket type
+    /// this server does not talk to ([`CloseCause::SocketType`], e.g. a
+    /// DEALER), or a bad greeting, another mechanism than NULL, a timeout
+    /// ([`CloseCause::Error`]).
+    Rejected {
+        /// Its address.
+        remote: SocketAddr,
+        /// What went wrong.
+        reason: String,
+        /// The same, as a kind.
+        cause: CloseCause,
+    },
+    /// Messages of a peer skipped unread for breaking a limit (only with
+    /// [`XSubOptions::skip_oversized`]); the peer stays connected.
+    Skipped {
+        /// The peer.
+        peer: PeerId,
+        /// Messages over [`XSubOptions::max_message`].
+        oversized: u64,
+        /// Messages over [`XSubOptions::max_frames`].
+        too_many_frames: u64,
+    },
 }
 
 #[derive(Debug)]
 struct Publisher {
+    kind: PeerSocketType,
     /// `None` once dropped for overflowing (its connection is closing).
     tx: Option<mpsc::Sender<Out>>,
     remote: SocketAddr,
@@ -131,6 +179,8 @@ pub struct XSubServer {
     batch: std::vec::IntoIter<Shared>,
     closed_log: LogLimiter,
     overflow_log: LogLimiter,
+    rejected_log: LogLimiter,
+    skipped_log: LogLimiter,
     _stop: DropGuard,
 }
 
@@ -146,6 +196,8 @@ impl XSubServer {
             max_frames: options.max_frames.max(1),
             handshake_timeout: options.handshake_timeout,
             read_chunk: 64 * 1024,
+            accept_push: options.accept_push,
+            skip_oversized: options.skip_oversized,
         };
         let reach = net::Reach {
             max_connections: options.max_connections,
@@ -161,6 +213,8 @@ impl XSubServer {
             batch: Vec::new().into_iter(),
             closed_log: LogLimiter::default(),
             overflow_log: LogLimiter::default(),
+            rejected_log: LogLimiter::default(),
+            skipped_log: LogLimiter::default(),
             _stop: cancel.drop_guard(),
         })
     }
@@ -170,7 +224,8 @@ impl XSubServer {
         &self.endpoint
     }
 
-    /// Number of connected publishers.
+    /// Number of connected peers (publishers, and pushers with
+    /// [`XSubOptions::accept_push`]).
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
@@ -199,13 +254,42 @@ impl XSubServer {
 
     fn apply(&mut self, up: Up) -> Option<XSubEvent> {
         match up {
-            Up::Batch { msgs, .. } => {
+            Up::Batch {
+                peer,
+                msgs,
+                skipped,
+            } => {
                 self.batch = msgs.into_iter();
-                None
+                if skipped.oversized + skipped.too_many_frames == 0 {
+                    return None;
+                }
+                if let Some(suppressed) = self.skipped_log.check(Instant::now()) {
+                    let remote = self.peers.get(&peer).map(|p| p.remote);
+                    warn!(
+                        peer,
+                        ?remote,
+                        oversized = skipped.oversized,
+                        too_many_frames = skipped.too_many_frames,
+                        suppressed,
+                        "messages over the limits skipped unread"
+                    );
+                }
+                Some(XSubEvent::Skipped {
+                    peer,
+                    oversized: skipped.oversized,
+                    too_many_frames: skipped.too_many_frames,
+                })
             }
-            Up::Connected { peer, remote, tx } => {
-                debug!(peer, %remote, "publisher connected");
-                if !self.subs.is_empty() {
+            Up::Connected {
+                peer,
+                remote,
+                kind,
+                tx,
+            } => {
+                debug!(peer, %remote, socket_type = %kind, "peer connected");
+                // A PUSH peer is sent no subscriptions; its sender is kept
+                // all the same (dropping it would end the connection).
+                if kind.needs_subscriptions() && !self.subs.is_empty() {
                     let replay = self
                         .subs
                         .replay()
@@ -217,11 +301,16 @@ impl XSubServer {
                 self.peers.insert(
                     peer,
                     Publisher {
+                        kind,
                         tx: Some(tx),
                         remote,
                     },
                 );
-                Some(XSubEvent::Connected { peer, remote })
+                Some(XSubEvent::Connected {
+                    peer,
+                    remote,
+                    socket_type: kind,
+                })
             }
             Up::Closed {
                 peer,
@@ -243,6 +332,20 @@ impl XSubServer {
                 })
             }
             Up::Refused { remote } => Some(XSubEvent::ConnectionRefused { remote }),
+            Up::Rejected {
+                remote,
+                reason,
+                cause,
+            } => {
+                if let Some(suppressed) = self.rejected_log.check(Instant::now()) {
+                    warn!(%remote, %reason, suppressed, "peer refused at the handshake");
+                }
+                Some(XSubEvent::Rejected {
+                    remote,
+                    reason,
+                    cause,
+                })
+            }
         }
     }
 
@@ -265,6 +368,9 @@ impl XSubServer {
         let msg = Shared::from(vec![event.encode()]);
         let mut sent = 0;
         for (id, p) in &mut self.peers {
+            if !p.kind.needs_subscriptions() {
+                continue;
+            }
             let Some(tx) = &p.tx else { continue };
             match tx.try_send(Out::One(msg.clone())) {
                 Ok(()) => sent += 1,
