@@ -541,3 +541,7 @@ impl Fsm {
     }
 }
 
+
+#[cfg(test)]
+#[path = "fsm_tests.rs"]
+mod tests;
