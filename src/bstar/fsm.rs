@@ -541,7 +541,6 @@ impl Fsm {
     }
 }
 
-
 #[cfg(test)]
 #[path = "fsm_tests.rs"]
 mod tests;

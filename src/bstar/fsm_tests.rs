@@ -58,7 +58,12 @@ fn in_state(state: BstarState, t0: Instant) -> Fsm {
 
 #[test]
 fn frames_are_the_guides_decimal_states() {
-    for (s, f) in [(S::Primary, "1"), (S::Backup, "2"), (S::Active, "3"), (S::Passive, "4")] {
+    for (s, f) in [
+        (S::Primary, "1"),
+        (S::Backup, "2"),
+        (S::Active, "3"),
+        (S::Passive, "4"),
+    ] {
         assert_eq!(s.as_frame(), f.as_bytes());
         assert_eq!(BstarState::from_frame(f.as_bytes()), Some(s));
         assert_eq!(s as u8, f.parse::<u8>().unwrap());
@@ -78,7 +83,11 @@ fn config_defaults_and_peer_timeout_floor() {
     let c = FsmConfig::new().heartbeat(HB).peer_timeout(ms(350));
     assert_eq!(c.peer_timeout_interval(), ms(350));
     let c = FsmConfig::new().heartbeat(HB).peer_timeout(ms(100));
-    assert_eq!(c.peer_timeout_interval(), ms(200), "one heartbeat is too short");
+    assert_eq!(
+        c.peer_timeout_interval(),
+        ms(200),
+        "one heartbeat is too short"
+    );
 }
 
 // ---- PRIMARY ----
@@ -87,7 +96,10 @@ fn config_defaults_and_peer_timeout_floor() {
 fn primary_on_peer_backup_becomes_active() {
     let t0 = Instant::now();
     let mut f = in_state(S::Primary, t0);
-    assert_eq!(f.handle_peer_state(&st(S::Backup), t0 + ms(10)), promoted(1));
+    assert_eq!(
+        f.handle_peer_state(&st(S::Backup), t0 + ms(10)),
+        promoted(1)
+    );
     assert_eq!(f.state(), S::Active);
     assert_eq!(f.active_epoch(), Some(1));
 }
@@ -106,7 +118,11 @@ fn primary_rejects_votes_until_a_full_timeout_from_start_then_promotes() {
     let t0 = Instant::now();
     let mut f = in_state(S::Primary, t0);
     for at in [0, 1, 100, 199] {
-        assert_eq!(f.handle_vote(t0 + ms(at)), (Vote::Reject, vec![]), "at {at} ms");
+        assert_eq!(
+            f.handle_vote(t0 + ms(at)),
+            (Vote::Reject, vec![]),
+            "at {at} ms"
+        );
         assert_eq!(f.state(), S::Primary);
     }
     assert_eq!(f.handle_vote(t0 + T), (Vote::Accept, promoted(1)));
@@ -168,7 +184,10 @@ fn active_accepts_votes_whatever_the_peer_expiry() {
 fn passive_on_peer_primary_becomes_active() {
     let t0 = Instant::now();
     let mut f = in_state(S::Passive, t0);
-    assert_eq!(f.handle_peer_state(&st(S::Primary), t0 + ms(10)), promoted(1));
+    assert_eq!(
+        f.handle_peer_state(&st(S::Primary), t0 + ms(10)),
+        promoted(1)
+    );
     assert_eq!(f.state(), S::Active);
 }
 
@@ -178,7 +197,10 @@ fn passive_on_peer_backup_becomes_active() {
     // A primary that went passive behind an active backup.
     let mut f = in_state(S::Primary, t0);
     f.handle_peer_state(&st(S::Active), t0);
-    assert_eq!(f.handle_peer_state(&st(S::Backup), t0 + ms(10)), promoted(1));
+    assert_eq!(
+        f.handle_peer_state(&st(S::Backup), t0 + ms(10)),
+        promoted(1)
+    );
     assert_eq!(f.state(), S::Active);
 }
 
@@ -228,7 +250,10 @@ fn every_ignored_pair_changes_nothing() {
         let mut f = in_state(state, t0);
         let before = f.stats().clone();
         let actions = f.handle_peer_state(&st(peer), t0 + ms(30));
-        assert!(actions.is_empty(), "{state:?} on peer {peer:?}: {actions:?}");
+        assert!(
+            actions.is_empty(),
+            "{state:?} on peer {peer:?}: {actions:?}"
+        );
         assert_eq!(f.state(), state, "{state:?} on peer {peer:?}");
         assert_eq!(f.fatal(), None);
         // It still counts as a sign of life.
@@ -261,12 +286,18 @@ fn heartbeats_publish_the_current_state_once_per_interval() {
     let t0 = Instant::now();
     let mut f = in_state(S::Primary, t0);
     assert_eq!(f.poll_timeout(), t0, "the first state goes out at start");
-    assert_eq!(f.handle_timeout(t0), vec![BstarAction::Publish(S::Primary.as_frame())]);
+    assert_eq!(
+        f.handle_timeout(t0),
+        vec![BstarAction::Publish(S::Primary.as_frame())]
+    );
     assert_eq!(f.poll_timeout(), t0 + HB);
     assert!(f.handle_timeout(t0 + HB - ms(1)).is_empty());
     assert_eq!(f.handle_timeout(t0 + HB).len(), 1);
     f.handle_peer_state(&st(S::Backup), t0 + HB);
-    assert_eq!(f.handle_timeout(t0 + HB * 2), vec![BstarAction::Publish(S::Active.as_frame())]);
+    assert_eq!(
+        f.handle_timeout(t0 + HB * 2),
+        vec![BstarAction::Publish(S::Active.as_frame())]
+    );
     // After a stall, the next heartbeat is one interval on, not a burst.
     assert_eq!(f.handle_timeout(t0 + HB * 10).len(), 1);
     assert_eq!(f.poll_timeout(), t0 + HB * 11);
@@ -301,11 +332,17 @@ fn bad_state_frames_are_counted_and_ignored_not_a_sign_of_life() {
         vec![Bytes::from(vec![b'x'; 100_000])],
     ];
     for (i, frames) in bad.iter().enumerate() {
-        assert!(f.handle_peer_state(frames, t0 + ms(10 + i as u64)).is_empty());
+        assert!(f
+            .handle_peer_state(frames, t0 + ms(10 + i as u64))
+            .is_empty());
     }
     assert_eq!(f.stats().bad_state_frames, bad.len() as u64);
     assert_eq!(f.state(), S::Passive);
-    assert_eq!(f.peer_expiry(), t0 + T, "garbage does not keep the peer alive");
+    assert_eq!(
+        f.peer_expiry(),
+        t0 + T,
+        "garbage does not keep the peer alive"
+    );
     assert_eq!(f.handle_vote(t0 + T), (Vote::Accept, promoted(1)));
 }
 
@@ -395,7 +432,10 @@ fn link_up_only_matters_before_the_role_is_decided() {
 fn every_promotion_path_persists_a_higher_epoch_before_becoming_active() {
     let t0 = Instant::now();
     let paths: Vec<(&str, Box<dyn Fn(&mut Fsm) -> Vec<BstarAction>>)> = vec![
-        ("primary+peer backup", Box::new(move |f| f.handle_peer_state(&st(S::Backup), t0))),
+        (
+            "primary+peer backup",
+            Box::new(move |f| f.handle_peer_state(&st(S::Backup), t0)),
+        ),
         ("primary+vote", Box::new(move |f| f.handle_vote(t0 + T).1)),
         (
             "passive+peer primary",
@@ -437,7 +477,10 @@ fn a_restart_continues_from_the_persisted_epoch() {
     f.observe_epoch(3, t0);
     assert_eq!(f.epoch(), 7, "an older epoch never lowers it");
     f.handle_peer_state(&st(S::Active), t0);
-    assert_eq!(f.handle_peer_state(&st(S::Primary), t0 + ms(5)), promoted(8));
+    assert_eq!(
+        f.handle_peer_state(&st(S::Primary), t0 + ms(5)),
+        promoted(8)
+    );
 }
 
 #[test]
@@ -447,7 +490,10 @@ fn an_active_server_is_fenced_by_a_newer_epoch_only() {
     assert_eq!(f.active_epoch(), Some(1));
     assert!(f.observe_epoch(0, t0).is_empty());
     assert!(f.observe_epoch(1, t0).is_empty());
-    assert_eq!(f.observe_epoch(2, t0), vec![BstarAction::Fatal(FatalCause::Fenced)]);
+    assert_eq!(
+        f.observe_epoch(2, t0),
+        vec![BstarAction::Fatal(FatalCause::Fenced)]
+    );
     assert_eq!(f.fatal(), Some(FatalCause::Fenced));
     assert_eq!(f.epoch(), 2);
     // A passive one just learns it.
