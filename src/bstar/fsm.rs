@@ -191,7 +191,8 @@ pub enum BstarAction {
     /// Send this state frame on the state PUB.
     Publish(Bytes),
     /// Write this epoch durably (e.g. [`EpochFile::store`](super::EpochFile::store))
-    /// before acting on the [`BecameActive`](Self::BecameActive) that follows.
+    /// before acting on the [`BecameActive`](Self::BecameActive) that follows
+    /// (also emitted when a higher epoch is observed from the peer).
     Persist(u64),
     /// This server is now active with this promotion epoch (the Guide's
     /// `new_active` callback).
@@ -402,27 +403,34 @@ impl Fsm {
     }
 
     /// An epoch the application saw from the peer (the Clone pair's HUGZ
-    /// and updates carry it). It raises [`epoch`](Self::epoch); while
-    /// active, an epoch newer than this server's own promotion means the
-    /// peer was promoted later: [`FatalCause::Fenced`].
+    /// and updates carry it). A higher one raises [`epoch`](Self::epoch)
+    /// and is persisted (`Persist`), so the next promotion, even after a
+    /// restart, goes above it. While active, an epoch newer than this
+    /// server's own promotion means the peer was promoted later:
+    /// [`FatalCause::Fenced`]. Call it before handling the peer state that
+    /// arrived with it.
     pub fn observe_epoch(&mut self, epoch: u64, now: Instant) -> Vec<BstarAction> {
         let _ = now;
         if self.fatal.is_some() {
             return Vec::new();
         }
         self.stats.epochs_observed += 1;
-        self.epoch = self.epoch.max(epoch);
-        match self.active_epoch {
-            Some(own) if epoch > own => {
-                error!(
-                    own,
-                    peer = epoch,
-                    "E: fatal error - fenced by a newer epoch, aborting"
-                );
-                self.die(FatalCause::Fenced)
-            }
-            _ => Vec::new(),
+        let mut actions = Vec::new();
+        if epoch > self.epoch {
+            // Persisted too, so that a restart never reuses an epoch the
+            // pair has already used.
+            self.epoch = epoch;
+            actions.push(BstarAction::Persist(epoch));
         }
+        if let Some(own) = self.active_epoch.filter(|own| epoch > *own) {
+            error!(
+                own,
+                peer = epoch,
+                "E: fatal error - fenced by a newer epoch, aborting"
+            );
+            actions.extend(self.die(FatalCause::Fenced));
+        }
+        actions
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due (the next

@@ -492,13 +492,18 @@ fn an_active_server_is_fenced_by_a_newer_epoch_only() {
     assert!(f.observe_epoch(1, t0).is_empty());
     assert_eq!(
         f.observe_epoch(2, t0),
-        vec![BstarAction::Fatal(FatalCause::Fenced)]
+        vec![
+            BstarAction::Persist(2),
+            BstarAction::Fatal(FatalCause::Fenced)
+        ]
     );
     assert_eq!(f.fatal(), Some(FatalCause::Fenced));
     assert_eq!(f.epoch(), 2);
-    // A passive one just learns it.
+    // A passive one learns it and persists it (a restart starts above it).
     let mut p = in_state(S::Passive, t0);
+    assert_eq!(p.observe_epoch(9, t0), vec![BstarAction::Persist(9)]);
     assert!(p.observe_epoch(9, t0).is_empty());
+    assert!(p.observe_epoch(4, t0).is_empty());
     assert_eq!(p.epoch(), 9);
-    assert_eq!(p.stats().epochs_observed, 1);
+    assert_eq!(p.stats().epochs_observed, 3);
 }
