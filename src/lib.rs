@@ -120,6 +120,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod blackbox;
+pub mod bstar;
 pub mod clone;
 pub mod det;
 pub mod durable;
