@@ -134,20 +134,20 @@ async fn run(args: Args, side: Option<Side>) -> anyhow::Result<()> {
             CloneServer::start_pair(config, &token).await?
         }
     };
-    let ep = server.endpoints();
+    let ep = server.endpoints().clone();
     println!(
         "I: clone server on {} / {} / {}",
         ep.snapshot, ep.publisher, ep.collector
     );
-    let outcome = tokio::select! {
-        r = tokio::signal::ctrl_c() => { r?; None }
-        r = server.stopped() => Some(r),
-    };
-    let stats = match outcome {
-        None => server.shutdown().await?,
-        Some(Err(e)) => anyhow::bail!("server stopped: {e}"),
-        Some(Ok(stats)) => stats,
-    };
+    let mut server = server;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        () = server.stopped() => {}
+    }
+    let stats = server
+        .shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("server stopped: {e}"))?;
     report(&stats);
     Ok(())
 }

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct PatternTask<T> {
     token: CancellationToken,
     join: Option<JoinHandle<T>>,
+    /// The result, once [`finished`](Self::finished) has seen the task end.
+    done: Option<Result<T, TaskPanicked>>,
 }
 
 /// The pattern's task panicked (or was aborted): its result is lost.
@@ -35,6 +37,7 @@ impl<T: Send + 'static> PatternTask<T> {
         Self {
             token,
             join: Some(join),
+            done: None,
         }
     }
 
@@ -44,6 +47,7 @@ impl<T: Send + 'static> PatternTask<T> {
         Self {
             token,
             join: Some(join),
+            done: None,
         }
     }
 
@@ -67,9 +71,21 @@ impl<T: Send + 'static> PatternTask<T> {
 
     /// Waits for the task to end by itself (or by a cancelled parent).
     pub(crate) async fn join(&mut self) -> Result<T, TaskPanicked> {
-        match self.join.take() {
-            Some(join) => join.await.map_err(|_| TaskPanicked),
-            None => Err(TaskPanicked),
+        self.finished().await;
+        self.done.take().unwrap_or(Err(TaskPanicked))
+    }
+
+    /// Waits until the task has ended and keeps its result for
+    /// [`join`](Self::join) or [`shutdown`](Self::shutdown). Cancel-safe:
+    /// dropping this future loses nothing.
+    pub(crate) async fn finished(&mut self) {
+        if self.done.is_some() {
+            return;
+        }
+        if let Some(join) = self.join.as_mut() {
+            let result = join.await.map_err(|_| TaskPanicked);
+            self.join = None;
+            self.done = Some(result);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! [`PropertyError`]) and failures of the server and client tasks and
 //! handles ([`CloneError`]).
 
+use crate::bstar::{BstarError, FatalCause};
 use crate::endpoint::EndpointError;
 
 /// Why a multipart message is not a valid kvmsg or CHP command.
@@ -87,6 +88,15 @@ pub enum CloneError {
     /// a command to it cannot be carried out.
     #[error("the clone client has stopped")]
     Stopped,
+    /// A Binary Star piece of a pair server failed (its state link, its
+    /// epoch file).
+    #[error(transparent)]
+    BinaryStar(#[from] BstarError),
+    /// A pair server stopped on a fatal Binary Star condition (both
+    /// servers active or both passive, or fenced by a newer epoch): "the
+    /// only way out of ACTIVE is death". Restart it to rejoin as passive.
+    #[error("fatal Binary Star error: {0:?}")]
+    Fatal(FatalCause),
     /// The server's or client's task panicked; its final state is lost.
     #[error("the clone task panicked")]
     Panicked,

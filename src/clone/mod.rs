@@ -67,6 +67,7 @@ mod error;
 mod inflight;
 mod kvmsg;
 mod link;
+mod pair;
 mod pending;
 mod proto;
 mod server;
@@ -80,6 +81,7 @@ pub use error::{CloneError, KvMsgError, PropertyError};
 pub use kvmsg::{KvMsg, Properties, Uuid, KEY_MAX, PROPS_MAX, TTL};
 pub use link::{CollectorSocket, ServerAddr};
 pub use proto::{Icanhaz, SnapshotReply, Update, EPOCH, HUGZ, ICANHAZ, INSTANCE, KTHXBAI};
+pub use pair::{ClonePairConfig, ClonePairStats};
 pub use server::{CloneServer, CloneServerConfig, CloneServerEndpoints, CloneServerStats};
 pub use snapshot::SnapshotCursor;
 pub use store::{

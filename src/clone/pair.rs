@@ -39,9 +39,10 @@ use super::kvmsg::KvMsg;
 use super::link::ServerAddr;
 use super::proto::{Icanhaz, SnapshotReply};
 use super::server::{
-    bind, now, received, CloneServer, CloneServerConfig, CloneServerEndpoints, CloneServerStats,
-    Finished, SnapshotStreams,
+    bind, now, received, with_collector, CloneServer, CloneServerConfig, CloneServerEndpoints,
+    CloneServerStats, Finished, SnapshotStreams,
 };
+use super::collector::Collector;
 use super::store::{Store, StoreAction};
 use crate::bstar::{
     BstarAction, BstarState, EpochFile, Fsm, FsmConfig, FsmStats, Side, StateLink,
@@ -209,19 +210,22 @@ impl CloneServer {
         };
         let clock = now();
         let fsm = Fsm::new(config.side, config.fsm.clone(), epoch, clock);
-        let store = Store::new_passive(config.server.store_config().clone(), clock);
+        let store = Store::new_passive(config.server.store.clone(), clock);
         let mut router = RouterSocket::new();
         let mut publisher = PubSocket::new();
+        let snapshot = bind(&config.server.snapshot, &mut router).await?;
+        let updates = bind(&config.server.publisher, &mut publisher).await?;
         let (collector, collector_ep) =
-            super::server::bind_collector(&config.server).await?;
-        let endpoints = CloneServerEndpoints {
-            snapshot: bind(config.server.snapshot_endpoint(), &mut router).await?,
-            publisher: bind(config.server.publisher_endpoint(), &mut publisher).await?,
-            collector: collector_ep,
-        };
+            Collector::bind(&config.server.collector, &config.server.collector_limits).await?;
         let token = parent.child_token();
         let (link, state_ep) =
             StateLink::start(&config.state_local, &config.state_remote, &token).await?;
+        let endpoints = CloneServerEndpoints {
+            snapshot,
+            publisher: updates,
+            collector: collector_ep,
+            state: Some(state_ep.clone()),
+        };
         match config.side {
             Side::Primary => info!("primary active, waiting for backup (passive)"),
             Side::Backup => info!("backup passive, waiting for primary (active)"),
@@ -262,14 +266,19 @@ impl CloneServer {
         };
         let run = driver.run(sockets, shared.1, token.clone()).instrument(span);
         let task = PatternTask::from_parts(token, tokio::spawn(run));
-        Ok(CloneServer::from_parts(endpoints, stats, kvsyncs, task))
+        Ok(CloneServer {
+            endpoints,
+            stats,
+            kvsyncs,
+            task,
+        })
     }
 }
 
 struct PairSockets {
     router: RouterSocket,
     publisher: PubSocket,
-    collector: super::server::Collector,
+    collector: Collector,
     link: StateLink,
 }
 
@@ -313,8 +322,8 @@ impl Pair {
         let streams = SnapshotStreams {
             router: router_tx,
             done: done_tx,
-            chunk: self.config.server.snapshot_chunk_size(),
-            stall: self.config.server.snapshot_stall(),
+            chunk: self.config.server.snapshot_chunk.max(1),
+            stall: self.config.server.snapshot_stall_timeout,
             sent: kvsyncs,
             token: token.clone(),
         };
@@ -334,13 +343,21 @@ impl Pair {
                     Some(frames) => bstar = self.fsm.handle_peer_state(&frames, now()),
                     None => break,
                 },
-                frames = collector.recv() => match frames {
-                    Some(frames) => actions = self.store.handle_collector(&frames, now()),
-                    None => break,
-                },
+                frames = collector.recv() => {
+                    // `None`: only the collector's counters changed.
+                    if let Some(frames) = frames {
+                        actions = self.store.handle_collector(&frames, now());
+                    }
+                }
                 msg = router_rx.recv() => {
                     let Some(frames) = received(msg, &mut self.io, &mut self.log, "snapshot") else { continue };
-                    (bstar, actions, serve) = self.vote(frames);
+                    // The peer's latest state first: a vote is judged on it.
+                    while let Some(state) = link.try_recv() {
+                        bstar.extend(self.fsm.handle_peer_state(&state, now()));
+                    }
+                    let (more, store_actions, to_serve) = self.vote(frames);
+                    bstar.extend(more);
+                    (actions, serve) = (store_actions, to_serve);
                 }
                 Some(frames) = peer_rx.recv() => {
                     self.pair_io.peer_messages += 1;
@@ -406,7 +423,7 @@ impl Pair {
                             spawn_fetch(
                                 self.config.peer.snapshot().to_owned(),
                                 self.config.peer_snapshot_timeout,
-                                self.config.server.store_config().max_store_bytes_limit(),
+                                self.config.server.store.store_bytes_limit(),
                                 fetch_tx.clone(),
                                 token.clone(),
                             );
@@ -414,7 +431,7 @@ impl Pair {
                     }
                 }
             }
-            self.publish_stats();
+            self.publish_stats(collector.counts());
         }
         drop(streams);
         drop(router_rx);
@@ -433,7 +450,7 @@ impl Pair {
     ) -> (Vec<BstarAction>, Vec<StoreAction>, Option<Vec<Bytes>>) {
         let size: usize = frames.iter().map(Bytes::len).sum();
         let valid = frames.len() >= 2
-            && size <= self.config.server.store_config().max_request_size_limit()
+            && size <= self.config.server.store.request_size_limit()
             && Icanhaz::decode(&frames[1..]).is_ok();
         if !valid {
             self.pair_io.non_votes += 1;
@@ -473,7 +490,7 @@ impl Pair {
                 Ok(Vec::new())
             }
             BstarAction::BecameActive { epoch } => {
-                info!(epoch, pending = self.store.pending_len(), "becoming active");
+                info!(epoch, pending = self.store.pending_load().0, "becoming active");
                 Ok(self.store.promote(epoch, now()))
             }
             BstarAction::BecamePassive => {
@@ -487,7 +504,7 @@ impl Pair {
         }
     }
 
-    fn publish_stats(&self) {
+    fn publish_stats(&self, counts: super::collector::CollectorCounts) {
         let (streaming, queued) = self.store.snapshot_load();
         let pair = ClonePairStats {
             state: self.fsm.state(),
@@ -498,16 +515,19 @@ impl Pair {
             peer_snapshot_failures: self.pair_io.peer_snapshot_failures,
             non_votes: self.pair_io.non_votes,
         };
-        *self.stats.lock().expect("stats lock") = CloneServerStats {
-            snapshots_streaming: streaming,
-            snapshots_queued: queued,
-            store: self.store.stats().clone(),
-            keys: self.store.len(),
-            bytes: self.store.bytes(),
-            sequence: self.store.sequence(),
-            pair: Some(pair),
-            ..self.io.clone()
-        };
+        *self.stats.lock().expect("stats lock") = with_collector(
+            CloneServerStats {
+                snapshots_streaming: streaming,
+                snapshots_queued: queued,
+                store: self.store.stats().clone(),
+                keys: self.store.len(),
+                bytes: self.store.bytes(),
+                sequence: self.store.sequence(),
+                pair: Some(pair),
+                ..self.io.clone()
+            },
+            counts,
+        );
     }
 }
 

@@ -22,6 +22,7 @@ use zeromq::prelude::*;
 use zeromq::{PubSocket, RouterSendHalf, RouterSocket};
 
 use super::collector::{Collector, CollectorCounts, CollectorLimits};
+use super::pair::ClonePairStats;
 use super::error::CloneError;
 use super::kvmsg::KvMsg;
 use super::proto::KTHXBAI;
@@ -37,13 +38,13 @@ use crate::task::{PatternTask, TaskPanicked};
 /// default).
 #[derive(Debug, Clone)]
 pub struct CloneServerConfig {
-    snapshot: EndpointSpec,
-    publisher: EndpointSpec,
-    collector: EndpointSpec,
-    store: StoreConfig,
-    collector_limits: CollectorLimits,
-    snapshot_chunk: usize,
-    snapshot_stall_timeout: Duration,
+    pub(super) snapshot: EndpointSpec,
+    pub(super) publisher: EndpointSpec,
+    pub(super) collector: EndpointSpec,
+    pub(super) store: StoreConfig,
+    pub(super) collector_limits: CollectorLimits,
+    pub(super) snapshot_chunk: usize,
+    pub(super) snapshot_stall_timeout: Duration,
 }
 
 impl CloneServerConfig {
@@ -116,6 +117,9 @@ pub struct CloneServerEndpoints {
     pub publisher: String,
     /// Collector (PUB and PUSH peers).
     pub collector: String,
+    /// Binary Star state PUB, for one server of a pair
+    /// ([`start_pair`](CloneServer::start_pair)); `None` for a single server.
+    pub state: Option<String>,
 }
 
 /// Counters of a server.
@@ -164,6 +168,10 @@ pub struct CloneServerStats {
     pub collector_oversized: u64,
     /// Collector messages skipped unread for exceeding `max_frames`.
     pub collector_too_many_frames: u64,
+    /// For one server of a Binary Star pair
+    /// ([`start_pair`](CloneServer::start_pair)): its state, epoch, votes
+    /// and peer counters; `None` for a single server.
+    pub pair: Option<ClonePairStats>,
 }
 
 /// A running Clone server.
@@ -176,10 +184,10 @@ pub struct CloneServerStats {
 #[derive(Debug)]
 #[must_use = "dropping the handle stops the server"]
 pub struct CloneServer {
-    endpoints: CloneServerEndpoints,
-    stats: Arc<Mutex<CloneServerStats>>,
-    kvsyncs: Arc<AtomicU64>,
-    task: PatternTask<Result<(), CloneError>>,
+    pub(super) endpoints: CloneServerEndpoints,
+    pub(super) stats: Arc<Mutex<CloneServerStats>>,
+    pub(super) kvsyncs: Arc<AtomicU64>,
+    pub(super) task: PatternTask<Result<(), CloneError>>,
 }
 
 impl CloneServer {
@@ -216,6 +224,7 @@ impl CloneServer {
             snapshot,
             publisher: updates,
             collector: collector_ep,
+            state: None,
         };
         info!(snapshot = %endpoints.snapshot, publisher = %endpoints.publisher,
               collector = %endpoints.collector, "clone server listening");
@@ -257,6 +266,14 @@ impl CloneServer {
         stats
     }
 
+    /// Waits until the server's task has ended by itself (a single server
+    /// only on a socket error; a pair server also on a fatal Binary Star
+    /// error). [`shutdown`](Self::shutdown) then returns how it ended at
+    /// once ([`CloneError::Fatal`] for the fatal case). Cancel-safe.
+    pub async fn stopped(&mut self) {
+        self.task.finished().await;
+    }
+
     /// Stops this server only (its child token; the parent and other
     /// patterns under it keep running), waits for its task, and returns the
     /// final counters, or the socket error that had ended the task
@@ -275,7 +292,7 @@ impl CloneServer {
     }
 }
 
-async fn bind<S: Socket>(spec: &EndpointSpec, socket: &mut S) -> Result<String, CloneError> {
+pub(super) async fn bind<S: Socket>(spec: &EndpointSpec, socket: &mut S) -> Result<String, CloneError> {
     if spec.attach() != Attach::Bind {
         warn!(endpoint = %spec, "clone server sockets bind; connecting as asked");
     }
@@ -289,9 +306,9 @@ struct Sockets {
 }
 
 /// How a snapshot stream ended.
-struct Finished {
-    peer: Bytes,
-    complete: bool,
+pub(super) struct Finished {
+    pub(super) peer: Bytes,
+    pub(super) complete: bool,
 }
 
 async fn run(
@@ -381,7 +398,7 @@ async fn run(
 /// Adds the collector's counters (`recv_errors` includes its peers' protocol
 /// errors; the store's size and frame refusals include its skipped
 /// messages).
-fn with_collector(mut s: CloneServerStats, c: CollectorCounts) -> CloneServerStats {
+pub(super) fn with_collector(mut s: CloneServerStats, c: CollectorCounts) -> CloneServerStats {
     s.recv_errors += c.errors;
     s.store.oversized_kvsets += c.oversized;
     s.store.bad_kvsets += c.too_many_frames;
@@ -399,7 +416,7 @@ fn with_collector(mut s: CloneServerStats, c: CollectorCounts) -> CloneServerSta
 /// A received message's frames; a peer's protocol error (which the
 /// `zeromq` crate reports from `recv` and then drops that peer) is counted
 /// and logged, never fatal.
-fn received(
+pub(super) fn received(
     msg: Result<zeromq::ZmqMessage, zeromq::ZmqError>,
     io: &mut CloneServerStats,
     log: &mut LogLimiter,
@@ -417,21 +434,21 @@ fn received(
     }
 }
 
-fn now() -> std::time::Instant {
+pub(super) fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-struct SnapshotStreams {
-    router: RouterSendHalf,
-    done: mpsc::UnboundedSender<Finished>,
-    chunk: usize,
-    stall: Duration,
-    sent: Arc<AtomicU64>,
-    token: CancellationToken,
+pub(super) struct SnapshotStreams {
+    pub(super) router: RouterSendHalf,
+    pub(super) done: mpsc::UnboundedSender<Finished>,
+    pub(super) chunk: usize,
+    pub(super) stall: Duration,
+    pub(super) sent: Arc<AtomicU64>,
+    pub(super) token: CancellationToken,
 }
 
 impl SnapshotStreams {
-    fn spawn(&self, cursor: SnapshotCursor) {
+    pub(super) fn spawn(&self, cursor: SnapshotCursor) {
         let span =
             tracing::info_span!("snapshot", peer = ?cursor.peer(), subtree = ?cursor.subtree());
         let task = stream(

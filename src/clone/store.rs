@@ -248,6 +248,14 @@ impl StoreConfig {
         self.max_request_size = n;
         self
     }
+    /// The configured [`max_request_size`](Self::max_request_size).
+    pub(super) fn request_size_limit(&self) -> usize {
+        self.max_request_size
+    }
+    /// The configured [`max_store_bytes`](Self::max_store_bytes).
+    pub(super) fn store_bytes_limit(&self) -> usize {
+        self.max_store_bytes
+    }
     /// This server's instance id, sent in HUGZ and KTHXBAI (random by
     /// default; `None` sends CHP's empty properties).
     pub fn instance(mut self, instance: Option<u64>) -> Self {
