@@ -3,9 +3,10 @@
 //!
 //! - [`PendingList`]: the passive server's FIFO of client updates it has
 //!   not yet seen republished by the active, cancelled by UUID when the
-//!   active's copy arrives, and superseded by key when the active writes
-//!   the same key, so that at promotion only updates the active never
-//!   applied are applied (an older value never overwrites a newer one);
+//!   active's copy arrives (and superseded by key when the active's write
+//!   of the key was sent after them, see
+//!   [`supersede_before`](PendingList::supersede_before)), so that at
+//!   promotion only updates the active never applied are applied;
 //! - [`RecentUuids`]: the UUIDs of the most recently applied updates, so
 //!   that a client's re-sent update is applied exactly once.
 //!
@@ -114,21 +115,25 @@ impl PendingList {
         }
     }
 
-    /// Removes the entry with this UUID; `true` if there was one.
-    pub(crate) fn cancel(&mut self, uuid: &Uuid) -> bool {
-        match self.by_uuid.get(uuid).copied() {
-            Some(tick) => self.remove(tick).is_some(),
-            None => false,
-        }
+    /// Removes the entry with this UUID; returns its place in the queue
+    /// (for [`supersede_before`](Self::supersede_before)) if there was one.
+    pub(crate) fn cancel(&mut self, uuid: &Uuid) -> Option<u64> {
+        let tick = self.by_uuid.get(uuid).copied()?;
+        self.remove(tick).map(|_| tick)
     }
 
-    /// Removes every entry for `key` (all were queued before the caller's
-    /// newer write of it); returns how many.
-    pub(crate) fn supersede(&mut self, key: &[u8]) -> usize {
+    /// Removes the entries for `key` queued before place `before` (what
+    /// [`cancel`](Self::cancel) returned; `u64::MAX` for all); returns how
+    /// many.
+    pub(crate) fn supersede_before(&mut self, key: &[u8], before: u64) -> usize {
         let Some(ticks) = self.by_key.get(key).cloned() else {
             return 0;
         };
-        ticks.into_iter().filter_map(|t| self.remove(t)).count()
+        ticks
+            .into_iter()
+            .filter(|t| *t < before)
+            .filter_map(|t| self.remove(t))
+            .count()
     }
 
     /// Removes everything; returns how many entries there were.
@@ -234,9 +239,10 @@ mod tests {
         let pushed = p.push(msg("c", "1", Some(3)), t, 3, big);
         assert_eq!(pushed.evicted, 1, "the oldest is dropped");
         assert!(!p.contains(&[1; 16]));
-        assert!(p.cancel(&[2; 16]));
-        assert!(!p.cancel(&[2; 16]));
-        assert_eq!(p.supersede(b"a"), 1, "the UUID-less entry goes by key");
+        assert_eq!(p.cancel(&[2; 16]), Some(2));
+        assert_eq!(p.cancel(&[2; 16]), None);
+        assert_eq!(p.supersede_before(b"a", 1), 0, "only older ones");
+        assert_eq!(p.supersede_before(b"a", u64::MAX), 1, "a UUID-less one too");
         let left: Vec<_> = p.drain().into_iter().map(|e| e.msg).collect();
         assert_eq!(left, [msg("c", "1", Some(3))]);
         assert_eq!((p.len(), p.bytes()), (0, 0));

@@ -28,10 +28,20 @@
 //!   own; promotion expires what is due);
 //! - the active's copy is never put on the pending list ("flip it around"),
 //!   so an update the passive received from the active is never re-applied
-//!   at promotion; a write of a key by the active supersedes (removes) the
-//!   pending updates of that key queued before it, and a snapshot from the
-//!   active supersedes every pending update queued before it, so an older
-//!   value never overwrites a newer one and nothing deleted is resurrected;
+//!   at promotion;
+//! - a client write republished by the active supersedes (removes) the
+//!   pending updates of its key that reached the passive before that
+//!   write's own client copy did (older writes: one client's updates reach
+//!   both servers in order), and a snapshot from the active supersedes
+//!   every pending update queued before it, so an older value never
+//!   overwrites a newer one and nothing deleted is resurrected. A pending
+//!   update that arrived after the republished write's client copy stays:
+//!   the active may have applied (and acknowledged) it just before dying.
+//!   (The Guide assumes two clients never write the same key at the same
+//!   time; if they do, the passive cannot tell their order, and a pending
+//!   update the active applied after the republished one is lost if the
+//!   active dies before republishing it. A snapshot has the same window for
+//!   updates the active applies while it is being fetched);
 //! - a message without a UUID never matches a pending one;
 //! - the snapshot is fetched without blocking (the driver reports success
 //!   or failure; the store retries after [`StoreConfig::snapshot_retry`]);
@@ -336,8 +346,9 @@ pub struct StoreStats {
     pub pending_dropped: u64,
     /// Pending updates whose ttl had run out by promotion (not applied).
     pub pending_expired: u64,
-    /// Pending updates discarded because the active wrote their key, or sent
-    /// a snapshot, after they were queued (a newer value; never applied).
+    /// Pending updates discarded as older than a client write of their key
+    /// the active republished, or queued before a snapshot from the active
+    /// (never applied).
     pub superseded: u64,
     /// Peer messages refused because their epoch was lower than the
     /// highest seen.
@@ -698,8 +709,9 @@ impl Store {
     /// Dropped if larger than `max_kvset_size` or malformed
     /// (`peer_malformed`), or if it presents an epoch lower than the
     /// highest seen (`fenced`). A KVPUB cancels the pending update with its
-    /// UUID and supersedes the pending updates of its key; its UUID is
-    /// remembered. Without a map, the first message asks for a snapshot
+    /// UUID and supersedes the pending updates of its key queued before
+    /// that one (all of them if its client copy has not arrived); its UUID
+    /// is remembered. Without a map, the first message asks for a snapshot
     /// ([`StoreAction::FetchSnapshot`]) and KVPUBs are buffered until it
     /// arrives. With one, a KVPUB at the next sequence is applied (its
     /// relative `ttl` becoming a deadline from `now`), an older one is
@@ -1013,15 +1025,26 @@ impl Store {
 
     /// What a KVPUB from the active tells about pending updates, whether or
     /// not it is applied now: its UUID is applied (cancel, remember), and
-    /// its key is written after everything pending for it (supersede).
+    /// the pending updates of its key that reached this server before that
+    /// client write did (or before now, if its copy has not arrived) are
+    /// older writes of the key: superseded. An update still pending when a
+    /// (gap-free) KVPUB arrives was not applied by the active before it;
+    /// one that reached this server *after* the KVPUB's own client copy
+    /// may be applied by the active later, so it stays (dropping it could
+    /// lose an acknowledged update). A KVPUB without a UUID (an expiry, or
+    /// a client that sends none) supersedes nothing: it was not a client
+    /// write racing the pending ones.
     fn note_peer_write(&mut self, msg: &KvMsg) {
-        if let Some(u) = msg.uuid() {
-            self.recent.insert(*u);
-            if self.pending.cancel(u) {
+        let Some(u) = msg.uuid() else { return };
+        self.recent.insert(*u);
+        let before = match self.pending.cancel(u) {
+            Some(place) => {
                 self.stats.pending_cancelled += 1;
+                place
             }
-        }
-        self.stats.superseded += self.pending.supersede(msg.key()) as u64;
+            None => u64::MAX,
+        };
+        self.stats.superseded += self.pending.supersede_before(msg.key(), before) as u64;
     }
 
     /// Buffers a live update while a snapshot is fetched; beyond the
