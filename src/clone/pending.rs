@@ -8,12 +8,15 @@
 //!   [`supersede_before`](PendingList::supersede_before)), so that at
 //!   promotion only updates the active never applied are applied;
 //! - [`RecentUuids`]: the UUIDs of the most recently applied updates, so
-//!   that a client's re-sent update is applied exactly once.
+//!   that a client's re-sent update is applied exactly once;
+//! - [`Awaited`]: the UUIDs of client writes the passive applied from the
+//!   active before their own client copy arrived, so that a late client
+//!   copy of an *older* write of the same key is recognised.
 //!
 //! No networking, no clock: arrival times are passed in.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -213,6 +216,72 @@ impl RecentUuids {
     }
 }
 
+/// Client writes applied from the active whose own client copy has not
+/// arrived yet: at most `capacity`, each for at most `window`.
+#[derive(Debug, Default)]
+pub(crate) struct Awaited {
+    by_uuid: HashMap<Uuid, (u64, Instant)>,
+    fifo: BTreeMap<u64, Uuid>,
+    next: u64,
+    capacity: usize,
+    window: Duration,
+}
+
+impl Awaited {
+    /// At most `capacity` UUIDs, each awaited for `window`.
+    pub(crate) fn new(capacity: usize, window: Duration) -> Self {
+        Self {
+            capacity,
+            window,
+            ..Self::default()
+        }
+    }
+
+    /// Awaits `uuid`'s client copy from `now` on (dropping expired and,
+    /// beyond the capacity, the oldest).
+    pub(crate) fn insert(&mut self, uuid: Uuid, now: Instant) {
+        self.remove(&uuid);
+        while let Some((&tick, u)) = self.fifo.first_key_value() {
+            let expired = self
+                .by_uuid
+                .get(u)
+                .is_none_or(|(_, at)| now.saturating_duration_since(*at) >= self.window);
+            if !expired && self.fifo.len() < self.capacity {
+                break;
+            }
+            let u = *u;
+            self.fifo.remove(&tick);
+            self.by_uuid.remove(&u);
+        }
+        if self.capacity == 0 {
+            return;
+        }
+        self.by_uuid.insert(uuid, (self.next, now));
+        self.fifo.insert(self.next, uuid);
+        self.next += 1;
+    }
+
+    /// `true` if `uuid`'s client copy is still awaited at `now`.
+    pub(crate) fn contains(&self, uuid: &Uuid, now: Instant) -> bool {
+        self.by_uuid
+            .get(uuid)
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < self.window)
+    }
+
+    /// The client copy of `uuid` arrived.
+    pub(crate) fn remove(&mut self, uuid: &Uuid) {
+        if let Some((tick, _)) = self.by_uuid.remove(uuid) {
+            self.fifo.remove(&tick);
+        }
+    }
+
+    /// UUIDs held (expired ones included until pruned).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.fifo.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +322,22 @@ mod tests {
         assert_eq!(p.push(msg("k", "x", Some(7)), t, 10, 2 * one).evicted, 1);
         assert_eq!(p.bytes(), 2 * one);
         assert_eq!(p.clear(), 2);
+    }
+
+    #[test]
+    fn awaited_uuids_are_bounded_in_number_and_time() {
+        let t = Instant::now();
+        let mut a = Awaited::new(2, Duration::from_secs(5));
+        a.insert([1; 16], t);
+        a.insert([2; 16], t);
+        a.insert([3; 16], t);
+        assert_eq!(a.len(), 2);
+        assert!(!a.contains(&[1; 16], t) && a.contains(&[2; 16], t));
+        a.remove(&[2; 16]);
+        assert!(!a.contains(&[2; 16], t));
+        assert!(!a.contains(&[3; 16], t + Duration::from_secs(5)), "expired");
+        a.insert([4; 16], t + Duration::from_secs(5));
+        assert_eq!(a.len(), 1, "expired ones pruned");
     }
 
     #[test]

@@ -65,7 +65,7 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::kvmsg::{KvMsg, Properties, Uuid, PROPS_MAX, TTL};
-use super::pending::{PendingList, RecentUuids};
+use super::pending::{Awaited, PendingList, RecentUuids};
 use super::proto::{decode_kvset, Icanhaz, Update, EPOCH};
 use super::snapshot::SnapshotCursor;
 use crate::ratelog::LogLimiter;
@@ -167,6 +167,7 @@ pub struct StoreConfig {
     recent_uuids: usize,
     snapshot_retry: Duration,
     epoch: u64,
+    reorder_window: Duration,
 }
 
 impl Default for StoreConfig {
@@ -187,6 +188,7 @@ impl Default for StoreConfig {
             recent_uuids: 1_000_000,
             snapshot_retry: Duration::from_secs(1),
             epoch: 0,
+            reorder_window: Duration::from_secs(5),
         }
     }
 }
@@ -295,6 +297,16 @@ impl StoreConfig {
         self.snapshot_retry = pause;
         self
     }
+    /// How long after a passive store applied a client write from the
+    /// active it still expects that write's own client copy; a client copy
+    /// of another write of the same key arriving meanwhile is an older
+    /// write (one client's updates reach both servers in order) and is
+    /// dropped (`superseded`). At most `max_pending` writes are awaited.
+    /// Default 5 s.
+    pub fn reorder_window(mut self, window: Duration) -> Self {
+        self.reorder_window = window;
+        self
+    }
     /// The epoch the store starts with (a pair persists it and passes it
     /// back; [`Store::promote`] sets a new one). A store presents its epoch
     /// as the [`EPOCH`] property of its KVPUB, HUGZ and KTHXBAI when it is
@@ -346,9 +358,11 @@ pub struct StoreStats {
     pub pending_dropped: u64,
     /// Pending updates whose ttl had run out by promotion (not applied).
     pub pending_expired: u64,
-    /// Pending updates discarded as older than a client write of their key
-    /// the active republished, or queued before a snapshot from the active
-    /// (never applied).
+    /// Client updates discarded as older than a client write of their key
+    /// the active republished: pending ones queued before that write's own
+    /// client copy, and late copies arriving within `reorder_window`
+    /// before it; and pending ones queued before a snapshot from the active.
+    /// Never applied.
     pub superseded: u64,
     /// Peer messages refused because their epoch was lower than the
     /// highest seen.
@@ -432,6 +446,7 @@ pub struct Store {
     per_peer: HashMap<Bytes, usize>,
     pending: PendingList,
     recent: RecentUuids,
+    awaited: Awaited,
     fetch: Fetch,
     buffer: VecDeque<KvMsg>,
     buffer_bytes: usize,
@@ -468,6 +483,7 @@ impl Store {
             per_peer: HashMap::new(),
             pending: PendingList::default(),
             recent: RecentUuids::new(config.recent_uuids),
+            awaited: Awaited::new(config.max_pending, config.reorder_window),
             fetch: Fetch::Idle,
             buffer: VecDeque::new(),
             buffer_bytes: 0,
@@ -614,11 +630,22 @@ impl Store {
     /// list (oldest dropped beyond the pending bounds). An update without a
     /// UUID is never de-duplicated and never matches a pending one.
     pub fn handle_kvset(&mut self, msg: KvMsg, now: Instant) -> Vec<StoreAction> {
+        if let Some(u) = msg.uuid() {
+            self.awaited.remove(u);
+        }
         if msg.uuid().is_some_and(|u| self.recent.contains(u)) {
             self.stats.duplicates += 1;
             if let Some(suppressed) = self.logs.duplicate.check(now) {
                 debug!(key = ?msg.key(), suppressed, "duplicate KVSET (UUID already applied) dropped");
             }
+            return Vec::new();
+        }
+        let written_by = self.map.get(msg.key()).and_then(|e| e.uuid);
+        if written_by.is_some_and(|w| self.awaited.contains(&w, now)) {
+            // The key's value is a write from the active whose own client
+            // copy has not arrived: this copy, of another write, is older.
+            self.stats.superseded += 1;
+            debug!(key = ?msg.key(), "late client copy of an older write dropped");
             return Vec::new();
         }
         match self.role {
@@ -762,7 +789,7 @@ impl Store {
             }
             Update::Kvpub(msg) => {
                 self.stats.peer_updates += 1;
-                self.note_peer_write(&msg);
+                self.note_peer_write(&msg, now);
                 if !self.synced || self.fetch != Fetch::Idle {
                     self.buffer_peer(msg, now);
                     if !self.synced && self.fetch == Fetch::Idle {
@@ -1034,7 +1061,7 @@ impl Store {
     /// lose an acknowledged update). A KVPUB without a UUID (an expiry, or
     /// a client that sends none) supersedes nothing: it was not a client
     /// write racing the pending ones.
-    fn note_peer_write(&mut self, msg: &KvMsg) {
+    fn note_peer_write(&mut self, msg: &KvMsg, now: Instant) {
         let Some(u) = msg.uuid() else { return };
         self.recent.insert(*u);
         let before = match self.pending.cancel(u) {
@@ -1042,7 +1069,10 @@ impl Store {
                 self.stats.pending_cancelled += 1;
                 place
             }
-            None => u64::MAX,
+            None => {
+                self.awaited.insert(*u, now);
+                u64::MAX
+            }
         };
         self.stats.superseded += self.pending.supersede_before(msg.key(), before) as u64;
     }

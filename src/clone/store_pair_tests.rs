@@ -186,7 +186,9 @@ fn an_older_pending_value_never_overwrites_a_newer_applied_one() {
     s.handle_peer_update(&kvpub(kvset("/k", "newer", Some(3)), 1), t0);
     s.handle_kvset(kvset("/gone", "", Some(4)), t0);
     s.handle_peer_update(&kvpub(kvset("/gone", "", Some(4)), 2), t0);
-    // A pending update queued after the active's write is newer: kept.
+    // A pending update queued after the active's write (and its client
+    // copy) is newer: kept.
+    s.handle_kvset(kvset("/k", "newer", Some(3)), t0);
     s.handle_kvset(kvset("/k", "newest", Some(5)), t0);
     let out = published(&s.promote(1, t0));
     assert_eq!(out.len(), 1);
@@ -217,6 +219,38 @@ fn a_pending_update_sent_after_a_republished_one_survives_the_actives_death() {
     assert_eq!(got, ["2", "again"]);
     assert_eq!(value(&s, "/k").as_deref(), Some("2"));
     assert_eq!(s.stats().superseded, 0);
+}
+
+#[test]
+fn a_late_client_copy_of_an_older_write_is_dropped_within_the_reorder_window() {
+    // The active never got write 1 of /k; it applied the same client's
+    // write 2, which the passive learns from it before either client copy
+    // arrives. The late copy of 1 is older than 2: dropped, before and
+    // after promotion; the copy of 2 is a duplicate.
+    let t0 = Instant::now();
+    let mut s = synced(quiet().reorder_window(secs(5)), Vec::new(), 0, t0);
+    s.handle_peer_update(&kvpub(kvset("/k", "2", Some(2)), 1), t0);
+    s.handle_peer_update(&kvpub(kvset("/j", "2", Some(4)), 2), t0);
+    assert!(s.handle_kvset(kvset("/k", "1", Some(1)), t0).is_empty());
+    assert_eq!(s.pending_load().0, 0);
+    assert!(published(&s.promote(1, t0)).is_empty());
+    assert!(s.handle_kvset(kvset("/j", "1", Some(3)), t0 + U).is_empty());
+    assert!(s.handle_kvset(kvset("/k", "2", Some(2)), t0 + U).is_empty());
+    assert_eq!(
+        (value(&s, "/k").as_deref(), value(&s, "/j").as_deref()),
+        (Some("2"), Some("2"))
+    );
+    let st = s.stats();
+    assert_eq!((st.superseded, st.duplicates), (2, 1));
+    // Once the copy arrived, or after the window, writes pass again.
+    assert_eq!(
+        published(&s.handle_kvset(kvset("/k", "3", Some(5)), t0 + U)).len(),
+        1
+    );
+    assert_eq!(
+        published(&s.handle_kvset(kvset("/j", "3", Some(6)), t0 + secs(5))).len(),
+        1
+    );
 }
 
 #[test]
