@@ -284,7 +284,7 @@ async fn our_backup_goes_passive_behind_a_guide_primary_and_takes_over_when_it_d
     let stats = server.await.unwrap().expect("clean stop");
     assert_eq!(stats.state, BstarState::Active);
     assert_eq!(stats.fsm.promotions, 1);
-    assert!(stats.fsm.votes_rejected == 0 || stats.fsm.votes_accepted >= 1);
+    assert!(stats.fsm.votes_accepted >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
