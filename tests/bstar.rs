@@ -284,7 +284,7 @@ async fn our_backup_goes_passive_behind_a_guide_primary_and_takes_over_when_it_d
     let stats = server.await.unwrap().expect("clean stop");
     assert_eq!(stats.state, BstarState::Active);
     assert_eq!(stats.fsm.promotions, 1);
-    assert!(stats.fsm.votes_rejected == 0 || stats.fsm.votes_accepted >= 1);
+    assert!(stats.fsm.votes_accepted >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,4 +535,75 @@ async fn garbage_states_and_oversized_votes_are_counted_and_dropped() {
     assert!(stats.fsm.bad_state_frames >= 30);
     assert_eq!(stats.requests_oversized, 1);
     assert_eq!(stats.state, BstarState::Active);
+}
+
+/// The restart race against the Guide's own backup: it took over from our
+/// primary, and our primary comes back while a stale libzmq client keeps
+/// voting to it. Ours goes passive behind theirs; nobody aborts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_restarted_primary_goes_passive_behind_the_guides_active_backup() {
+    trace_init();
+    let ports = Ports::new();
+    let token = CancellationToken::new();
+    let guide = GuidePeer::spawn(Side::Backup, &ports);
+    let ours = start(Side::Primary, &ports, &token).await;
+    eventually(secs(10), "settled", || {
+        ours.state() == BstarState::Active && guide.state() == 4
+    })
+    .await;
+    ours.shutdown().await.unwrap();
+    vote_until_answered(&ports.voter(Side::Backup), "failover", secs(10)).await;
+    assert_eq!(guide.state(), 3);
+    let stale = Lz::new(zmq::DEALER);
+    stale.with(|s| s.set_reconnect_ivl(5).unwrap());
+    stale.connect(&ports.voter(Side::Primary));
+    let restarted = start(Side::Primary, &ports, &token).await;
+    within(secs(10), "restarted primary passive", async {
+        while restarted.state() != BstarState::Passive {
+            stale.send(&[b"", b"stale"]).await;
+            assert!(
+                stale.recv(ms(5)).await.is_none(),
+                "a stale vote was answered"
+            );
+        }
+    })
+    .await;
+    let stats = restarted.shutdown().await.expect("no fatal error");
+    assert_eq!(stats.fsm.promotions, 0);
+    assert_eq!(guide.state(), 3);
+    assert!(!guide.fatal.load(Ordering::SeqCst));
+}
+
+/// The promotion epoch survives a restart through the epoch file, and a
+/// corrupt file is a clear start error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_file_carries_the_epoch_across_restarts() {
+    trace_init();
+    let dir = std::env::temp_dir().join(format!("zpatterns-bstar-epoch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("primary.epoch");
+    let token = CancellationToken::new();
+    for expected in 1..=2u64 {
+        let ports = Ports::new();
+        let server = BinaryStar::start(config(Side::Primary, &ports).epoch_file(&path), &token)
+            .await
+            .unwrap();
+        vote_until_answered_server(&server, &ports.voter(Side::Primary)).await;
+        let stats = server.shutdown().await.unwrap();
+        assert_eq!(stats.epoch, expected);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{expected}\n")
+        );
+    }
+    std::fs::write(&path, "not an epoch").unwrap();
+    let err = BinaryStar::start(
+        config(Side::Primary, &Ports::new()).epoch_file(&path),
+        &token,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BstarError::EpochCorrupt { .. }), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -635,3 +635,59 @@ async fn silent_connections_are_bounded_by_max_connections_and_the_handshake_tim
     drop(silent);
     server.shutdown().await.unwrap();
 }
+
+/// The `zeromq` crate's PUSH never reconnects: the client's PUSH publisher
+/// recreates its socket when the server goes away, so a restarted server
+/// (same ports) gets the client's later sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_publisher_reconnects_to_a_restarted_server() {
+    trace_init();
+    let token = CancellationToken::new();
+    let server = CloneServer::start(CloneServerConfig::loopback(), &token)
+        .await
+        .unwrap();
+    let ep = server.endpoints().clone();
+    let config = CloneClientConfig::new().collector_socket(CollectorSocket::Push);
+    let client = CloneClient::start(config, &token).await.unwrap();
+    client
+        .connect(ServerAddr::from_endpoints(&ep).unwrap())
+        .await
+        .unwrap();
+    client.set("/before", "1", None).await.unwrap();
+    eventually(secs(20), "the first set applied", || {
+        server.stats().keys == 1
+    })
+    .await;
+    server.shutdown().await.unwrap();
+    let spec = |e: &str| zpatterns::endpoint::EndpointSpec::bind(e).unwrap();
+    let again = within(secs(10), "rebind the same ports", async {
+        loop {
+            let config = CloneServerConfig::new(
+                spec(&ep.snapshot),
+                spec(&ep.publisher),
+                spec(&ep.collector),
+            );
+            match CloneServer::start(config, &token).await {
+                Ok(s) => return s,
+                Err(e) => eprintln!("rebind: {e}"),
+            }
+            tokio::time::sleep(ms(100)).await;
+        }
+    })
+    .await;
+    // The first writes after the restart may go to the dead connection
+    // (PUSH notices it only when a write fails): keep writing until one
+    // arrives.
+    within(secs(20), "a set reaches the restarted server", async {
+        for i in 0.. {
+            client.set("/after", format!("{i}"), None).await.unwrap();
+            if again.stats().keys > 0 {
+                return;
+            }
+            tokio::time::sleep(ms(50)).await;
+        }
+    })
+    .await;
+    client.shutdown().await.unwrap();
+    again.shutdown().await.unwrap();
+}

@@ -394,7 +394,7 @@ fn a_slow_state_link_does_not_count_as_peer_silence() {
         if at == link_up {
             assert!(p.handle_peer_state(&[], at).is_empty());
         }
-        if at >= first_state && (at - first_state).as_millis() % 100 == 0 {
+        if at >= first_state && (at - first_state).as_millis().is_multiple_of(100) {
             p.handle_peer_state(&st(S::Active), at);
         }
         let guide_would_accept = at >= t0 + T && p.stats().peer_states == 0;
@@ -431,7 +431,8 @@ fn link_up_only_matters_before_the_role_is_decided() {
 #[test]
 fn every_promotion_path_persists_a_higher_epoch_before_becoming_active() {
     let t0 = Instant::now();
-    let paths: Vec<(&str, Box<dyn Fn(&mut Fsm) -> Vec<BstarAction>>)> = vec![
+    type Path = Box<dyn Fn(&mut Fsm) -> Vec<BstarAction>>;
+    let paths: Vec<(&str, Path)> = vec![
         (
             "primary+peer backup",
             Box::new(move |f| f.handle_peer_state(&st(S::Backup), t0)),

@@ -99,7 +99,8 @@ impl StateLink {
     }
 
     /// The next message from the peer's state PUB, as frames. An empty
-    /// list means the SUB has just connected: pass it to
+    /// list (sent once, on the first connection) means the SUB has just
+    /// connected: pass it to
     /// [`Fsm::handle_peer_state`](super::Fsm::handle_peer_state) like any
     /// other message (it restarts the silence window while the role is
     /// undecided). Cancel-safe. `None` once the link has stopped.

@@ -22,9 +22,11 @@
 //! ([`Agent::poll_ack`]). A KVSET for a key outside the subtree never comes
 //! back (the client is not subscribed to it), so it is not tracked
 //! (`untracked`). After every completed sync the agent re-sends, with the
-//! same UUID, every update still in flight: an update the dead active never
-//! sequenced reaches the new one, and the servers' UUID de-duplication keeps
-//! one the new active already applied from being applied twice. (A server
+//! same UUID, every update still in flight (of several for one key, only
+//! the newest: re-sent, an older one could land after the newer one and
+//! undo it): an update the dead active never sequenced reaches the new
+//! one, and the servers' UUID de-duplication keeps one the new active
+//! already applied from being applied twice. (A server
 //! that does not de-duplicate, such as the Guide's, may apply a re-sent
 //! update twice; with the Guide's assumption that clients do not write the
 //! same key at the same time the value stays the same.)
@@ -237,7 +239,8 @@ pub struct AgentStats {
     /// `max_in_flight_bytes` (never acknowledged, never re-sent).
     pub in_flight_evicted: u64,
     /// In-flight updates dropped because a later update of the same key
-    /// from this client was acknowledged (never re-sent).
+    /// from this client was acknowledged, or is re-sent in their place
+    /// (never re-sent, never acknowledged).
     pub in_flight_superseded: u64,
     /// Updates published but not tracked: outside the subtree (they never
     /// come back) or without a UUID.
@@ -694,9 +697,13 @@ impl Agent {
         }
     }
 
-    /// Re-sends every update still in flight, oldest first, same UUIDs.
+    /// Re-sends the updates still in flight, oldest first, same UUIDs:
+    /// of several for one key only the newest (an older one, re-sent, could
+    /// arrive after the newer one's first copy and undo it).
     fn resend(&mut self) {
-        let msgs = self.in_flight.messages();
+        let (msgs, older) = self.in_flight.latest_per_key();
+        self.stats.in_flight_superseded += older as u64;
+        self.stats.in_flight = self.in_flight.len();
         if !msgs.is_empty() {
             info!(count = msgs.len(), "re-sending unacknowledged updates");
         }

@@ -621,3 +621,26 @@ fn acks_are_not_queued_while_nobody_listens_but_still_clear_the_in_flight_list()
     assert!(h.acks().is_empty());
     assert_eq!((h.a.stats().acked, h.a.stats().in_flight), (1, 0));
 }
+
+#[test]
+fn of_several_unacknowledged_writes_of_a_key_only_the_newest_is_resent() {
+    let mut h = H::new("", 2);
+    h.opened();
+    h.sync(&[], 0);
+    h.set("k", "1", 1);
+    h.set("j", "1", 2);
+    h.set("k", "2", 3);
+    h.published_uuids();
+    h.advance(TTL5);
+    h.opened();
+    h.sync(&[], 0);
+    assert_eq!(h.published_uuids(), [2, 3], "k=1 could undo k=2");
+    assert_eq!(
+        (
+            h.a.stats().resent,
+            h.a.stats().in_flight_superseded,
+            h.a.stats().in_flight
+        ),
+        (2, 1, 2)
+    );
+}

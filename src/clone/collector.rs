@@ -62,8 +62,10 @@ impl CollectorLimits {
     /// one is seen from its frame headers and skipped unread; the peer stays
     /// connected. Counted in `collector_oversized` (and in
     /// `store.oversized_kvsets`). Default [`COLLECTOR_MAX_MESSAGE`] (16 MiB +
-    /// 65 KiB), as `StoreConfig::max_kvset_size`, which is still checked
-    /// after it: keep this one at least as large.
+    /// 65 KiB), as `StoreConfig::max_kvset_size`, which is checked after it
+    /// on what was read: the smaller of the two is the effective limit, and
+    /// this one also bounds the memory a message takes while it arrives
+    /// (lower both together).
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
         self

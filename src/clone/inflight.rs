@@ -98,9 +98,21 @@ impl InFlight {
         })
     }
 
-    /// Copies of every in-flight update, oldest first.
-    pub(crate) fn messages(&self) -> Vec<KvMsg> {
-        self.fifo.values().map(|(m, _)| m.clone()).collect()
+    /// For re-sending: drops every in-flight update that a later one of the
+    /// same key follows (re-sent, the older one could land after the newer
+    /// one's first copy and undo it), and returns copies of the rest, oldest
+    /// first, with the number dropped.
+    pub(crate) fn latest_per_key(&mut self) -> (Vec<KvMsg>, usize) {
+        let older: Vec<u64> = self
+            .by_key
+            .values()
+            .flat_map(|ticks| ticks.iter().rev().skip(1).copied())
+            .collect();
+        for t in &older {
+            self.remove(*t);
+        }
+        let msgs = self.fifo.values().map(|(m, _)| m.clone()).collect();
+        (msgs, older.len())
     }
 
     fn remove(&mut self, tick: u64) {
@@ -141,9 +153,13 @@ mod tests {
         }
         assert_eq!(f.ack(&[3; 16]), Some(Acked { superseded: 1 }));
         assert_eq!(f.ack(&[1; 16]), None, "superseded with it");
-        let left: Vec<_> = f.messages().iter().map(|m| m.body().clone()).collect();
-        assert_eq!(left, ["1", "3"], "b's and a's newer write stay");
         assert!(f.contains(&[4; 16]) && !f.contains(&[3; 16]));
+        let (uuid, m) = set("b", "2", 5);
+        f.push(uuid, m, 10, usize::MAX);
+        let (left, dropped) = f.latest_per_key();
+        let left: Vec<_> = left.iter().map(|m| m.body().clone()).collect();
+        assert_eq!(left, ["3", "2"], "the newest of each key, oldest first");
+        assert_eq!((dropped, f.len()), (1, 2));
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub struct ServerAddr {
 }
 
 impl ServerAddr {
-    /// Explicit endpoints: snapshot ROUTER, update PUB, collector SUB.
+    /// Explicit endpoints: snapshot ROUTER, update PUB, collector (SUB or
+    /// PULL).
     pub fn new(snapshot: &str, updates: &str, collector: &str) -> Result<Self, EndpointError> {
         let c = |s: &str| EndpointSpec::connect(s).map(|e| e.endpoint().to_owned());
         Ok(Self {
@@ -100,8 +101,8 @@ impl FromStr for ServerAddr {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CollectorSocket {
-    /// PUB, as CHP and the Guide's clone agent (`clonecli6`) do: the
-    /// collector is a SUB (`clonesrv6`, this crate's server). KVSETs sent
+    /// PUB, as CHP and the Guide's clone agent (`clonecli6`) do, for a SUB
+    /// collector (`clonesrv6`) or this crate's server. KVSETs sent
     /// before the collector's subscription arrives are dropped by PUB
     /// semantics, hence the client's `publish_settle` pause after each
     /// connect.

@@ -3,7 +3,8 @@
 //! libzmq programs written from the Guide interoperate.
 //!
 //! Guide ch. 5, "Reliable Pub-Sub (Clone Pattern)": the server of models
-//! 3-5 (`clonesrv3` to `clonesrv5`) with CHP's SUB collector, and the
+//! 3-5 (`clonesrv3` to `clonesrv5`) with a collector that takes both CHP's
+//! PUB clients and the PUSH clients of models 3-5, and the
 //! client agent of the `clone` class (`clonecli6`'s, with failover to a
 //! second server). For the Binary Star server pair of model 6
 //! (`clonesrv6`) the pure parts exist: the [`Store`]'s passive role
@@ -15,7 +16,8 @@
 //! ```text
 //!  client DEALER ──ICANHAZ?──▶ ROUTER :P    (snapshots: KVSYNC…, KTHXBAI)
 //!  client SUB    ◀──KVPUB/HUGZ── PUB  :P+1  (sequenced updates, heartbeats)
-//!  client PUB    ──KVSET──────▶ SUB   :P+2  (collector)
+//!  client PUB    ──KVSET──────▶ XSUB :P+2  (collector; a PUSH client
+//!      or PUSH   ──KVSET──────▶ PULL :P+2   is answered as PULL)
 //! ```
 //!
 //! Every public type is reachable from this module:
@@ -23,15 +25,18 @@
 //!   [`SnapshotReply`], [`Update`]) and their errors ([`KvMsgError`],
 //!   [`PropertyError`]);
 //! - the server: the pure [`Store`] and [`SnapshotCursor`], and the
-//!   handle [`CloneServer`] ([`CloneServerConfig`], [`CloneServerStats`]);
+//!   handle [`CloneServer`] ([`CloneServerConfig`], [`CloneServerStats`],
+//!   [`CollectorLimits`]);
 //! - the client: the pure [`Agent`], and the handle [`CloneClient`]
-//!   ([`CloneClientConfig`], [`CloneClientStats`], [`Change`], [`Phase`]).
+//!   ([`CloneClientConfig`], [`CollectorSocket`], [`CloneClientStats`],
+//!   [`Change`], [`Phase`]).
 //!
 //! Both handles follow the crate's one shape (crate docs, "Using a
 //! pattern"): `start(config, &parent).await`, `stats()`,
 //! `shutdown(self).await` returning the final stats, and drop = stop.
 //! What a peer can make them hold is bounded: see [`StoreConfig`],
-//! [`AgentConfig`], [`CloneClientConfig`] and `patterns/clone.md`.
+//! [`CollectorLimits`], [`AgentConfig`], [`CloneClientConfig`] and
+//! `patterns/clone.md`.
 //!
 //! ```no_run
 //! use tokio_util::sync::CancellationToken;

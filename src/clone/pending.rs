@@ -3,16 +3,20 @@
 //!
 //! - [`PendingList`]: the passive server's FIFO of client updates it has
 //!   not yet seen republished by the active, cancelled by UUID when the
-//!   active's copy arrives, and superseded by key when the active writes
-//!   the same key, so that at promotion only updates the active never
-//!   applied are applied (an older value never overwrites a newer one);
+//!   active's copy arrives (and superseded by key when the active's write
+//!   of the key was sent after them, see
+//!   [`supersede_before`](PendingList::supersede_before)), so that at
+//!   promotion only updates the active never applied are applied;
 //! - [`RecentUuids`]: the UUIDs of the most recently applied updates, so
-//!   that a client's re-sent update is applied exactly once.
+//!   that a client's re-sent update is applied exactly once;
+//! - [`Awaited`]: the UUIDs of client writes the passive applied from the
+//!   active before their own client copy arrived, so that a late client
+//!   copy of an *older* write of the same key is recognised.
 //!
 //! No networking, no clock: arrival times are passed in.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -114,21 +118,25 @@ impl PendingList {
         }
     }
 
-    /// Removes the entry with this UUID; `true` if there was one.
-    pub(crate) fn cancel(&mut self, uuid: &Uuid) -> bool {
-        match self.by_uuid.get(uuid).copied() {
-            Some(tick) => self.remove(tick).is_some(),
-            None => false,
-        }
+    /// Removes the entry with this UUID; returns its place in the queue
+    /// (for [`supersede_before`](Self::supersede_before)) if there was one.
+    pub(crate) fn cancel(&mut self, uuid: &Uuid) -> Option<u64> {
+        let tick = self.by_uuid.get(uuid).copied()?;
+        self.remove(tick).map(|_| tick)
     }
 
-    /// Removes every entry for `key` (all were queued before the caller's
-    /// newer write of it); returns how many.
-    pub(crate) fn supersede(&mut self, key: &[u8]) -> usize {
+    /// Removes the entries for `key` queued before place `before` (what
+    /// [`cancel`](Self::cancel) returned; `u64::MAX` for all); returns how
+    /// many.
+    pub(crate) fn supersede_before(&mut self, key: &[u8], before: u64) -> usize {
         let Some(ticks) = self.by_key.get(key).cloned() else {
             return 0;
         };
-        ticks.into_iter().filter_map(|t| self.remove(t)).count()
+        ticks
+            .into_iter()
+            .filter(|t| *t < before)
+            .filter_map(|t| self.remove(t))
+            .count()
     }
 
     /// Removes everything; returns how many entries there were.
@@ -208,6 +216,72 @@ impl RecentUuids {
     }
 }
 
+/// Client writes applied from the active whose own client copy has not
+/// arrived yet: at most `capacity`, each for at most `window`.
+#[derive(Debug, Default)]
+pub(crate) struct Awaited {
+    by_uuid: HashMap<Uuid, (u64, Instant)>,
+    fifo: BTreeMap<u64, Uuid>,
+    next: u64,
+    capacity: usize,
+    window: Duration,
+}
+
+impl Awaited {
+    /// At most `capacity` UUIDs, each awaited for `window`.
+    pub(crate) fn new(capacity: usize, window: Duration) -> Self {
+        Self {
+            capacity,
+            window,
+            ..Self::default()
+        }
+    }
+
+    /// Awaits `uuid`'s client copy from `now` on (dropping expired and,
+    /// beyond the capacity, the oldest).
+    pub(crate) fn insert(&mut self, uuid: Uuid, now: Instant) {
+        self.remove(&uuid);
+        while let Some((&tick, u)) = self.fifo.first_key_value() {
+            let expired = self
+                .by_uuid
+                .get(u)
+                .is_none_or(|(_, at)| now.saturating_duration_since(*at) >= self.window);
+            if !expired && self.fifo.len() < self.capacity {
+                break;
+            }
+            let u = *u;
+            self.fifo.remove(&tick);
+            self.by_uuid.remove(&u);
+        }
+        if self.capacity == 0 {
+            return;
+        }
+        self.by_uuid.insert(uuid, (self.next, now));
+        self.fifo.insert(self.next, uuid);
+        self.next += 1;
+    }
+
+    /// `true` if `uuid`'s client copy is still awaited at `now`.
+    pub(crate) fn contains(&self, uuid: &Uuid, now: Instant) -> bool {
+        self.by_uuid
+            .get(uuid)
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < self.window)
+    }
+
+    /// The client copy of `uuid` arrived.
+    pub(crate) fn remove(&mut self, uuid: &Uuid) {
+        if let Some((tick, _)) = self.by_uuid.remove(uuid) {
+            self.fifo.remove(&tick);
+        }
+    }
+
+    /// UUIDs held (expired ones included until pruned).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.fifo.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,9 +308,10 @@ mod tests {
         let pushed = p.push(msg("c", "1", Some(3)), t, 3, big);
         assert_eq!(pushed.evicted, 1, "the oldest is dropped");
         assert!(!p.contains(&[1; 16]));
-        assert!(p.cancel(&[2; 16]));
-        assert!(!p.cancel(&[2; 16]));
-        assert_eq!(p.supersede(b"a"), 1, "the UUID-less entry goes by key");
+        assert_eq!(p.cancel(&[2; 16]), Some(2));
+        assert_eq!(p.cancel(&[2; 16]), None);
+        assert_eq!(p.supersede_before(b"a", 1), 0, "only older ones");
+        assert_eq!(p.supersede_before(b"a", u64::MAX), 1, "a UUID-less one too");
         let left: Vec<_> = p.drain().into_iter().map(|e| e.msg).collect();
         assert_eq!(left, [msg("c", "1", Some(3))]);
         assert_eq!((p.len(), p.bytes()), (0, 0));
@@ -247,6 +322,22 @@ mod tests {
         assert_eq!(p.push(msg("k", "x", Some(7)), t, 10, 2 * one).evicted, 1);
         assert_eq!(p.bytes(), 2 * one);
         assert_eq!(p.clear(), 2);
+    }
+
+    #[test]
+    fn awaited_uuids_are_bounded_in_number_and_time() {
+        let t = Instant::now();
+        let mut a = Awaited::new(2, Duration::from_secs(5));
+        a.insert([1; 16], t);
+        a.insert([2; 16], t);
+        a.insert([3; 16], t);
+        assert_eq!(a.len(), 2);
+        assert!(!a.contains(&[1; 16], t) && a.contains(&[2; 16], t));
+        a.remove(&[2; 16]);
+        assert!(!a.contains(&[2; 16], t));
+        assert!(!a.contains(&[3; 16], t + Duration::from_secs(5)), "expired");
+        a.insert([4; 16], t + Duration::from_secs(5));
+        assert_eq!(a.len(), 1, "expired ones pruned");
     }
 
     #[test]

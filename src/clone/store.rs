@@ -28,10 +28,20 @@
 //!   own; promotion expires what is due);
 //! - the active's copy is never put on the pending list ("flip it around"),
 //!   so an update the passive received from the active is never re-applied
-//!   at promotion; a write of a key by the active supersedes (removes) the
-//!   pending updates of that key queued before it, and a snapshot from the
-//!   active supersedes every pending update queued before it, so an older
-//!   value never overwrites a newer one and nothing deleted is resurrected;
+//!   at promotion;
+//! - a client write republished by the active supersedes (removes) the
+//!   pending updates of its key that reached the passive before that
+//!   write's own client copy did (older writes: one client's updates reach
+//!   both servers in order), and a snapshot from the active supersedes
+//!   every pending update queued before it, so an older value never
+//!   overwrites a newer one and nothing deleted is resurrected. A pending
+//!   update that arrived after the republished write's client copy stays:
+//!   the active may have applied (and acknowledged) it just before dying.
+//!   (The Guide assumes two clients never write the same key at the same
+//!   time; if they do, the passive cannot tell their order, and a pending
+//!   update the active applied after the republished one is lost if the
+//!   active dies before republishing it. A snapshot has the same window for
+//!   updates the active applies while it is being fetched);
 //! - a message without a UUID never matches a pending one;
 //! - the snapshot is fetched without blocking (the driver reports success
 //!   or failure; the store retries after [`StoreConfig::snapshot_retry`]);
@@ -55,7 +65,7 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::kvmsg::{KvMsg, Properties, Uuid, PROPS_MAX, TTL};
-use super::pending::{PendingList, RecentUuids};
+use super::pending::{Awaited, PendingList, RecentUuids};
 use super::proto::{decode_kvset, Icanhaz, Update, EPOCH};
 use super::snapshot::SnapshotCursor;
 use crate::ratelog::LogLimiter;
@@ -157,6 +167,7 @@ pub struct StoreConfig {
     recent_uuids: usize,
     snapshot_retry: Duration,
     epoch: u64,
+    reorder_window: Duration,
 }
 
 impl Default for StoreConfig {
@@ -177,6 +188,7 @@ impl Default for StoreConfig {
             recent_uuids: 1_000_000,
             snapshot_retry: Duration::from_secs(1),
             epoch: 0,
+            reorder_window: Duration::from_secs(5),
         }
     }
 }
@@ -293,6 +305,16 @@ impl StoreConfig {
         self.snapshot_retry = pause;
         self
     }
+    /// How long after a passive store applied a client write from the
+    /// active it still expects that write's own client copy; a client copy
+    /// of another write of the same key arriving meanwhile is an older
+    /// write (one client's updates reach both servers in order) and is
+    /// dropped (`superseded`). At most `max_pending` writes are awaited.
+    /// Default 5 s.
+    pub fn reorder_window(mut self, window: Duration) -> Self {
+        self.reorder_window = window;
+        self
+    }
     /// The epoch the store starts with (a pair persists it and passes it
     /// back; [`Store::promote`] sets a new one). A store presents its epoch
     /// as the [`EPOCH`] property of its KVPUB, HUGZ and KTHXBAI when it is
@@ -344,8 +366,11 @@ pub struct StoreStats {
     pub pending_dropped: u64,
     /// Pending updates whose ttl had run out by promotion (not applied).
     pub pending_expired: u64,
-    /// Pending updates discarded because the active wrote their key, or sent
-    /// a snapshot, after they were queued (a newer value; never applied).
+    /// Client updates discarded as older than a client write of their key
+    /// the active republished: pending ones queued before that write's own
+    /// client copy, and late copies arriving within `reorder_window`
+    /// before it; and pending ones queued before a snapshot from the active.
+    /// Never applied.
     pub superseded: u64,
     /// Peer messages refused because their epoch was lower than the
     /// highest seen.
@@ -429,6 +454,7 @@ pub struct Store {
     per_peer: HashMap<Bytes, usize>,
     pending: PendingList,
     recent: RecentUuids,
+    awaited: Awaited,
     fetch: Fetch,
     buffer: VecDeque<KvMsg>,
     buffer_bytes: usize,
@@ -465,6 +491,7 @@ impl Store {
             per_peer: HashMap::new(),
             pending: PendingList::default(),
             recent: RecentUuids::new(config.recent_uuids),
+            awaited: Awaited::new(config.max_pending, config.reorder_window),
             fetch: Fetch::Idle,
             buffer: VecDeque::new(),
             buffer_bytes: 0,
@@ -611,11 +638,22 @@ impl Store {
     /// list (oldest dropped beyond the pending bounds). An update without a
     /// UUID is never de-duplicated and never matches a pending one.
     pub fn handle_kvset(&mut self, msg: KvMsg, now: Instant) -> Vec<StoreAction> {
+        if let Some(u) = msg.uuid() {
+            self.awaited.remove(u);
+        }
         if msg.uuid().is_some_and(|u| self.recent.contains(u)) {
             self.stats.duplicates += 1;
             if let Some(suppressed) = self.logs.duplicate.check(now) {
                 debug!(key = ?msg.key(), suppressed, "duplicate KVSET (UUID already applied) dropped");
             }
+            return Vec::new();
+        }
+        let written_by = self.map.get(msg.key()).and_then(|e| e.uuid);
+        if written_by.is_some_and(|w| self.awaited.contains(&w, now)) {
+            // The key's value is a write from the active whose own client
+            // copy has not arrived: this copy, of another write, is older.
+            self.stats.superseded += 1;
+            debug!(key = ?msg.key(), "late client copy of an older write dropped");
             return Vec::new();
         }
         match self.role {
@@ -706,8 +744,9 @@ impl Store {
     /// Dropped if larger than `max_kvset_size` or malformed
     /// (`peer_malformed`), or if it presents an epoch lower than the
     /// highest seen (`fenced`). A KVPUB cancels the pending update with its
-    /// UUID and supersedes the pending updates of its key; its UUID is
-    /// remembered. Without a map, the first message asks for a snapshot
+    /// UUID and supersedes the pending updates of its key queued before
+    /// that one (all of them if its client copy has not arrived); its UUID
+    /// is remembered. Without a map, the first message asks for a snapshot
     /// ([`StoreAction::FetchSnapshot`]) and KVPUBs are buffered until it
     /// arrives. With one, a KVPUB at the next sequence is applied (its
     /// relative `ttl` becoming a deadline from `now`), an older one is
@@ -758,7 +797,7 @@ impl Store {
             }
             Update::Kvpub(msg) => {
                 self.stats.peer_updates += 1;
-                self.note_peer_write(&msg);
+                self.note_peer_write(&msg, now);
                 if !self.synced || self.fetch != Fetch::Idle {
                     self.buffer_peer(msg, now);
                     if !self.synced && self.fetch == Fetch::Idle {
@@ -1021,15 +1060,29 @@ impl Store {
 
     /// What a KVPUB from the active tells about pending updates, whether or
     /// not it is applied now: its UUID is applied (cancel, remember), and
-    /// its key is written after everything pending for it (supersede).
-    fn note_peer_write(&mut self, msg: &KvMsg) {
-        if let Some(u) = msg.uuid() {
-            self.recent.insert(*u);
-            if self.pending.cancel(u) {
+    /// the pending updates of its key that reached this server before that
+    /// client write did (or before now, if its copy has not arrived) are
+    /// older writes of the key: superseded. An update still pending when a
+    /// (gap-free) KVPUB arrives was not applied by the active before it;
+    /// one that reached this server *after* the KVPUB's own client copy
+    /// may be applied by the active later, so it stays (dropping it could
+    /// lose an acknowledged update). A KVPUB without a UUID (an expiry, or
+    /// a client that sends none) supersedes nothing: it was not a client
+    /// write racing the pending ones.
+    fn note_peer_write(&mut self, msg: &KvMsg, now: Instant) {
+        let Some(u) = msg.uuid() else { return };
+        self.recent.insert(*u);
+        let before = match self.pending.cancel(u) {
+            Some(place) => {
                 self.stats.pending_cancelled += 1;
+                place
             }
-        }
-        self.stats.superseded += self.pending.supersede(msg.key()) as u64;
+            None => {
+                self.awaited.insert(*u, now);
+                u64::MAX
+            }
+        };
+        self.stats.superseded += self.pending.supersede_before(msg.key(), before) as u64;
     }
 
     /// Buffers a live update while a snapshot is fetched; beyond the

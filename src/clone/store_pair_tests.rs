@@ -178,21 +178,79 @@ fn an_active_copy_whose_client_copy_never_arrives_is_not_reapplied_at_promotion(
 fn an_older_pending_value_never_overwrites_a_newer_applied_one() {
     let t0 = Instant::now();
     let mut s = synced(quiet(), Vec::new(), 0, t0);
-    // Client 1's update reaches the passive; the active never republishes
-    // it (it died first, or applied client 2's later) ...
+    // A client's update reaches the passive, never the active (dropped) ...
     s.handle_kvset(kvset("/k", "older", Some(1)), t0);
     s.handle_kvset(kvset("/gone", "v", Some(2)), t0);
-    // ... and the active writes both keys after they were queued.
+    // ... then the same client's later writes of both keys, republished by
+    // the active (their own client copies to the passive lost, or late).
     s.handle_peer_update(&kvpub(kvset("/k", "newer", Some(3)), 1), t0);
-    s.handle_peer_update(&kvpub(kvset("/gone", "", None), 2), t0);
-    // A pending update queued after the active's write is newer: kept.
-    s.handle_kvset(kvset("/k", "newest", Some(4)), t0);
+    s.handle_kvset(kvset("/gone", "", Some(4)), t0);
+    s.handle_peer_update(&kvpub(kvset("/gone", "", Some(4)), 2), t0);
+    // A pending update queued after the active's write (and its client
+    // copy) is newer: kept.
+    s.handle_kvset(kvset("/k", "newer", Some(3)), t0);
+    s.handle_kvset(kvset("/k", "newest", Some(5)), t0);
     let out = published(&s.promote(1, t0));
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].body().as_ref(), out[0].seq()), (&b"newest"[..], 3));
     assert_eq!(value(&s, "/gone"), None, "a delete is not undone");
     let st = s.stats();
     assert_eq!((st.superseded, st.pending_applied), (2, 1));
+}
+
+#[test]
+fn a_pending_update_sent_after_a_republished_one_survives_the_actives_death() {
+    // One client writes /k twice; both client copies reach the passive
+    // before the active's KVPUB of the first. The active applies (and the
+    // client sees acknowledged) the second, then dies before the passive
+    // receives it: promotion must apply it.
+    let t0 = Instant::now();
+    let mut s = synced(quiet(), Vec::new(), 0, t0);
+    s.handle_kvset(kvset("/k", "1", Some(1)), t0);
+    s.handle_kvset(kvset("/k", "2", Some(2)), t0);
+    s.handle_peer_update(&kvpub(kvset("/k", "1", Some(1)), 1), t0);
+    assert_eq!(s.pending_load().0, 1);
+    // The active's own expiry of a key supersedes nothing: a pending write
+    // of it was not applied before the expiry.
+    s.handle_kvset(kvset("/e", "again", Some(3)), t0);
+    s.handle_peer_update(&kvpub(kvset("/e", "", None), 2), t0);
+    let out = published(&s.promote(1, t0));
+    let got: Vec<_> = out.iter().map(|m| m.body().clone()).collect();
+    assert_eq!(got, ["2", "again"]);
+    assert_eq!(value(&s, "/k").as_deref(), Some("2"));
+    assert_eq!(s.stats().superseded, 0);
+}
+
+#[test]
+fn a_late_client_copy_of_an_older_write_is_dropped_within_the_reorder_window() {
+    // The active never got write 1 of /k; it applied the same client's
+    // write 2, which the passive learns from it before either client copy
+    // arrives. The late copy of 1 is older than 2: dropped, before and
+    // after promotion; the copy of 2 is a duplicate.
+    let t0 = Instant::now();
+    let mut s = synced(quiet().reorder_window(secs(5)), Vec::new(), 0, t0);
+    s.handle_peer_update(&kvpub(kvset("/k", "2", Some(2)), 1), t0);
+    s.handle_peer_update(&kvpub(kvset("/j", "2", Some(4)), 2), t0);
+    assert!(s.handle_kvset(kvset("/k", "1", Some(1)), t0).is_empty());
+    assert_eq!(s.pending_load().0, 0);
+    assert!(published(&s.promote(1, t0)).is_empty());
+    assert!(s.handle_kvset(kvset("/j", "1", Some(3)), t0 + U).is_empty());
+    assert!(s.handle_kvset(kvset("/k", "2", Some(2)), t0 + U).is_empty());
+    assert_eq!(
+        (value(&s, "/k").as_deref(), value(&s, "/j").as_deref()),
+        (Some("2"), Some("2"))
+    );
+    let st = s.stats();
+    assert_eq!((st.superseded, st.duplicates), (2, 1));
+    // Once the copy arrived, or after the window, writes pass again.
+    assert_eq!(
+        published(&s.handle_kvset(kvset("/k", "3", Some(5)), t0 + U)).len(),
+        1
+    );
+    assert_eq!(
+        published(&s.handle_kvset(kvset("/j", "3", Some(6)), t0 + secs(5))).len(),
+        1
+    );
 }
 
 #[test]
@@ -371,9 +429,8 @@ fn messages_without_a_uuid_are_never_deduplicated_and_never_match_pending() {
     s.handle_kvset(kvset("/a", "1", None), t0);
     s.handle_kvset(kvset("/a", "1", None), t0);
     s.handle_kvset(kvset("/b", "1", Some(1)), t0);
-    // The active's copy without a UUID cancels nothing (its key write
-    // supersedes only its own key's pending updates).
-    s.handle_peer_update(&kvpub(kvset("/c", "1", None), 1), t0);
+    // The active's copy without a UUID cancels and supersedes nothing.
+    s.handle_peer_update(&kvpub(kvset("/a", "1", None), 1), t0);
     assert_eq!(s.pending_load().0, 3);
     assert_eq!(s.stats().pending_cancelled, 0);
     assert_eq!(published(&s.promote(1, t0)).len(), 3);

@@ -386,3 +386,207 @@ impl XSubServer {
         sent
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zmtp::codec;
+    use bytes::{Bytes, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn collector_options() -> XSubOptions {
+        XSubOptions {
+            max_message: 1000,
+            max_frames: 3,
+            accept_push: true,
+            skip_oversized: true,
+            handshake_timeout: Duration::from_secs(5),
+            ..XSubOptions::default()
+        }
+    }
+
+    async fn server(options: XSubOptions) -> (XSubServer, String) {
+        let mut s = XSubServer::attach(&EndpointSpec::loopback(), options)
+            .await
+            .unwrap();
+        s.send(&SubEvent::Subscribe(Bytes::new()));
+        let target = s.endpoint().strip_prefix("tcp://").unwrap().to_owned();
+        (s, target)
+    }
+
+    /// A raw ZMTP peer: greeting and READY as `kind`. Returns the stream.
+    async fn peer(target: &str, kind: &str) -> TcpStream {
+        let mut s = TcpStream::connect(target).await.unwrap();
+        s.write_all(&codec::greeting()).await.unwrap();
+        let mut ready = BytesMut::new();
+        codec::encode_ready(&[("Socket-Type", kind.as_bytes())], &mut ready);
+        s.write_all(&ready).await.unwrap();
+        let mut g = [0u8; codec::GREETING_LEN];
+        s.read_exact(&mut g).await.unwrap();
+        s
+    }
+
+    /// Reads until one whole frame is decoded, or `None` if the peer
+    /// closes; panics after 10 s.
+    async fn read_frame(s: &mut TcpStream, buf: &mut BytesMut) -> Option<codec::Frame> {
+        let read = async {
+            loop {
+                if let Some(f) = codec::decode_frame(buf, 1 << 20).unwrap() {
+                    return Some(f);
+                }
+                if s.read_buf(buf).await.unwrap_or(0) == 0 {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a frame or a close")
+    }
+
+    fn ready_type(f: &codec::Frame) -> Bytes {
+        let (name, data) = codec::parse_command(&f.body).unwrap();
+        assert_eq!(name, "READY");
+        let props = codec::parse_properties(data).unwrap();
+        props
+            .into_iter()
+            .find(|(n, _)| n == "Socket-Type")
+            .unwrap()
+            .1
+    }
+
+    async fn next(s: &mut XSubServer) -> XSubEvent {
+        tokio::time::timeout(Duration::from_secs(10), s.recv())
+            .await
+            .expect("an event")
+    }
+
+    fn message(frames: &[&[u8]]) -> BytesMut {
+        let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
+        let mut out = BytesMut::new();
+        codec::encode_message(frames.iter(), &mut out);
+        out
+    }
+
+    /// Each peer is answered by its type: PUB as XSUB (and sent the
+    /// subscription), PUSH as PULL (sent nothing), DEALER refused before
+    /// any READY.
+    #[tokio::test]
+    async fn peers_are_answered_by_their_socket_type() {
+        let (mut x, target) = server(collector_options()).await;
+        let mut publisher = peer(&target, "PUB").await;
+        let mut buf = BytesMut::new();
+        let f = read_frame(&mut publisher, &mut buf).await.unwrap();
+        assert_eq!(ready_type(&f), "XSUB");
+        // The server sends the subscriptions as it takes the connection.
+        assert!(matches!(
+            next(&mut x).await,
+            XSubEvent::Connected {
+                socket_type: PeerSocketType::Pub,
+                ..
+            }
+        ));
+        let sub = read_frame(&mut publisher, &mut buf).await.unwrap();
+        assert_eq!(&sub.body[..], b"\x01", "subscribe-all");
+        let mut pusher = peer(&target, "PUSH").await;
+        let mut pbuf = BytesMut::new();
+        let f = read_frame(&mut pusher, &mut pbuf).await.unwrap();
+        assert_eq!(ready_type(&f), "PULL");
+        assert!(matches!(
+            next(&mut x).await,
+            XSubEvent::Connected {
+                socket_type: PeerSocketType::Push,
+                ..
+            }
+        ));
+        pusher.write_all(&message(&[b"k", b"v"])).await.unwrap();
+        let XSubEvent::Message(m) = next(&mut x).await else {
+            panic!("a message")
+        };
+        assert_eq!(&m[..], [Bytes::from("k"), Bytes::from("v")]);
+        let mut dealer = peer(&target, "DEALER").await;
+        let mut dbuf = BytesMut::new();
+        assert!(
+            read_frame(&mut dealer, &mut dbuf).await.is_none(),
+            "no READY, closed"
+        );
+        assert!(matches!(
+            next(&mut x).await,
+            XSubEvent::Rejected {
+                cause: CloseCause::SocketType,
+                ..
+            }
+        ));
+        assert_eq!(x.peer_count(), 2);
+        // The PUSH peer got nothing, not even the subscription.
+        x.send(&SubEvent::Subscribe(Bytes::from("A")));
+        let more = read_frame(&mut publisher, &mut buf).await.unwrap();
+        assert_eq!(&more.body[..], b"\x01A");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), pusher.read_buf(&mut pbuf))
+                .await
+                .is_err()
+        );
+    }
+
+    /// Without `accept_push` a PUSH is refused, as before.
+    #[tokio::test]
+    async fn a_plain_xsub_refuses_push_peers() {
+        let (mut x, target) = server(XSubOptions::default()).await;
+        let mut pusher = peer(&target, "PUSH").await;
+        let mut buf = BytesMut::new();
+        // The plain XSUB answers first, then closes on the peer's type.
+        let f = read_frame(&mut pusher, &mut buf).await.unwrap();
+        assert_eq!(ready_type(&f), "XSUB");
+        assert!(read_frame(&mut pusher, &mut buf).await.is_none());
+        assert!(matches!(
+            next(&mut x).await,
+            XSubEvent::Rejected {
+                cause: CloseCause::SocketType,
+                ..
+            }
+        ));
+    }
+
+    /// Over-limit messages are skipped unread, whatever way their bytes
+    /// are cut up by the network, and the next message is delivered whole.
+    #[tokio::test]
+    async fn over_limit_messages_are_skipped_and_the_connection_stays() {
+        let (mut x, target) = server(collector_options()).await;
+        let mut pusher = peer(&target, "PUSH").await;
+        let mut buf = BytesMut::new();
+        read_frame(&mut pusher, &mut buf).await.unwrap();
+        assert!(matches!(next(&mut x).await, XSubEvent::Connected { .. }));
+        let mut stream = BytesMut::new();
+        // Over max_message in its second frame (a long frame).
+        stream.extend_from_slice(&message(&[b"big", &[7u8; 2000], b"tail"]));
+        // Over max_frames (4 > 3).
+        stream.extend_from_slice(&message(&[b"a", b"b", b"c", b"d"]));
+        // Over max_message only in total (600 + 600), empty last frame.
+        stream.extend_from_slice(&message(&[&[1u8; 600], &[2u8; 600], b""]));
+        stream.extend_from_slice(&message(&[b"good", b"one"]));
+        // Dribble it in small writes so frames and headers are split.
+        for chunk in stream.chunks(7) {
+            pusher.write_all(chunk).await.unwrap();
+        }
+        let (mut oversized, mut frames) = (0, 0);
+        let good = loop {
+            match next(&mut x).await {
+                XSubEvent::Skipped {
+                    oversized: o,
+                    too_many_frames: f,
+                    ..
+                } => {
+                    oversized += o;
+                    frames += f;
+                }
+                XSubEvent::Message(m) => break m,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(&good[..], [Bytes::from("good"), Bytes::from("one")]);
+        assert_eq!((oversized, frames), (2, 1));
+        assert_eq!(x.peer_count(), 1, "still connected");
+    }
+}
