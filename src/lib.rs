@@ -96,8 +96,13 @@
 //! - [`blackbox`]: Black Box, a high-speed subscriber sharding messages by
 //!   key over worker threads (per-key order kept, drops counted), with the
 //!   batching and overflow logic in a pure dispatcher.
-//! - [`clone`]: the Clone pattern (Guide ch. 5, models 1-5: CHP key-value
-//!   server and client agent).
+//! - [`bstar`]: Binary Star (Guide ch. 4 and 5, `bstar`), a primary-backup
+//!   pair with client votes: the pure state machine with a persisted,
+//!   fencing epoch, the state link, and a handle for any request-reply
+//!   service.
+//! - [`clone`]: the Clone pattern (Guide ch. 5, models 1-6: the CHP
+//!   key-value server, alone or as a Binary Star pair with a pending list,
+//!   and the client agent with acknowledgements and failover).
 //! - [`durable`]: the write-ahead log trait for a consensus core's state
 //!   (the Paxos acceptor's): fsynced files, and a simulated disk that loses
 //!   unsynced writes.
