@@ -757,3 +757,166 @@ async fn both_started_together_settle_the_same_way_every_time() {
         token.cancel();
     }
 }
+
+/// The Guide's `clonesrv6 -p` as far as its peer sees it, on libzmq: a
+/// Binary Star state PUB ("1" until it hears the backup's "2", then "3"), a
+/// snapshot ROUTER answering `ICANHAZ?` with KVSYNCs and a C-style empty
+/// KTHXBAI, and a PUB with KVPUBs and HUGZ carrying the current sequence.
+/// It runs until `stop`, then closes everything at once (a kill).
+struct GuidePrimary {
+    state: String,
+    snapshot: String,
+    updates: String,
+    collector: String,
+    backup_state: Arc<Mutex<Option<String>>>,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GuidePrimary {
+    fn start() -> Self {
+        let bind = |kind| {
+            let s = lz_ctx().socket(kind).unwrap();
+            s.set_linger(0).unwrap();
+            s.bind("tcp://127.0.0.1:*").unwrap();
+            let ep = s.get_last_endpoint().unwrap().unwrap();
+            (s, ep)
+        };
+        let (state_pub, state) = bind(zmq::PUB);
+        let (router, snapshot) = bind(zmq::ROUTER);
+        let (publisher, updates) = bind(zmq::PUB);
+        let (collector_sock, collector) = bind(zmq::SUB);
+        collector_sock.set_subscribe(b"").unwrap();
+        let backup_state = Arc::new(Mutex::new(None::<String>));
+        let stop = CancellationToken::new();
+        let thread = {
+            let (backup_state, stop) = (backup_state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let state_sub = lz_ctx().socket(zmq::SUB).unwrap();
+                state_sub.set_linger(0).unwrap();
+                state_sub.set_subscribe(b"").unwrap();
+                let mut connected = false;
+                let mut me = b"1".to_vec();
+                let mut seq = 2u64;
+                let mut next_beat = Instant::now();
+                let mut published_extra = false;
+                let frames = |key: &[u8], seq: u64, body: &[u8]| -> Vec<Vec<u8>> {
+                    vec![key.to_vec(), seq.to_be_bytes().to_vec(), vec![], vec![], body.to_vec()]
+                };
+                while !stop.is_cancelled() {
+                    if !connected {
+                        if let Some(ep) = backup_state.lock().unwrap().clone() {
+                            state_sub.connect(&ep).unwrap();
+                            connected = true;
+                        }
+                    }
+                    if Instant::now() >= next_beat {
+                        state_pub.send(&me[..], 0).unwrap();
+                        publisher.send_multipart(frames(b"HUGZ", seq, b""), 0).unwrap();
+                        next_beat += HEARTBEAT;
+                    }
+                    if me == b"3" && !published_extra {
+                        seq += 1;
+                        publisher.send_multipart(frames(b"/g/3", seq, b"three"), 0).unwrap();
+                        published_extra = true;
+                    }
+                    let mut items = [
+                        state_sub.as_poll_item(zmq::POLLIN),
+                        router.as_poll_item(zmq::POLLIN),
+                        collector_sock.as_poll_item(zmq::POLLIN),
+                    ];
+                    zmq::poll(&mut items, 10).unwrap();
+                    while let Ok(m) = state_sub.recv_multipart(zmq::DONTWAIT) {
+                        if m.first().map(Vec::as_slice) == Some(b"2") && me == b"1" {
+                            me = b"3".to_vec(); // PRIMARY + PEER_BACKUP: active
+                        }
+                    }
+                    while let Ok(m) = router.recv_multipart(zmq::DONTWAIT) {
+                        if m.len() >= 2 && m[1] == b"ICANHAZ?" {
+                            let id = m[0].clone();
+                            let upto = if published_extra { 3 } else { 2 };
+                            let all: [(&[u8], &[u8]); 3] =
+                                [(b"/g/1", b"one"), (b"/g/2", b"two"), (b"/g/3", b"three")];
+                            for (n, (k, v)) in all.iter().take(upto).enumerate() {
+                                let mut f = vec![id.clone()];
+                                f.extend(frames(k, n as u64 + 1, v));
+                                router.send_multipart(f, 0).unwrap();
+                            }
+                            let mut f = vec![id];
+                            f.extend(frames(b"KTHXBAI", seq, b""));
+                            router.send_multipart(f, 0).unwrap();
+                        }
+                    }
+                    while collector_sock.recv_multipart(zmq::DONTWAIT).is_ok() {}
+                }
+            })
+        };
+        Self {
+            state,
+            snapshot,
+            updates,
+            collector,
+            backup_state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn this_backup_pairs_with_a_libzmq_guide_primary_and_takes_over() {
+    trace_init();
+    let token = CancellationToken::new();
+    let mut guide = GuidePrimary::start();
+    let config = ClonePairConfig::new(
+        Side::Backup,
+        CloneServerConfig::loopback().store(StoreConfig::new().hugz_interval(HEARTBEAT)),
+        EndpointSpec::loopback(),
+        EndpointSpec::connect(&guide.state).unwrap(),
+        ServerAddr::new(&guide.snapshot, &guide.updates, &guide.collector).unwrap(),
+    )
+    .fsm(FsmConfig::new().heartbeat(HEARTBEAT));
+    let backup = CloneServer::start_pair(config, &token).await.unwrap();
+    let state_ep = backup.endpoints().state.clone().unwrap();
+    *guide.backup_state.lock().unwrap() = Some(state_ep.replace("0.0.0.0", "127.0.0.1"));
+    let pair_state = |s: &CloneServer| s.stats().pair.unwrap().state;
+    eventually(secs(15), "our backup follows the Guide's active", || {
+        pair_state(&backup) == BstarState::Passive && backup.stats().keys == 3
+    })
+    .await;
+    assert!(backup.stats().pair.unwrap().peer_snapshots >= 1);
+    // A client of both; the Guide's primary dies; the client votes ours in.
+    let c = CloneClient::start(client_config(), &token).await.unwrap();
+    c.connect(ServerAddr::new(&guide.snapshot, &guide.updates, &guide.collector).unwrap())
+        .await
+        .unwrap();
+    c.connect(ServerAddr::from_endpoints(backup.endpoints()).unwrap())
+        .await
+        .unwrap();
+    within(secs(15), "client synced", c.wait_active()).await.unwrap();
+    guide.kill();
+    eventually(secs(15), "our backup takes over", || {
+        pair_state(&backup) == BstarState::Active
+    })
+    .await;
+    within(secs(15), "client on our server with the Guide's data", async {
+        loop {
+            let on_ours = matches!(c.phase(), Phase::Active { server: 1, .. });
+            if on_ours && c.entries().await.unwrap().len() == 3 {
+                return;
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    c.set("/g/4", "four", None).await.unwrap();
+    eventually(secs(10), "our new active sequences writes", || backup.stats().keys == 4).await;
+    token.cancel();
+}

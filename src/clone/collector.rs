@@ -140,13 +140,15 @@ impl Collector {
         if spec.attach() != Attach::Bind {
             warn!(endpoint = %spec, "the clone collector binds; connecting as asked");
         }
-        let mut options = XSubOptions::default();
-        options.max_message = limits.max_message;
-        options.max_frames = limits.max_frames;
-        options.max_connections = limits.max_connections;
-        options.handshake_timeout = limits.handshake_timeout;
-        options.accept_push = true;
-        options.skip_oversized = true;
+        let options = XSubOptions {
+            max_message: limits.max_message,
+            max_frames: limits.max_frames,
+            max_connections: limits.max_connections,
+            handshake_timeout: limits.handshake_timeout,
+            accept_push: true,
+            skip_oversized: true,
+            ..XSubOptions::default()
+        };
         let mut server = XSubServer::attach(spec, options).await?;
         // Subscribe to everything: each PUB peer is sent `\x01` as it joins.
         server.send(&SubEvent::Subscribe(Bytes::new()));
