@@ -631,7 +631,7 @@ impl Store {
     /// UUID is never de-duplicated and never matches a pending one.
     pub fn handle_kvset(&mut self, msg: KvMsg, now: Instant) -> Vec<StoreAction> {
         if let Some(u) = msg.uuid() {
-            self.awaited.remove(u);
+            self.awaited.arrived(msg.key(), u);
         }
         if msg.uuid().is_some_and(|u| self.recent.contains(u)) {
             self.stats.duplicates += 1;
@@ -640,10 +640,12 @@ impl Store {
             }
             return Vec::new();
         }
-        let written_by = self.map.get(msg.key()).and_then(|e| e.uuid);
-        if written_by.is_some_and(|w| self.awaited.contains(&w, now)) {
-            // The key's value is a write from the active whose own client
-            // copy has not arrived: this copy, of another write, is older.
+        if msg
+            .uuid()
+            .is_some_and(|u| self.awaited.is_older(msg.key(), u, now))
+        {
+            // The active republished a later write of this key whose own
+            // client copy has not arrived: this copy is of an older one.
             self.stats.superseded += 1;
             debug!(key = ?msg.key(), "late client copy of an older write dropped");
             return Vec::new();
@@ -1070,7 +1072,7 @@ impl Store {
                 place
             }
             None => {
-                self.awaited.insert(*u, now);
+                self.awaited.insert(msg.key(), *u, now);
                 u64::MAX
             }
         };
