@@ -42,6 +42,10 @@
 //!   update the active applied after the republished one is lost if the
 //!   active dies before republishing it. A snapshot has the same window for
 //!   updates the active applies while it is being fetched);
+//! - a client copy arriving late, after the active republished a later
+//!   write of the same key whose own client copy has not arrived yet, is of
+//!   an older write and is dropped (within
+//!   [`StoreConfig::reorder_window`]), in either role;
 //! - a message without a UUID never matches a pending one;
 //! - the snapshot is fetched without blocking (the driver reports success
 //!   or failure; the store retries after [`StoreConfig::snapshot_retry`]);
@@ -57,6 +61,12 @@
 //! Both roles remember the UUIDs of the last [`StoreConfig::recent_uuids`]
 //! updates applied and drop a KVSET carrying one of them (`duplicates`): a
 //! client re-sending an update after a failover has it applied exactly once.
+//!
+//! The epoch: a store presents its epoch ([`StoreConfig::epoch`], then the
+//! one [`Store::promote`] gives) as the [`EPOCH`] property of its KVPUB,
+//! HUGZ and KTHXBAI when above 0, never stores it, and replaces any a
+//! client sent. A passive store refuses peer messages presenting an epoch
+//! lower than the highest it has seen ([`Store::observed_epoch`]).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
