@@ -18,8 +18,9 @@
 //! Acknowledgements and re-sending (for a Clone server pair, Guide ch. 5
 //! `clonesrv6`, extended): every KVSET the client publishes for a key in
 //! its subtree stays *in flight* until its UUID comes back from the server
-//! on a KVPUB or a KVSYNC; that is the acknowledgement
-//! ([`Agent::poll_ack`]). A KVSET for a key outside the subtree never comes
+//! on a KVPUB or a KVSYNC (a delete, which leaves no entry, is also
+//! acknowledged by a snapshot without its key); that is the
+//! acknowledgement ([`Agent::poll_ack`]). A KVSET for a key outside the subtree never comes
 //! back (the client is not subscribed to it), so it is not tracked
 //! (`untracked`). After every completed sync the agent re-sends, with the
 //! same UUID, every update still in flight (of several for one key, only
@@ -229,7 +230,8 @@ pub struct AgentStats {
     /// Messages dropped unread for exceeding the client's
     /// `max_message_size`.
     pub oversized: u64,
-    /// Updates acknowledged: their UUID came back on a KVPUB or KVSYNC.
+    /// Updates acknowledged: their UUID came back on a KVPUB or KVSYNC (a
+    /// delete: or a snapshot lacked its key).
     pub acked: u64,
     /// In-flight updates re-sent after a sync.
     pub resent: u64,
@@ -504,7 +506,16 @@ impl Agent {
                 epoch,
                 ..
             } => {
-                let acks = std::mem::take(acks);
+                let mut acks: Vec<Uuid> = std::mem::take(acks).into_iter().collect();
+                // A delete leaves nothing to carry its UUID: a key absent
+                // from the snapshot acknowledges the deletes of it.
+                acks.extend(
+                    self.in_flight
+                        .deletes()
+                        .into_iter()
+                        .filter(|(_, key)| !fresh.contains_key(key))
+                        .map(|(uuid, _)| uuid),
+                );
                 if !self.accept_epoch(epoch, now) {
                     return;
                 }

@@ -98,6 +98,15 @@ impl InFlight {
         })
     }
 
+    /// The UUIDs and keys of the in-flight deletes.
+    pub(crate) fn deletes(&self) -> Vec<(Uuid, Bytes)> {
+        self.fifo
+            .values()
+            .filter(|(m, _)| m.is_delete())
+            .filter_map(|(m, _)| Some((*m.uuid()?, m.key().clone())))
+            .collect()
+    }
+
     /// For re-sending: drops every in-flight update that a later one of the
     /// same key follows (re-sent, the older one could land after the newer
     /// one's first copy and undo it), and returns copies of the rest, oldest

@@ -9,9 +9,9 @@
 //!   promotion only updates the active never applied are applied;
 //! - [`RecentUuids`]: the UUIDs of the most recently applied updates, so
 //!   that a client's re-sent update is applied exactly once;
-//! - [`Awaited`]: the UUIDs of client writes the passive applied from the
-//!   active before their own client copy arrived, so that a late client
-//!   copy of an *older* write of the same key is recognised.
+//! - [`Awaited`]: per key, the last client write the passive applied from
+//!   the active before its own client copy arrived, so that a late client
+//!   copy of an *older* write of that key is recognised.
 //!
 //! No networking, no clock: arrival times are passed in.
 
@@ -177,7 +177,7 @@ impl PendingList {
 /// UUIDs).
 #[derive(Debug, Default)]
 pub(crate) struct RecentUuids {
-    set: HashSet<Uuid>,
+    pub(crate) set: HashSet<Uuid>,
     order: VecDeque<Uuid>,
     capacity: usize,
 }
@@ -216,19 +216,20 @@ impl RecentUuids {
     }
 }
 
-/// Client writes applied from the active whose own client copy has not
-/// arrived yet: at most `capacity`, each for at most `window`.
+/// Per key, the last client write applied from the active whose own
+/// client copy has not arrived yet: at most `capacity` keys, each for at
+/// most `window`.
 #[derive(Debug, Default)]
 pub(crate) struct Awaited {
-    by_uuid: HashMap<Uuid, (u64, Instant)>,
-    fifo: BTreeMap<u64, Uuid>,
+    by_key: HashMap<Bytes, (Uuid, u64, Instant)>,
+    fifo: BTreeMap<u64, Bytes>,
     next: u64,
     capacity: usize,
     window: Duration,
 }
 
 impl Awaited {
-    /// At most `capacity` UUIDs, each awaited for `window`.
+    /// At most `capacity` keys, each awaited for `window`.
     pub(crate) fn new(capacity: usize, window: Duration) -> Self {
         Self {
             capacity,
@@ -237,45 +238,54 @@ impl Awaited {
         }
     }
 
-    /// Awaits `uuid`'s client copy from `now` on (dropping expired and,
-    /// beyond the capacity, the oldest).
-    pub(crate) fn insert(&mut self, uuid: Uuid, now: Instant) {
-        self.remove(&uuid);
-        while let Some((&tick, u)) = self.fifo.first_key_value() {
+    /// `uuid`, a write of `key`, was applied from the active at `now`
+    /// before its client copy arrived (dropping expired keys and, beyond
+    /// the capacity, the oldest).
+    pub(crate) fn insert(&mut self, key: &Bytes, uuid: Uuid, now: Instant) {
+        if let Some((_, tick, _)) = self.by_key.remove(key) {
+            self.fifo.remove(&tick);
+        }
+        while let Some((&tick, k)) = self.fifo.first_key_value() {
             let expired = self
-                .by_uuid
-                .get(u)
-                .is_none_or(|(_, at)| now.saturating_duration_since(*at) >= self.window);
+                .by_key
+                .get(k)
+                .is_none_or(|(_, _, at)| now.saturating_duration_since(*at) >= self.window);
             if !expired && self.fifo.len() < self.capacity {
                 break;
             }
-            let u = *u;
+            let k = k.clone();
             self.fifo.remove(&tick);
-            self.by_uuid.remove(&u);
+            self.by_key.remove(&k);
         }
         if self.capacity == 0 {
             return;
         }
-        self.by_uuid.insert(uuid, (self.next, now));
-        self.fifo.insert(self.next, uuid);
+        self.by_key.insert(key.clone(), (uuid, self.next, now));
+        self.fifo.insert(self.next, key.clone());
         self.next += 1;
     }
 
-    /// `true` if `uuid`'s client copy is still awaited at `now`.
-    pub(crate) fn contains(&self, uuid: &Uuid, now: Instant) -> bool {
-        self.by_uuid
-            .get(uuid)
-            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < self.window)
+    /// `true` if a client copy of `key` carrying `uuid` is older than the
+    /// write still awaited for `key` at `now` (one client's updates reach
+    /// both servers in order, so copies before the awaited one's are of
+    /// earlier writes).
+    pub(crate) fn is_older(&self, key: &[u8], uuid: &Uuid, now: Instant) -> bool {
+        self.by_key
+            .get(key)
+            .is_some_and(|(w, _, at)| w != uuid && now.saturating_duration_since(*at) < self.window)
     }
 
-    /// The client copy of `uuid` arrived.
-    pub(crate) fn remove(&mut self, uuid: &Uuid) {
-        if let Some((tick, _)) = self.by_uuid.remove(uuid) {
-            self.fifo.remove(&tick);
+    /// A client copy of `key` carrying `uuid` arrived: if it is the awaited
+    /// one, the key is no longer awaited.
+    pub(crate) fn arrived(&mut self, key: &[u8], uuid: &Uuid) {
+        if self.by_key.get(key).is_some_and(|(w, _, _)| w == uuid) {
+            if let Some((_, tick, _)) = self.by_key.remove(key) {
+                self.fifo.remove(&tick);
+            }
         }
     }
 
-    /// UUIDs held (expired ones included until pruned).
+    /// Keys held (expired ones included until pruned).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.fifo.len()
@@ -325,18 +335,27 @@ mod tests {
     }
 
     #[test]
-    fn awaited_uuids_are_bounded_in_number_and_time() {
+    fn awaited_keys_are_bounded_in_number_and_time() {
         let t = Instant::now();
+        let k = |n: u8| Bytes::from(vec![b'k', n]);
         let mut a = Awaited::new(2, Duration::from_secs(5));
-        a.insert([1; 16], t);
-        a.insert([2; 16], t);
-        a.insert([3; 16], t);
+        a.insert(&k(1), [1; 16], t);
+        a.insert(&k(2), [2; 16], t);
+        a.insert(&k(2), [3; 16], t);
+        assert!(a.is_older(&k(2), &[2; 16], t), "an earlier write of k2");
+        assert!(!a.is_older(&k(2), &[3; 16], t), "the awaited one itself");
+        a.insert(&k(3), [4; 16], t);
         assert_eq!(a.len(), 2);
-        assert!(!a.contains(&[1; 16], t) && a.contains(&[2; 16], t));
-        a.remove(&[2; 16]);
-        assert!(!a.contains(&[2; 16], t));
-        assert!(!a.contains(&[3; 16], t + Duration::from_secs(5)), "expired");
-        a.insert([4; 16], t + Duration::from_secs(5));
+        assert!(!a.is_older(&k(1), &[9; 16], t), "k1 evicted");
+        a.arrived(&k(2), &[2; 16]);
+        assert!(a.is_older(&k(2), &[9; 16], t), "not the awaited copy");
+        a.arrived(&k(2), &[3; 16]);
+        assert!(!a.is_older(&k(2), &[9; 16], t));
+        assert!(
+            !a.is_older(&k(3), &[9; 16], t + Duration::from_secs(5)),
+            "expired"
+        );
+        a.insert(&k(4), [5; 16], t + Duration::from_secs(5));
         assert_eq!(a.len(), 1, "expired ones pruned");
     }
 

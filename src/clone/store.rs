@@ -42,6 +42,10 @@
 //!   update the active applied after the republished one is lost if the
 //!   active dies before republishing it. A snapshot has the same window for
 //!   updates the active applies while it is being fetched);
+//! - a client copy arriving late, after the active republished a later
+//!   write of the same key whose own client copy has not arrived yet, is of
+//!   an older write and is dropped (within
+//!   [`StoreConfig::reorder_window`]), in either role;
 //! - a message without a UUID never matches a pending one;
 //! - the snapshot is fetched without blocking (the driver reports success
 //!   or failure; the store retries after [`StoreConfig::snapshot_retry`]);
@@ -57,6 +61,12 @@
 //! Both roles remember the UUIDs of the last [`StoreConfig::recent_uuids`]
 //! updates applied and drop a KVSET carrying one of them (`duplicates`): a
 //! client re-sending an update after a failover has it applied exactly once.
+//!
+//! The epoch: a store presents its epoch ([`StoreConfig::epoch`], then the
+//! one [`Store::promote`] gives) as the [`EPOCH`] property of its KVPUB,
+//! HUGZ and KTHXBAI when above 0, never stores it, and replaces any a
+//! client sent. A passive store refuses peer messages presenting an epoch
+//! lower than the highest it has seen ([`Store::observed_epoch`]).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -639,7 +649,7 @@ impl Store {
     /// UUID is never de-duplicated and never matches a pending one.
     pub fn handle_kvset(&mut self, msg: KvMsg, now: Instant) -> Vec<StoreAction> {
         if let Some(u) = msg.uuid() {
-            self.awaited.remove(u);
+            self.awaited.arrived(msg.key(), u);
         }
         if msg.uuid().is_some_and(|u| self.recent.contains(u)) {
             self.stats.duplicates += 1;
@@ -648,10 +658,12 @@ impl Store {
             }
             return Vec::new();
         }
-        let written_by = self.map.get(msg.key()).and_then(|e| e.uuid);
-        if written_by.is_some_and(|w| self.awaited.contains(&w, now)) {
-            // The key's value is a write from the active whose own client
-            // copy has not arrived: this copy, of another write, is older.
+        if msg
+            .uuid()
+            .is_some_and(|u| self.awaited.is_older(msg.key(), u, now))
+        {
+            // The active republished a later write of this key whose own
+            // client copy has not arrived: this copy is of an older one.
             self.stats.superseded += 1;
             debug!(key = ?msg.key(), "late client copy of an older write dropped");
             return Vec::new();
@@ -1078,7 +1090,7 @@ impl Store {
                 place
             }
             None => {
-                self.awaited.insert(*u, now);
+                self.awaited.insert(msg.key(), *u, now);
                 u64::MAX
             }
         };
