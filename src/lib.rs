@@ -83,7 +83,8 @@
 //! - [`zmtp`]: this crate's own ZMTP 3.0 XPUB and XSUB servers, the proxies'
 //!   backend and frontend, with per-subscriber queues and limits (the
 //!   `zeromq` crate's XPUB blocks on one slow subscriber, and its sockets
-//!   have no message size limit).
+//!   have no message size limit); its XSUB, also answering PUSH peers as a
+//!   PULL, is the Clone server's collector.
 //! - [`pubsub`]: the XSUB/XPUB proxy (slow-subscriber policy, counters,
 //!   limits, hooks) that Espresso and the Last Value Cache build on.
 //! - [`espresso`]: the tracing proxy (Guide ch. 5, "Pub-Sub Tracing",
@@ -100,7 +101,7 @@
 //!   pair with client votes: the pure state machine with a persisted,
 //!   fencing epoch, the state link, and a handle for any request-reply
 //!   service.
-//! - [`clone`]: the Clone pattern (Guide ch. 5, models 1-6: the CHP
+//! - [`clone`]: the Clone pattern (Guide ch. 5, models 5 and 6: the CHP
 //!   key-value server, alone or as a Binary Star pair with a pending list,
 //!   and the client agent with acknowledgements and failover).
 //! - [`durable`]: the write-ahead log trait for a consensus core's state
