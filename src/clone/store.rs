@@ -572,7 +572,7 @@ impl Store {
         (self.active_snapshots, self.queued.len())
     }
 
-    /// A message the collector SUB received: dropped if larger than
+    /// A message the collector received: dropped if larger than
     /// `max_kvset_size` or not a valid KVSET (counted, logged at most once
     /// a second), else [`handle_kvset`](Self::handle_kvset).
     pub fn handle_collector(&mut self, frames: &[Bytes], now: Instant) -> Vec<StoreAction> {
