@@ -938,3 +938,53 @@ async fn this_backup_pairs_with_a_libzmq_guide_primary_and_takes_over() {
     eventually(secs(10), "our new active sequences writes", || backup.stats().keys == 4).await;
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_for_the_backup_during_a_cut_makes_two_actives_until_the_heal_stops_both() {
+    trace_init();
+    let token = CancellationToken::new();
+    let pair = settled_pair(&token).await;
+    let epoch = pair.stats(0).pair.unwrap().epoch;
+    pair.peer[0].cut();
+    pair.peer[1].cut();
+    // A client that can only reach the backup votes for it.
+    let c = CloneClient::start(client_config(), &token).await.unwrap();
+    c.connect(pair.front[1].addr()).await.unwrap();
+    pair.wait_state(1, BstarState::Active).await;
+    within(secs(15), "the backup's client synced", c.wait_active()).await.unwrap();
+    assert_eq!(pair.actives(), 2, "two islands, two actives");
+    let backup_epoch = pair.stats(1).pair.unwrap().epoch;
+    assert!(backup_epoch > epoch, "the promotion took a newer epoch");
+    // Healing the link: whichever server first hears the other's "3"
+    // stops (the Guide's fatal dual-active rule), or the older one stops on
+    // seeing the newer epoch; the survivor, if any, is the only active.
+    // Which one that is depends on which link reconnects first: the
+    // operator restarts the stopped one (it rejoins as passive).
+    pair.peer[0].heal();
+    pair.peer[1].heal();
+    let (i, server) = within(secs(20), "a server stops", async {
+        loop {
+            {
+                let mut guard = pair.servers.lock().unwrap();
+                for (i, slot) in guard.iter_mut().enumerate() {
+                    let ended = slot
+                        .as_mut()
+                        .is_some_and(|s| futures::FutureExt::now_or_never(s.stopped()).is_some());
+                    if ended {
+                        return (i, slot.take().unwrap());
+                    }
+                }
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    match server.shutdown().await {
+        Err(zpatterns::clone::CloneError::Fatal(cause)) => eprintln!("server {i} stopped: {cause:?}"),
+        other => panic!("server {i} should stop on a fatal error, got {other:?}"),
+    }
+    // Observe a while: the other one never makes two actives again.
+    let (most, ()) = max_actives(&pair, tokio::time::sleep(10 * HEARTBEAT)).await;
+    assert!(most <= 1, "two actives after the heal");
+    token.cancel();
+}

@@ -37,7 +37,7 @@ use zeromq::{DealerSocket, PubSocket, RouterSocket, SubSocket};
 use super::error::CloneError;
 use super::kvmsg::KvMsg;
 use super::link::ServerAddr;
-use super::proto::{Icanhaz, SnapshotReply};
+use super::proto::{Icanhaz, SnapshotReply, Update};
 use super::server::{
     bind, now, received, with_collector, CloneServer, CloneServerConfig, CloneServerEndpoints,
     CloneServerStats, Finished, SnapshotStreams,
@@ -210,7 +210,8 @@ impl CloneServer {
         };
         let clock = now();
         let fsm = Fsm::new(config.side, config.fsm.clone(), epoch, clock);
-        let store = Store::new_passive(config.server.store.clone(), clock);
+        // The store refuses peers older than the persisted epoch too.
+        let store = Store::new_passive(config.server.store.clone().epoch(epoch), clock);
         let mut router = RouterSocket::new();
         let mut publisher = PubSocket::new();
         let snapshot = bind(&config.server.snapshot, &mut router).await?;
@@ -331,6 +332,7 @@ impl Pair {
         spawn_peer_subscriber(self.config.peer.updates().to_owned(), peer_tx, token.clone());
         let (fetch_tx, mut fetch_rx) = mpsc::channel::<Fetched>(1);
         let mut fetching = false;
+        let mut published: u64 = 0;
         let mut result = Ok(());
         loop {
             let deadline = Instant::from_std(self.store.poll_timeout().min(self.fsm.poll_timeout()));
@@ -361,11 +363,14 @@ impl Pair {
                 }
                 Some(frames) = peer_rx.recv() => {
                     self.pair_io.peer_messages += 1;
+                    // The epoch the peer presents, in every role: a newer
+                    // one fences this server if it is active.
+                    let epoch = Update::decode(&frames).ok().and_then(|u| u.epoch());
+                    if let Some(epoch) = epoch.filter(|e| *e > self.fsm.epoch()) {
+                        bstar = self.fsm.observe_epoch(epoch, now());
+                    }
                     if self.store.role() == super::store::Role::Passive {
                         actions = self.store.handle_peer_update(&frames, now());
-                    }
-                    if let Some(epoch) = self.store.observed_epoch() {
-                        bstar = self.fsm.observe_epoch(epoch, now());
                     }
                 }
                 Some(fetched) = fetch_rx.recv() => {
@@ -415,6 +420,11 @@ impl Pair {
                     StoreAction::Publish(frames) => {
                         let msg = crate::frames::message(frames).expect("five frames");
                         publisher.send(msg).await?;
+                        published += 1;
+                        // The zeromq PUB's fan-out task must get to run.
+                        if published.is_multiple_of(256) {
+                            tokio::task::yield_now().await;
+                        }
                     }
                     StoreAction::StartSnapshot(cursor) => streams.spawn(cursor),
                     StoreAction::FetchSnapshot => {
