@@ -311,12 +311,13 @@ impl StoreConfig {
         self.snapshot_retry = pause;
         self
     }
-    /// How long after a passive store applied a client write from the
-    /// active it still expects that write's own client copy; a client copy
-    /// of another write of the same key arriving meanwhile is an older
-    /// write (one client's updates reach both servers in order) and is
-    /// dropped (`superseded`). At most `max_pending` writes are awaited.
-    /// Default 5 s.
+    /// How long a passive store remembers, per key, the latest client
+    /// write it learned from the active (its UUID and sequence) and whether
+    /// that write's own client copy has arrived. A client copy of another
+    /// write of the key arriving before it is an older write (one client's
+    /// updates reach both servers in order) and is dropped (`superseded`),
+    /// also after promotion. At most `max_pending` keys are remembered
+    /// (each about 100 bytes plus the key). Default 5 s.
     pub fn reorder_window(mut self, window: Duration) -> Self {
         self.reorder_window = window;
         self
