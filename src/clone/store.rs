@@ -643,6 +643,10 @@ impl Store {
     /// (`duplicates`) or is already pending; else appended to the pending
     /// list (oldest dropped beyond the pending bounds). An update without a
     /// UUID is never de-duplicated and never matches a pending one.
+    ///
+    /// Either role: a late copy of a write older than one of its key the
+    /// active republished is dropped (`superseded`, see
+    /// [`StoreConfig::reorder_window`]).
     pub fn handle_kvset(&mut self, msg: KvMsg, now: Instant) -> Vec<StoreAction> {
         if let Some(u) = msg.uuid() {
             self.awaited.arrived(msg.key(), u);
