@@ -644,3 +644,21 @@ fn of_several_unacknowledged_writes_of_a_key_only_the_newest_is_resent() {
         (2, 1, 2)
     );
 }
+
+#[test]
+fn a_snapshot_without_the_key_acknowledges_an_in_flight_delete() {
+    // A delete leaves no entry to carry its UUID; a server that already
+    // applied it drops the re-sent copy as a duplicate, so without this it
+    // would stay in flight (and be re-sent) forever.
+    let mut h = H::new("", 2);
+    h.opened();
+    h.sync(&[("k", "v", 1), ("j", "v", 2)], 2);
+    h.set("k", "", 1);
+    h.set("j", "", 2);
+    h.published_uuids();
+    h.advance(TTL5);
+    h.opened();
+    h.snap(vec![echo("j", "v", 2, None, None)], 3, None);
+    assert_eq!(h.acks(), [[1; 16]]);
+    assert_eq!(h.published_uuids(), [2], "j is still there: re-sent");
+}

@@ -216,16 +216,26 @@ impl RecentUuids {
     }
 }
 
-/// Per key, the last client write applied from the active whose own
-/// client copy has not arrived yet: at most `capacity` keys, each for at
-/// most `window`.
+/// Per key, the latest client write learned from the active (by its
+/// sequence), and whether its own client copy has arrived: at most
+/// `capacity` keys, each for at most `window`.
 #[derive(Debug, Default)]
 pub(crate) struct Awaited {
-    by_key: HashMap<Bytes, (Uuid, u64, Instant)>,
+    by_key: HashMap<Bytes, AwaitedWrite>,
     fifo: BTreeMap<u64, Bytes>,
     next: u64,
     capacity: usize,
     window: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AwaitedWrite {
+    uuid: Uuid,
+    seq: u64,
+    delete: bool,
+    arrived: bool,
+    place: u64,
+    since: Instant,
 }
 
 impl Awaited {
@@ -238,31 +248,54 @@ impl Awaited {
         }
     }
 
-    /// `uuid`, a write of `key`, was applied from the active at `now`
-    /// before its client copy arrived (dropping expired keys and, beyond
-    /// the capacity, the oldest).
-    pub(crate) fn insert(&mut self, key: &Bytes, uuid: Uuid, now: Instant) {
-        if let Some((_, tick, _)) = self.by_key.remove(key) {
-            self.fifo.remove(&tick);
+    /// `uuid`, the write of `key` the active sequenced `seq`, was learned
+    /// from the active at `now`; its client copy has `arrived` already or
+    /// not (ignored if a write of `key` at or after `seq` is known: then
+    /// returns `false`; dropping expired keys and, beyond the capacity, the
+    /// oldest).
+    pub(crate) fn insert(
+        &mut self,
+        key: &Bytes,
+        uuid: Uuid,
+        seq: u64,
+        (delete, arrived): (bool, bool),
+        now: Instant,
+    ) -> bool {
+        if let Some(known) = self.by_key.get(key) {
+            if known.seq >= seq {
+                return false;
+            }
+            let place = known.place;
+            self.by_key.remove(key);
+            self.fifo.remove(&place);
         }
-        while let Some((&tick, k)) = self.fifo.first_key_value() {
+        while let Some((&place, k)) = self.fifo.first_key_value() {
             let expired = self
                 .by_key
                 .get(k)
-                .is_none_or(|(_, _, at)| now.saturating_duration_since(*at) >= self.window);
+                .is_none_or(|w| now.saturating_duration_since(w.since) >= self.window);
             if !expired && self.fifo.len() < self.capacity {
                 break;
             }
             let k = k.clone();
-            self.fifo.remove(&tick);
+            self.fifo.remove(&place);
             self.by_key.remove(&k);
         }
         if self.capacity == 0 {
-            return;
+            return true;
         }
-        self.by_key.insert(key.clone(), (uuid, self.next, now));
+        let write = AwaitedWrite {
+            uuid,
+            seq,
+            delete,
+            arrived,
+            place: self.next,
+            since: now,
+        };
+        self.by_key.insert(key.clone(), write);
         self.fifo.insert(self.next, key.clone());
         self.next += 1;
+        true
     }
 
     /// `true` if a client copy of `key` carrying `uuid` is older than the
@@ -270,17 +303,29 @@ impl Awaited {
     /// both servers in order, so copies before the awaited one's are of
     /// earlier writes).
     pub(crate) fn is_older(&self, key: &[u8], uuid: &Uuid, now: Instant) -> bool {
-        self.by_key
-            .get(key)
-            .is_some_and(|(w, _, at)| w != uuid && now.saturating_duration_since(*at) < self.window)
+        self.by_key.get(key).is_some_and(|w| {
+            !w.arrived && w.uuid != *uuid && now.saturating_duration_since(w.since) < self.window
+        })
     }
 
     /// A client copy of `key` carrying `uuid` arrived: if it is the awaited
-    /// one, the key is no longer awaited.
+    /// one, the key is awaited no longer (its sequence stays known).
     pub(crate) fn arrived(&mut self, key: &[u8], uuid: &Uuid) {
-        if self.by_key.get(key).is_some_and(|(w, _, _)| w == uuid) {
-            if let Some((_, tick, _)) = self.by_key.remove(key) {
-                self.fifo.remove(&tick);
+        if let Some(w) = self.by_key.get_mut(key) {
+            if w.uuid == *uuid {
+                w.arrived = true;
+            }
+        }
+    }
+
+    /// A snapshot at `seq` lacks the keys for which `present` is `false`:
+    /// a set awaited for such a key at or below `seq` was deleted by a
+    /// later write (not known here), so it is awaited no longer (an awaited
+    /// delete stays).
+    pub(crate) fn forget_deleted(&mut self, seq: u64, present: impl Fn(&[u8]) -> bool) {
+        for (k, w) in &mut self.by_key {
+            if w.seq <= seq && !w.delete && !present(k) {
+                w.arrived = true;
             }
         }
     }
@@ -339,12 +384,16 @@ mod tests {
         let t = Instant::now();
         let k = |n: u8| Bytes::from(vec![b'k', n]);
         let mut a = Awaited::new(2, Duration::from_secs(5));
-        a.insert(&k(1), [1; 16], t);
-        a.insert(&k(2), [2; 16], t);
-        a.insert(&k(2), [3; 16], t);
+        a.insert(&k(1), [1; 16], 1, (false, false), t);
+        a.insert(&k(2), [2; 16], 2, (false, false), t);
+        a.insert(&k(2), [3; 16], 3, (false, false), t);
+        assert!(
+            !a.insert(&k(2), [8; 16], 1, (false, false), t),
+            "an older write"
+        );
         assert!(a.is_older(&k(2), &[2; 16], t), "an earlier write of k2");
         assert!(!a.is_older(&k(2), &[3; 16], t), "the awaited one itself");
-        a.insert(&k(3), [4; 16], t);
+        a.insert(&k(3), [4; 16], 4, (false, false), t);
         assert_eq!(a.len(), 2);
         assert!(!a.is_older(&k(1), &[9; 16], t), "k1 evicted");
         a.arrived(&k(2), &[2; 16]);
@@ -355,7 +404,13 @@ mod tests {
             !a.is_older(&k(3), &[9; 16], t + Duration::from_secs(5)),
             "expired"
         );
-        a.insert(&k(4), [5; 16], t + Duration::from_secs(5));
+        a.insert(
+            &k(4),
+            [5; 16],
+            5,
+            (false, false),
+            t + Duration::from_secs(5),
+        );
         assert_eq!(a.len(), 1, "expired ones pruned");
     }
 

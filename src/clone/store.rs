@@ -32,16 +32,20 @@
 //! - a client write republished by the active supersedes (removes) the
 //!   pending updates of its key that reached the passive before that
 //!   write's own client copy did (older writes: one client's updates reach
-//!   both servers in order), and a snapshot from the active supersedes
-//!   every pending update queued before it, so an older value never
-//!   overwrites a newer one and nothing deleted is resurrected. A pending
+//!   both servers in order; a snapshot's entries count as such writes), so
+//!   an older value never overwrites a newer one. A pending
 //!   update that arrived after the republished write's client copy stays:
 //!   the active may have applied (and acknowledged) it just before dying.
 //!   (The Guide assumes two clients never write the same key at the same
 //!   time; if they do, the passive cannot tell their order, and a pending
 //!   update the active applied after the republished one is lost if the
-//!   active dies before republishing it. A snapshot has the same window for
-//!   updates the active applies while it is being fetched);
+//!   active dies before republishing it);
+//! - a pending update of a key the snapshot lacks stays (the active has
+//!   not applied it yet, or deleted the key later: then the delete's own
+//!   client copy is pending after it), and its ttl counts from its arrival,
+//!   so one the active applied and expired meanwhile has expired here too:
+//!   nothing deleted is resurrected (an ephemeral value at most for the
+//!   difference in arrival times);
 //! - a client copy arriving late, after the active republished a later
 //!   write of the same key whose own client copy has not arrived yet, is of
 //!   an older write and is dropped (within
@@ -315,12 +319,13 @@ impl StoreConfig {
         self.snapshot_retry = pause;
         self
     }
-    /// How long after a passive store applied a client write from the
-    /// active it still expects that write's own client copy; a client copy
-    /// of another write of the same key arriving meanwhile is an older
-    /// write (one client's updates reach both servers in order) and is
-    /// dropped (`superseded`). At most `max_pending` writes are awaited.
-    /// Default 5 s.
+    /// How long a passive store remembers, per key, the latest client
+    /// write it learned from the active (its UUID and sequence) and whether
+    /// that write's own client copy has arrived. A client copy of another
+    /// write of the key arriving before it is an older write (one client's
+    /// updates reach both servers in order) and is dropped (`superseded`),
+    /// also after promotion. At most `max_pending` keys are remembered
+    /// (each about 100 bytes plus the key). Default 5 s.
     pub fn reorder_window(mut self, window: Duration) -> Self {
         self.reorder_window = window;
         self
@@ -377,10 +382,9 @@ pub struct StoreStats {
     /// Pending updates whose ttl had run out by promotion (not applied).
     pub pending_expired: u64,
     /// Client updates discarded as older than a client write of their key
-    /// the active republished: pending ones queued before that write's own
-    /// client copy, and late copies arriving within `reorder_window`
-    /// before it; and pending ones queued before a snapshot from the active.
-    /// Never applied.
+    /// the active republished (or sent in a snapshot): pending ones queued
+    /// before that write's own client copy, and late copies arriving within
+    /// `reorder_window` before it. Never applied.
     pub superseded: u64,
     /// Peer messages refused because their epoch was lower than the
     /// highest seen.
@@ -647,6 +651,10 @@ impl Store {
     /// (`duplicates`) or is already pending; else appended to the pending
     /// list (oldest dropped beyond the pending bounds). An update without a
     /// UUID is never de-duplicated and never matches a pending one.
+    ///
+    /// Either role: a late copy of a write older than one of its key the
+    /// active republished is dropped (`superseded`, see
+    /// [`StoreConfig::reorder_window`]).
     pub fn handle_kvset(&mut self, msg: KvMsg, now: Instant) -> Vec<StoreAction> {
         if let Some(u) = msg.uuid() {
             self.awaited.arrived(msg.key(), u);
@@ -827,9 +835,10 @@ impl Store {
     /// presented. Refused if it presents an epoch lower than the highest
     /// seen (`fenced`; asked again after `snapshot_retry`). Otherwise it
     /// replaces the map (each entry's remaining `ttl` becoming a deadline
-    /// from `now`), sets the sequence to `seq`, remembers the entries'
-    /// UUIDs, supersedes every pending update (all were queued before it),
-    /// then applies the buffered live updates newer than `seq`. Ignored
+    /// from `now`), sets the sequence to `seq`, treats each entry whose UUID
+    /// it did not know as a republished write (remembered, cancelling and
+    /// superseding pending updates as a KVPUB does), then applies the
+    /// buffered live updates newer than `seq`. Ignored
     /// unless a fetch was asked for and the store is still passive.
     pub fn handle_peer_snapshot(
         &mut self,
@@ -851,15 +860,17 @@ impl Store {
         self.bytes = 0;
         let keys = entries.len();
         for msg in entries {
-            if let Some(u) = msg.uuid() {
-                self.recent.insert(*u);
-            }
+            // Each entry is the last write of its key by the snapshot's
+            // time: news unless its UUID was already known.
+            self.note_peer_write(&msg, now);
             let deadline = msg.ttl().map(|ttl| now + ttl.min(self.config.max_ttl));
             let seq = msg.seq();
             self.store_peer(msg, seq, deadline, now);
         }
         self.sequence = seq;
-        self.stats.superseded += self.pending.clear() as u64;
+        let map = &self.map;
+        self.awaited
+            .forget_deleted(seq, |key| map.contains_key(key));
         self.synced = true;
         self.fetch = Fetch::Idle;
         self.stats.peer_snapshots += 1;
@@ -1083,17 +1094,19 @@ impl Store {
     /// write racing the pending ones.
     fn note_peer_write(&mut self, msg: &KvMsg, now: Instant) {
         let Some(u) = msg.uuid() else { return };
+        if self.recent.contains(u) {
+            return; // known already (from a snapshot, or a stale repeat)
+        }
         self.recent.insert(*u);
-        let before = match self.pending.cancel(u) {
-            Some(place) => {
-                self.stats.pending_cancelled += 1;
-                place
-            }
-            None => {
-                self.awaited.insert(msg.key(), *u, now);
-                u64::MAX
-            }
-        };
+        let cancelled = self.pending.cancel(u);
+        if cancelled.is_some() {
+            self.stats.pending_cancelled += 1;
+        }
+        let flags = (msg.is_delete(), cancelled.is_some());
+        if !self.awaited.insert(msg.key(), *u, msg.seq(), flags, now) {
+            return; // older than a write of the key already known
+        }
+        let before = cancelled.unwrap_or(u64::MAX);
         self.stats.superseded += self.pending.supersede_before(msg.key(), before) as u64;
     }
 

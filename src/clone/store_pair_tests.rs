@@ -355,28 +355,57 @@ fn a_gap_is_repaired_by_a_snapshot_that_replaces_the_map() {
     let mut old = kvset("/old", "1", Some(2));
     old.set_seq(2);
     let mut s = synced(quiet(), vec![keep.clone(), old], 2, t0);
-    // A client update for /old reaches the passive; the active applies it,
-    // then expires /old, but the passive misses both KVPUBs (3 and 4).
-    s.handle_kvset(kvset("/old", "2", Some(3)), t0);
-    let out = s.handle_peer_update(&kvpub(kvset("/new", "1", Some(4)), 5), t0);
+    // Client updates reach the passive: /eph with a 2 s ttl, and /new
+    // twice; the active applies them and expires /eph, but the passive
+    // misses those KVPUBs (3 to 6) and the one deleting /old.
+    s.handle_kvset(with_ttl(kvset("/eph", "x", Some(3)), 2), t0);
+    s.handle_kvset(kvset("/new", "1", Some(4)), t0);
+    s.handle_kvset(kvset("/new", "2", Some(5)), t0);
+    let t3 = t0 + secs(3);
+    let out = s.handle_peer_update(&kvpub(kvset("/live", "1", Some(6)), 8), t3);
     assert_eq!(fetches(&out), 1);
     assert_eq!(s.stats().peer_gaps, 1);
-    s.handle_peer_update(&kvpub(kvset("/new", "2", Some(5)), 6), t0);
+    s.handle_peer_update(&kvpub(kvset("/live", "2", Some(7)), 9), t3);
     assert_eq!(
         value(&s, "/old").as_deref(),
         Some("1"),
         "readable meanwhile"
     );
-    let mut new = kvset("/new", "1", Some(4));
+    let mut new = kvset("/new", "2", Some(5));
     new.set_seq(5);
-    s.handle_peer_snapshot(vec![keep, new], 5, None, t0);
+    let mut live = kvset("/live", "1", Some(6));
+    live.set_seq(8);
+    s.handle_peer_snapshot(vec![keep, new, live], 8, None, t3);
     assert_eq!(value(&s, "/old"), None, "replaced, not merged");
-    assert_eq!(value(&s, "/new").as_deref(), Some("2"));
-    assert_eq!((s.sequence(), s.len()), (6, 2));
-    // The pending /old predates the snapshot: never resurrected.
-    assert!(published(&s.promote(1, t0)).is_empty());
-    assert_eq!(value(&s, "/old"), None);
-    assert_eq!(s.stats().superseded, 1);
+    assert_eq!(value(&s, "/live").as_deref(), Some("2"), "buffered, newer");
+    assert_eq!((s.sequence(), s.len()), (9, 3));
+    // The snapshot acknowledged /new=2 and superseded the older /new=1;
+    // the pending /eph ran out where it ran out on the active.
+    assert_eq!(s.pending_load().0, 1);
+    assert!(published(&s.promote(1, t3)).is_empty());
+    assert_eq!(
+        (value(&s, "/eph"), value(&s, "/new").as_deref()),
+        (None, Some("2"))
+    );
+    let st = s.stats();
+    assert_eq!(
+        (st.superseded, st.pending_cancelled, st.pending_expired),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn a_pending_update_of_a_key_the_snapshot_lacks_is_kept() {
+    // Not applied by the active when its snapshot was taken: the active
+    // may apply (and acknowledge) it right after, and die.
+    let t0 = Instant::now();
+    let mut s = synced(quiet(), Vec::new(), 0, t0);
+    s.handle_kvset(kvset("/k", "v", Some(1)), t0);
+    s.handle_peer_update(&hugz(3, None), t0);
+    s.handle_peer_snapshot(Vec::new(), 3, None, t0);
+    let out = published(&s.promote(1, t0));
+    assert_eq!(out.len(), 1);
+    assert_eq!(value(&s, "/k").as_deref(), Some("v"));
 }
 
 #[test]
@@ -637,6 +666,8 @@ mod simulation {
         LostToActive(usize),
         ToPassive(usize),
         Peer,
+        LostPeer,
+        Hugz,
         Ack(usize),
     }
 
@@ -648,6 +679,8 @@ mod simulation {
             1 => (0..3usize).prop_map(Op::LostToActive),
             3 => (0..3usize).prop_map(Op::ToPassive),
             3 => Just(Op::Peer),
+            1 => Just(Op::LostPeer),
+            1 => Just(Op::Hugz),
             3 => (0..3usize).prop_map(Op::Ack),
         ]
     }
@@ -693,6 +726,34 @@ mod simulation {
                 }
             }
         }
+    }
+
+    /// The passive's peer input; a snapshot it asks for is fetched at once
+    /// from the active if alive, else fails.
+    fn to_peer(passive: &mut Store, active: Option<&Store>, f: &[Bytes], now: Instant) {
+        let out = passive.handle_peer_update(f, now);
+        assert!(out.iter().all(|a| matches!(a, StoreAction::FetchSnapshot)));
+        if out.is_empty() {
+            return;
+        }
+        let Some(active) = active else {
+            passive.handle_peer_snapshot_failed(now);
+            return;
+        };
+        let mut c = SnapshotCursor::new(
+            Bytes::new(),
+            Bytes::new(),
+            active.map(),
+            active.sequence(),
+            now,
+        );
+        let mut frames = Vec::new();
+        while !c.next_chunk(now, 100, &mut frames) {}
+        frames.pop();
+        let entries = frames.iter().map(|f| KvMsg::decode(f).unwrap()).collect();
+        let out =
+            passive.handle_peer_snapshot(entries, active.sequence(), Some(active.epoch()), now);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     fn run(ops: Vec<Op>, delivered_percent: usize) -> Result<(), TestCaseError> {
@@ -772,9 +833,13 @@ mod simulation {
                 }
                 Op::Peer => {
                     if let Some(f) = stream.pop_front() {
-                        prop_assert!(passive.handle_peer_update(&f, t0).is_empty());
+                        to_peer(&mut passive, Some(&active), &f, t0);
                     }
                 }
+                Op::LostPeer => {
+                    stream.pop_front();
+                }
+                Op::Hugz => stream.push_back(Update::encode_hugz(active.sequence(), None, Some(1))),
                 Op::Ack(i) => {
                     let c = &mut clients[i];
                     if let Some(m) = c.inbox.pop_front() {
@@ -789,8 +854,10 @@ mod simulation {
         let keep = stream.len() * delivered_percent / 100;
         let mut peer_uuids = HashSet::new();
         for f in stream.drain(..).take(keep) {
-            peer_uuids.extend(KvMsg::decode(&f).unwrap().uuid().copied());
-            prop_assert!(passive.handle_peer_update(&f, t0).is_empty());
+            if f[0] != "HUGZ" {
+                peer_uuids.extend(KvMsg::decode(&f).unwrap().uuid().copied());
+            }
+            to_peer(&mut passive, None, &f, t0);
         }
         peer_uuids.extend(passive.recent.set.iter().copied());
         for c in &mut clients {
@@ -807,11 +874,6 @@ mod simulation {
                 fan_out(&mut clients, out, &mut log);
             }
         }
-        eprintln!(
-            "after late copies: {:?} {:?}",
-            passive.map(),
-            passive.stats()
-        );
         for c in &mut clients {
             c.inbox.clear(); // covered by the snapshots below
         }
