@@ -369,7 +369,9 @@ impl Pair {
                     if let Some(epoch) = epoch.filter(|e| *e > self.fsm.epoch()) {
                         bstar = self.fsm.observe_epoch(epoch, now());
                     }
-                    if self.store.role() == super::store::Role::Passive {
+                    // Followed only while Binary Star says the peer is the
+                    // active (an undecided or passive peer serves no snapshot).
+                    if self.fsm.state() == BstarState::Passive {
                         actions = self.store.handle_peer_update(&frames, now());
                     }
                 }
