@@ -110,7 +110,10 @@ async fn failovers(args: &Args, timers: Timers) -> anyhow::Result<()> {
     println!(
         "  {sent} updates sent, acknowledged lost {lost}, re-sent {resent} ({dups} dropped as duplicates), clients diverged {diverged}"
     );
-    anyhow::ensure!(lost == 0 && diverged == 0, "acknowledged updates lost or clients diverged");
+    anyhow::ensure!(
+        lost == 0 && diverged == 0,
+        "acknowledged updates lost or clients diverged"
+    );
     Ok(())
 }
 
@@ -157,7 +160,9 @@ async fn throughput(updates: u64, timers: Timers) -> anyhow::Result<()> {
     .await?;
     let client = CloneClient::start(config.clone(), &token).await?;
     client.subtree("/perf/").await?;
-    client.connect(ServerAddr::from_endpoints(server.endpoints())?).await?;
+    client
+        .connect(ServerAddr::from_endpoints(server.endpoints())?)
+        .await?;
     client.wait_active().await?;
     let single = timed_writes(&client, updates).await?;
     client.shutdown().await?;
@@ -173,7 +178,10 @@ async fn throughput(updates: u64, timers: Timers) -> anyhow::Result<()> {
     let paired = timed_writes(&client, updates).await?;
     let backup = &pair.backup;
     wait(Duration::from_secs(30), || async {
-        Ok(backup.stats().store.pending_cancelled + backup.stats().store.pending_dropped >= updates)
+        Ok(
+            backup.stats().store.pending_cancelled + backup.stats().store.pending_dropped
+                >= updates,
+        )
     })
     .await
     .ok();

@@ -56,6 +56,15 @@ struct Args {
     /// Interface to bind, `*` for all.
     #[arg(long, default_value = "*")]
     host: String,
+    /// The snapshot ROUTER's endpoint, overriding `P` (e.g. @tcp://127.0.0.1:0).
+    #[arg(long, value_parser = bind_by_default)]
+    snapshot: Option<EndpointSpec>,
+    /// The update PUB's endpoint, overriding `P+1`.
+    #[arg(long, value_parser = bind_by_default)]
+    updates: Option<EndpointSpec>,
+    /// The collector's endpoint, overriding `P+2`.
+    #[arg(long, value_parser = bind_by_default)]
+    collector: Option<EndpointSpec>,
     /// Pair: where this server publishes its Binary Star state (default
     /// @tcp://*:5003, or 5004 for -b).
     #[arg(long, value_parser = bind_by_default)]
@@ -68,6 +77,12 @@ struct Args {
     /// tcp://localhost:5566, or 5556 for -b).
     #[arg(long)]
     peer: Option<ServerAddr>,
+    /// Pair: the peer's snapshot endpoint, overriding the one `--peer` implies.
+    #[arg(long, value_parser = connect_by_default)]
+    peer_snapshot: Option<EndpointSpec>,
+    /// Pair: the peer's update endpoint, overriding the one `--peer` implies.
+    #[arg(long, value_parser = connect_by_default)]
+    peer_updates: Option<EndpointSpec>,
     /// Pair: file holding the epoch across restarts (created if missing).
     #[arg(long)]
     epoch_file: Option<PathBuf>,
@@ -86,6 +101,8 @@ fn main() -> anyhow::Result<()> {
     let pair_flags = args.state_local.is_some()
         || args.state_remote.is_some()
         || args.peer.is_some()
+        || args.peer_snapshot.is_some()
+        || args.peer_updates.is_some()
         || args.epoch_file.is_some();
     let side = match (args.primary, args.backup) {
         (true, false) => Some(Side::Primary),
@@ -111,8 +128,23 @@ async fn run(args: Args, side: Option<Side>) -> anyhow::Result<()> {
         Some(Side::Backup) => 5566,
         _ => 5556,
     });
-    let server_config = CloneServerConfig::on_port(&args.host, port)?
-        .store(StoreConfig::new().hugz_interval(hugz));
+    let derived = CloneServerConfig::on_port(&args.host, port)?;
+    let (snapshot, updates, collector) = (
+        args.snapshot.clone(),
+        args.updates.clone(),
+        args.collector.clone(),
+    );
+    let server_config = match (snapshot, updates, collector) {
+        (None, None, None) => derived,
+        (s, u, c) => {
+            let at = |ep: Option<EndpointSpec>, p: u16| match ep {
+                Some(ep) => Ok(ep),
+                None => EndpointSpec::bind(&format!("tcp://{}:{p}", args.host)),
+            };
+            CloneServerConfig::new(at(s, port)?, at(u, port + 1)?, at(c, port + 2)?)
+        }
+    }
+    .store(StoreConfig::new().hugz_interval(hugz));
     let server = match side {
         None => CloneServer::start(server_config, &token).await?,
         Some(side) => {
@@ -128,6 +160,17 @@ async fn run(args: Args, side: Option<Side>) -> anyhow::Result<()> {
             if let Some(peer) = args.peer {
                 config = config.peer(peer);
             }
+            if args.peer_snapshot.is_some() || args.peer_updates.is_some() {
+                let peer = config.peer_addr().clone();
+                let or = |ep: Option<EndpointSpec>, d: &str| {
+                    ep.map_or_else(|| d.to_owned(), |e| e.endpoint().to_owned())
+                };
+                config = config.peer(ServerAddr::new(
+                    &or(args.peer_snapshot, peer.snapshot()),
+                    &or(args.peer_updates, peer.updates()),
+                    peer.collector(),
+                )?);
+            }
             if let Some(path) = args.epoch_file {
                 config = config.epoch_file(path);
             }
@@ -139,6 +182,9 @@ async fn run(args: Args, side: Option<Side>) -> anyhow::Result<()> {
         "I: clone server on {} / {} / {}",
         ep.snapshot, ep.publisher, ep.collector
     );
+    if let Some(state) = &ep.state {
+        println!("I: Binary Star state on {state}");
+    }
     let mut server = server;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,

@@ -23,7 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use zpatterns::bstar::{BstarState, FsmConfig, Side};
 use zpatterns::clone::{
-    AgentConfig, ClonePairConfig, CloneClient, CloneClientConfig, CloneServer, CloneServerConfig,
+    AgentConfig, CloneClient, CloneClientConfig, ClonePairConfig, CloneServer, CloneServerConfig,
     Phase, ServerAddr, StoreConfig,
 };
 use zpatterns::endpoint::EndpointSpec;
@@ -60,7 +60,8 @@ impl Front {
 
     fn point_at(&self, server: &CloneServer) {
         let ep = server.endpoints();
-        self.state.set_target(ep.state.as_deref().expect("a pair server"));
+        self.state
+            .set_target(ep.state.as_deref().expect("a pair server"));
         self.snapshot.set_target(&ep.snapshot);
         self.updates.set_target(&ep.publisher);
         self.collector.set_target(&ep.collector);
@@ -86,7 +87,8 @@ impl PeerLink {
 
     fn point_at(&self, server: &CloneServer) {
         let ep = server.endpoints();
-        self.state.set_target(ep.state.as_deref().expect("a pair server"));
+        self.state
+            .set_target(ep.state.as_deref().expect("a pair server"));
         self.snapshot.set_target(&ep.snapshot);
         self.updates.set_target(&ep.publisher);
     }
@@ -141,7 +143,8 @@ impl Pair {
             other.snapshot.endpoint(), // not used by a pair server
         )
         .unwrap();
-        let server = CloneServerConfig::loopback().store(StoreConfig::new().hugz_interval(HEARTBEAT));
+        let server =
+            CloneServerConfig::loopback().store(StoreConfig::new().hugz_interval(HEARTBEAT));
         let config = ClonePairConfig::new(
             side(i),
             server,
@@ -214,7 +217,9 @@ fn client_config() -> CloneClientConfig {
 }
 
 async fn client(pair: &Pair, subtree: &str) -> CloneClient {
-    let c = CloneClient::start(client_config(), &pair.token).await.unwrap();
+    let c = CloneClient::start(client_config(), &pair.token)
+        .await
+        .unwrap();
     c.subtree(subtree).await.unwrap();
     c.connect(pair.front[0].addr()).await.unwrap();
     c.connect(pair.front[1].addr()).await.unwrap();
@@ -245,7 +250,9 @@ impl Writer {
     async fn start(pair: &Pair, n: usize, keys: usize, every: Duration) -> Self {
         let subtree = format!("/w{n}/");
         let client = Arc::new(client(pair, &subtree).await);
-        within(secs(15), "writer synced", client.wait_active()).await.unwrap();
+        within(secs(15), "writer synced", client.wait_active())
+            .await
+            .unwrap();
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let stop = CancellationToken::new();
         let mut acks_rx = client.acks();
@@ -339,7 +346,9 @@ impl LzWriter {
                 sub.set_linger(0).unwrap();
                 sub.set_subscribe(b"/lz/").unwrap();
                 sub.connect(pair.front[i].updates.endpoint()).unwrap();
-                publisher.connect(pair.front[i].collector.endpoint()).unwrap();
+                publisher
+                    .connect(pair.front[i].collector.endpoint())
+                    .unwrap();
                 sub
             })
             .collect();
@@ -373,10 +382,7 @@ impl LzWriter {
                     let uuid: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
                     let (key, value) = (format!("/lz/{}", i % 10), i.to_string());
                     publisher
-                        .send_multipart(
-                            [key.as_bytes(), &[0; 8], &uuid, b"", value.as_bytes()],
-                            0,
-                        )
+                        .send_multipart([key.as_bytes(), &[0; 8], &uuid, b"", value.as_bytes()], 0)
                         .unwrap();
                     ledger.sent.push((key, value, uuid));
                     i += 1;
@@ -407,13 +413,20 @@ fn assert_lz_acked_kept(map: &[(Bytes, Bytes)], ledger: &LzLedger) {
             last_acked.insert(key, pos);
         }
     }
-    assert!(!last_acked.is_empty(), "the libzmq writer saw acknowledgements");
+    assert!(
+        !last_acked.is_empty(),
+        "the libzmq writer saw acknowledgements"
+    );
     for (key, pos) in last_acked {
         let got = map.get(key.as_bytes()).copied();
         let ok = ledger.sent[pos..]
             .iter()
             .any(|(k, v, _)| k == key && got == Some(v.as_bytes()));
-        assert!(ok, "{key}: lost its acknowledged value {:?} (has {got:?})", ledger.sent[pos].1);
+        assert!(
+            ok,
+            "{key}: lost its acknowledged value {:?} (has {got:?})",
+            ledger.sent[pos].1
+        );
     }
     for (server, seqs) in &ledger.seqs {
         assert!(
@@ -425,10 +438,14 @@ fn assert_lz_acked_kept(map: &[(Bytes, Bytes)], ledger: &LzLedger) {
 
 /// The map an observer with no subtree sees from the active server.
 async fn active_map(pair: &Pair) -> Vec<(Bytes, Bytes)> {
-    let c = CloneClient::start(client_config(), &pair.token).await.unwrap();
+    let c = CloneClient::start(client_config(), &pair.token)
+        .await
+        .unwrap();
     c.connect(pair.front[0].addr()).await.unwrap();
     c.connect(pair.front[1].addr()).await.unwrap();
-    within(secs(20), "observer synced", c.wait_active()).await.unwrap();
+    within(secs(20), "observer synced", c.wait_active())
+        .await
+        .unwrap();
     let entries = c.entries().await.unwrap();
     c.shutdown().await.unwrap();
     entries
@@ -628,7 +645,10 @@ async fn a_quickly_restarted_primary_never_makes_two_actives() {
     assert_eq!(pair.state(1), Some(BstarState::Active), "no fail-back");
     assert_eq!(pair.state(0), Some(BstarState::Passive));
     let primary = pair.stats(0).pair.unwrap();
-    assert!(primary.fsm.votes_rejected > 0, "the stale votes were refused: {primary:?}");
+    assert!(
+        primary.fsm.votes_rejected > 0,
+        "the stale votes were refused: {primary:?}"
+    );
     assert!(primary.epoch >= pair.stats(1).pair.unwrap().epoch);
     let (_, ledger) = writer.finish().await;
     let map = active_map(&pair).await;
@@ -648,7 +668,10 @@ async fn cutting_only_the_link_between_the_servers_leaves_one_active() {
     pair.peer[1].cut();
     let acked = writer.acked();
     let (most, ()) = max_actives(&pair, async {
-        eventually(secs(10), "writes go on during the cut", || writer.acked() >= acked + 50).await;
+        eventually(secs(10), "writes go on during the cut", || {
+            writer.acked() >= acked + 50
+        })
+        .await;
         tokio::time::sleep(10 * HEARTBEAT).await;
     })
     .await;
@@ -657,9 +680,16 @@ async fn cutting_only_the_link_between_the_servers_leaves_one_active() {
     assert_eq!(most, 1);
     assert_eq!(pair.state(0), Some(BstarState::Active));
     assert_eq!(pair.state(1), Some(BstarState::Passive));
-    assert_eq!(pair.stats(0).pair.unwrap().epoch, epoch, "no promotion, no new epoch");
+    assert_eq!(
+        pair.stats(0).pair.unwrap().epoch,
+        epoch,
+        "no promotion, no new epoch"
+    );
     let pending = pair.stats(1).store.pending_added;
-    assert!(pending > 0, "the backup queued the clients' updates it could not confirm");
+    assert!(
+        pending > 0,
+        "the backup queued the clients' updates it could not confirm"
+    );
     // Heal: the backup sees the gap and fetches a new snapshot.
     let snapshots = pair.stats(1).pair.unwrap().peer_snapshots;
     pair.peer[0].heal();
@@ -685,7 +715,9 @@ async fn a_passive_that_missed_updates_resyncs_and_fails_over_without_resurrecti
     let token = CancellationToken::new();
     let pair = settled_pair(&token).await;
     let c = client(&pair, "/d/").await;
-    within(secs(15), "client synced", c.wait_active()).await.unwrap();
+    within(secs(15), "client synced", c.wait_active())
+        .await
+        .unwrap();
     for i in 0..10 {
         c.set(format!("/d/{i}"), "old", None).await.unwrap();
     }
@@ -704,7 +736,10 @@ async fn a_passive_that_missed_updates_resyncs_and_fails_over_without_resurrecti
     eventually(secs(10), "primary applied them", || pair.stats(0).keys == 6).await;
     let gaps = pair.stats(1).store.peer_gaps;
     pair.peer[1].updates.heal();
-    eventually(secs(15), "the gap is detected", || pair.stats(1).store.peer_gaps > gaps).await;
+    eventually(secs(15), "the gap is detected", || {
+        pair.stats(1).store.peer_gaps > gaps
+    })
+    .await;
     eventually(secs(15), "the passive caught up", || {
         pair.stats(1).sequence == pair.stats(0).sequence && pair.stats(1).keys == 6
     })
@@ -721,7 +756,11 @@ async fn a_passive_that_missed_updates_resyncs_and_fails_over_without_resurrecti
     let get = |k: &str| map.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     for i in 0..10 {
         let want = (i % 2 == 1).then(|| Bytes::from_static(b"new"));
-        assert_eq!(get(&format!("/d/{i}")), want, "/d/{i}: no old value resurrected");
+        assert_eq!(
+            get(&format!("/d/{i}")),
+            want,
+            "/d/{i}: no old value resurrected"
+        );
     }
     assert_eq!(get("/d/eph"), Some(Bytes::from_static(b"short-lived")));
     // The ephemeral key keeps its remaining lifetime across the failover.
@@ -732,8 +771,14 @@ async fn a_passive_that_missed_updates_resyncs_and_fails_over_without_resurrecti
         set_at.elapsed()
     })
     .await;
-    assert!(expired >= secs(3), "expired after {expired:?}, before its ttl");
-    assert!(expired < secs(4) + 2 * SERVER_TTL + secs(2), "expired after {expired:?}: lifetime restarted");
+    assert!(
+        expired >= secs(3),
+        "expired after {expired:?}, before its ttl"
+    );
+    assert!(
+        expired < secs(4) + 2 * SERVER_TTL + secs(2),
+        "expired after {expired:?}: lifetime restarted"
+    );
     token.cancel();
 }
 
@@ -747,7 +792,10 @@ async fn the_backup_alone_refuses_votes() {
     dealer.connect(pair.front[1].snapshot.endpoint());
     for _ in 0..5 {
         dealer.send(&[b"ICANHAZ?", b""]).await;
-        assert!(dealer.recv(4 * HEARTBEAT).await.is_none(), "a lone backup answered");
+        assert!(
+            dealer.recv(4 * HEARTBEAT).await.is_none(),
+            "a lone backup answered"
+        );
     }
     let stats = pair.stats(1).pair.unwrap();
     assert_eq!(stats.state, BstarState::Backup);
@@ -819,7 +867,13 @@ impl GuidePrimary {
                 let mut next_beat = Instant::now();
                 let mut published_extra = false;
                 let frames = |key: &[u8], seq: u64, body: &[u8]| -> Vec<Vec<u8>> {
-                    vec![key.to_vec(), seq.to_be_bytes().to_vec(), vec![], vec![], body.to_vec()]
+                    vec![
+                        key.to_vec(),
+                        seq.to_be_bytes().to_vec(),
+                        vec![],
+                        vec![],
+                        body.to_vec(),
+                    ]
                 };
                 while !stop.is_cancelled() {
                     if !connected {
@@ -830,12 +884,16 @@ impl GuidePrimary {
                     }
                     if Instant::now() >= next_beat {
                         state_pub.send(&me[..], 0).unwrap();
-                        publisher.send_multipart(frames(b"HUGZ", seq, b""), 0).unwrap();
+                        publisher
+                            .send_multipart(frames(b"HUGZ", seq, b""), 0)
+                            .unwrap();
                         next_beat += HEARTBEAT;
                     }
                     if me == b"3" && !published_extra {
                         seq += 1;
-                        publisher.send_multipart(frames(b"/g/3", seq, b"three"), 0).unwrap();
+                        publisher
+                            .send_multipart(frames(b"/g/3", seq, b"three"), 0)
+                            .unwrap();
                         published_extra = true;
                     }
                     let mut items = [
@@ -918,24 +976,33 @@ async fn this_backup_pairs_with_a_libzmq_guide_primary_and_takes_over() {
     c.connect(ServerAddr::from_endpoints(backup.endpoints()).unwrap())
         .await
         .unwrap();
-    within(secs(15), "client synced", c.wait_active()).await.unwrap();
+    within(secs(15), "client synced", c.wait_active())
+        .await
+        .unwrap();
     guide.kill();
     eventually(secs(15), "our backup takes over", || {
         pair_state(&backup) == BstarState::Active
     })
     .await;
-    within(secs(15), "client on our server with the Guide's data", async {
-        loop {
-            let on_ours = matches!(c.phase(), Phase::Active { server: 1, .. });
-            if on_ours && c.entries().await.unwrap().len() == 3 {
-                return;
+    within(
+        secs(15),
+        "client on our server with the Guide's data",
+        async {
+            loop {
+                let on_ours = matches!(c.phase(), Phase::Active { server: 1, .. });
+                if on_ours && c.entries().await.unwrap().len() == 3 {
+                    return;
+                }
+                tokio::time::sleep(ms(20)).await;
             }
-            tokio::time::sleep(ms(20)).await;
-        }
-    })
+        },
+    )
     .await;
     c.set("/g/4", "four", None).await.unwrap();
-    eventually(secs(10), "our new active sequences writes", || backup.stats().keys == 4).await;
+    eventually(secs(10), "our new active sequences writes", || {
+        backup.stats().keys == 4
+    })
+    .await;
     token.cancel();
 }
 
@@ -951,7 +1018,9 @@ async fn a_vote_for_the_backup_during_a_cut_makes_two_actives_until_the_heal_sto
     let c = CloneClient::start(client_config(), &token).await.unwrap();
     c.connect(pair.front[1].addr()).await.unwrap();
     pair.wait_state(1, BstarState::Active).await;
-    within(secs(15), "the backup's client synced", c.wait_active()).await.unwrap();
+    within(secs(15), "the backup's client synced", c.wait_active())
+        .await
+        .unwrap();
     assert_eq!(pair.actives(), 2, "two islands, two actives");
     let backup_epoch = pair.stats(1).pair.unwrap().epoch;
     assert!(backup_epoch > epoch, "the promotion took a newer epoch");
@@ -980,11 +1049,128 @@ async fn a_vote_for_the_backup_during_a_cut_makes_two_actives_until_the_heal_sto
     })
     .await;
     match server.shutdown().await {
-        Err(zpatterns::clone::CloneError::Fatal(cause)) => eprintln!("server {i} stopped: {cause:?}"),
+        Err(zpatterns::clone::CloneError::Fatal(cause)) => {
+            eprintln!("server {i} stopped: {cause:?}")
+        }
         other => panic!("server {i} should stop on a fatal error, got {other:?}"),
     }
     // Observe a while: the other one never makes two actives again.
     let (most, ()) = max_actives(&pair, tokio::time::sleep(10 * HEARTBEAT)).await;
     assert!(most <= 1, "two actives after the heal");
+    token.cancel();
+}
+
+/// `clonesrv -p` and `clonesrv -b` as processes (every socket on an
+/// ephemeral port, the peer links through relays), crate clients writing,
+/// and `kill -9` of the primary: the backup takes over on a vote and no
+/// acknowledged update is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clonesrv_pair_processes_survive_kill_9_of_the_primary() {
+    use common::procs::{line_after, spawn_reading};
+    trace_init();
+    let token = CancellationToken::new();
+    // peer[i]: how server i reaches the other one.
+    let peer = [PeerLink::new().await, PeerLink::new().await];
+    let any = "@tcp://127.0.0.1:0";
+    let start = |flag: &'static str, i: usize| {
+        let link = &peer[i];
+        let args = [
+            flag,
+            "--snapshot",
+            any,
+            "--updates",
+            any,
+            "--collector",
+            any,
+            "--state-local",
+            any,
+            "--state-remote",
+            link.state.endpoint(),
+            "--peer-snapshot",
+            link.snapshot.endpoint(),
+            "--peer-updates",
+            link.updates.endpoint(),
+            "--heartbeat-ms",
+            "100",
+            "--hugz-ms",
+            "100",
+        ];
+        let (child, lines) = spawn_reading("clonesrv", &args);
+        let eps = line_after(&lines, "I: clone server on ", secs(60));
+        let state = line_after(&lines, "I: Binary Star state on ", secs(10));
+        let eps: Vec<String> = eps
+            .split(" / ")
+            .map(|e| e.replace("0.0.0.0", "127.0.0.1"))
+            .collect();
+        // The other server reaches this one through peer[1 - i].
+        let other = &peer[1 - i];
+        other.state.set_target(&state);
+        other.snapshot.set_target(&eps[0]);
+        other.updates.set_target(&eps[1]);
+        (child, ServerAddr::new(&eps[0], &eps[1], &eps[2]).unwrap())
+    };
+    let (mut primary, p_addr) = start("-p", 0);
+    let (_backup, b_addr) = start("-b", 1);
+    let mut writers = Vec::new();
+    for n in 0..2 {
+        let c = CloneClient::start(client_config(), &token).await.unwrap();
+        c.subtree(&format!("/k{n}/")).await.unwrap();
+        c.connect(p_addr.clone()).await.unwrap();
+        c.connect(b_addr.clone()).await.unwrap();
+        within(secs(20), "client synced", c.wait_active())
+            .await
+            .unwrap();
+        writers.push(c);
+    }
+    let mut last: HashMap<String, String> = HashMap::new();
+    let mut write = async |round: u64, writers: &[CloneClient]| {
+        for (n, c) in writers.iter().enumerate() {
+            let (k, v) = (format!("/k{n}/{}", round % 7), round.to_string());
+            c.set(k.clone(), v.clone(), None).await.unwrap();
+            last.insert(k, v);
+        }
+        tokio::time::sleep(ms(10)).await;
+    };
+    for round in 0..100 {
+        write(round, &writers).await;
+    }
+    primary.kill9();
+    let killed = Instant::now();
+    // Keep writing through the failover until both clients are on the backup.
+    let mut round = 100;
+    within(secs(30), "clients on the backup", async {
+        while !writers
+            .iter()
+            .all(|c| matches!(c.phase(), Phase::Active { server: 1, .. }))
+        {
+            write(round, &writers).await;
+            round += 1;
+        }
+    })
+    .await;
+    eprintln!("clients on the backup {:?} after kill -9", killed.elapsed());
+    for _ in 0..50 {
+        write(round, &writers).await;
+        round += 1;
+    }
+    for c in &writers {
+        eventually(secs(20), "nothing left in flight", || {
+            c.stats().agent.in_flight == 0
+        })
+        .await;
+    }
+    let observer = CloneClient::start(client_config(), &token).await.unwrap();
+    observer.connect(b_addr.clone()).await.unwrap();
+    within(secs(20), "observer synced", observer.wait_active())
+        .await
+        .unwrap();
+    let map: HashMap<Bytes, Bytes> = observer.entries().await.unwrap().into_iter().collect();
+    for (k, v) in &last {
+        assert_eq!(
+            map.get(k.as_bytes()).map(|b| &b[..]),
+            Some(v.as_bytes()),
+            "{k} lost its last acknowledged value"
+        );
+    }
     token.cancel();
 }

@@ -1,49 +1,11 @@
 //! The examples as users run them: separate processes, real flags.
 
+mod common;
+use common::procs::{example, spawn};
+
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// Path of a built example, building the examples once if needed (a full
-/// `cargo test` has built them already; this makes `--test examples_cli`
-/// work on its own).
-fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--examples", "--quiet"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building the examples failed");
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("examples")
-    });
-    dir.join(name)
-}
-
-/// Kills the child when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(name: &str, args: &[&str]) -> Running {
-    Running(
-        Command::new(example(name))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn example"),
-    )
-}
 
 /// Runs to completion, killing it after `limit`.
 fn run(name: &str, args: &[&str], limit: Duration) -> Output {
@@ -85,6 +47,12 @@ fn bad_arguments_are_clear_errors_with_status_2() {
         ("pathosub", &["--count", "many"], "invalid value"),
         ("pathopub", &["inproc://x"], "unsupported transport"),
         ("clonesrv", &["--port", "65535"], "invalid value"),
+        ("clonesrv", &["-p", "-b"], "exactly one of -p"),
+        (
+            "clonesrv",
+            &["--peer", "tcp://localhost:5566"],
+            "exactly one of -p",
+        ),
         ("clonecli", &["--server", "tcp://*:5556"], "wildcard"),
         (
             "clonecli",

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use zpatterns::bstar::{BstarState, FsmConfig, Side};
 use zpatterns::clone::{
-    AgentConfig, ClonePairConfig, CloneClient, CloneClientConfig, CloneServer, CloneServerConfig,
+    AgentConfig, CloneClient, CloneClientConfig, ClonePairConfig, CloneServer, CloneServerConfig,
     Phase, ServerAddr, StoreConfig,
 };
 use zpatterns::endpoint::EndpointSpec;
@@ -84,7 +84,11 @@ fn at(port: u16) -> String {
 }
 
 fn addr(ports: &[u16; 4]) -> anyhow::Result<ServerAddr> {
-    Ok(ServerAddr::new(&at(ports[1]), &at(ports[2]), &at(ports[3]))?)
+    Ok(ServerAddr::new(
+        &at(ports[1]),
+        &at(ports[2]),
+        &at(ports[3]),
+    )?)
 }
 
 async fn start(
@@ -171,15 +175,24 @@ pub(crate) async fn failover_once(
         running.push(Writer::start(Arc::new(c), n, every));
     }
     let patience = 10 * timers.server_ttl + Duration::from_secs(10);
-    wait(patience, || async { Ok(running.iter().all(|w| w.acked() >= before)) }).await?;
+    wait(patience, || async {
+        Ok(running.iter().all(|w| w.acked() >= before))
+    })
+    .await?;
     let acked_before: usize = running.iter().map(Writer::acked).sum();
     let updates_before = pair.backup.stats().store.updates;
     let killed = Instant::now();
     drop(pair.primary.take());
     let backup = &pair.backup;
-    wait(patience, || async { Ok(state(backup) == Some(BstarState::Active)) }).await?;
+    wait(patience, || async {
+        Ok(state(backup) == Some(BstarState::Active))
+    })
+    .await?;
     let promoted = killed.elapsed();
-    wait(patience, || async { Ok(backup.stats().store.updates > updates_before) }).await?;
+    wait(patience, || async {
+        Ok(backup.stats().store.updates > updates_before)
+    })
+    .await?;
     let first_update = killed.elapsed();
     wait(patience, || async {
         Ok(running
@@ -190,7 +203,10 @@ pub(crate) async fn failover_once(
     let all_moved = killed.elapsed();
     let marks: Vec<usize> = running.iter().map(Writer::acked).collect();
     wait(patience, || async {
-        Ok(running.iter().zip(&marks).all(|(w, m)| w.acked() >= m + after))
+        Ok(running
+            .iter()
+            .zip(&marks)
+            .all(|(w, m)| w.acked() >= m + after))
     })
     .await?;
     let mut finished = Vec::new();

@@ -42,7 +42,11 @@ async fn tour() -> anyhow::Result<()> {
     for (n, (mine, active)) in o.digests.iter().enumerate() {
         println!(
             "   client {n}: digest {mine:016x}, new active's subtree {active:016x} {}",
-            if mine == active { "(equal)" } else { "(DIFFERENT)" }
+            if mine == active {
+                "(equal)"
+            } else {
+                "(DIFFERENT)"
+            }
         );
     }
     anyhow::ensure!(o.lost == 0, "acknowledged updates were lost");

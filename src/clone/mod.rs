@@ -85,8 +85,8 @@ pub use collector::{CollectorLimits, COLLECTOR_MAX_MESSAGE};
 pub use error::{CloneError, KvMsgError, PropertyError};
 pub use kvmsg::{KvMsg, Properties, Uuid, KEY_MAX, PROPS_MAX, TTL};
 pub use link::{CollectorSocket, ServerAddr};
-pub use proto::{Icanhaz, SnapshotReply, Update, EPOCH, HUGZ, ICANHAZ, INSTANCE, KTHXBAI};
 pub use pair::{ClonePairConfig, ClonePairStats};
+pub use proto::{Icanhaz, SnapshotReply, Update, EPOCH, HUGZ, ICANHAZ, INSTANCE, KTHXBAI};
 pub use server::{CloneServer, CloneServerConfig, CloneServerEndpoints, CloneServerStats};
 pub use snapshot::SnapshotCursor;
 pub use store::{

@@ -34,6 +34,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, PubSocket, RouterSocket, SubSocket};
 
+use super::collector::Collector;
 use super::error::CloneError;
 use super::kvmsg::KvMsg;
 use super::link::ServerAddr;
@@ -42,11 +43,9 @@ use super::server::{
     bind, now, received, with_collector, CloneServer, CloneServerConfig, CloneServerEndpoints,
     CloneServerStats, Finished, SnapshotStreams,
 };
-use super::collector::Collector;
 use super::store::{Store, StoreAction};
 use crate::bstar::{
-    BstarAction, BstarState, EpochFile, Fsm, FsmConfig, FsmStats, Side, StateLink,
-    Vote,
+    BstarAction, BstarState, EpochFile, Fsm, FsmConfig, FsmStats, Side, StateLink, Vote,
 };
 use crate::endpoint::EndpointSpec;
 use crate::ratelog::LogLimiter;
@@ -161,6 +160,11 @@ impl ClonePairConfig {
     pub fn side(&self) -> Side {
         self.side
     }
+
+    /// Where the peer is reached.
+    pub fn peer_addr(&self) -> &ServerAddr {
+        &self.peer
+    }
 }
 
 /// The Binary Star part of a pair server's counters
@@ -247,7 +251,8 @@ impl CloneServer {
             ..CloneServerStats::default()
         }));
         let kvsyncs = Arc::new(AtomicU64::new(0));
-        let span = tracing::info_span!("clone_pair", side = ?config.side, snapshot = %endpoints.snapshot);
+        let span =
+            tracing::info_span!("clone_pair", side = ?config.side, snapshot = %endpoints.snapshot);
         let sockets = PairSockets {
             router,
             publisher,
@@ -265,7 +270,9 @@ impl CloneServer {
             io: CloneServerStats::default(),
             log: LogLimiter::default(),
         };
-        let run = driver.run(sockets, shared.1, token.clone()).instrument(span);
+        let run = driver
+            .run(sockets, shared.1, token.clone())
+            .instrument(span);
         let task = PatternTask::from_parts(token, tokio::spawn(run));
         Ok(CloneServer {
             endpoints,
@@ -329,13 +336,18 @@ impl Pair {
             token: token.clone(),
         };
         let (peer_tx, mut peer_rx) = mpsc::channel::<Vec<Bytes>>(1024);
-        spawn_peer_subscriber(self.config.peer.updates().to_owned(), peer_tx, token.clone());
+        spawn_peer_subscriber(
+            self.config.peer.updates().to_owned(),
+            peer_tx,
+            token.clone(),
+        );
         let (fetch_tx, mut fetch_rx) = mpsc::channel::<Fetched>(1);
         let mut fetching = false;
         let mut published: u64 = 0;
         let mut result = Ok(());
         loop {
-            let deadline = Instant::from_std(self.store.poll_timeout().min(self.fsm.poll_timeout()));
+            let deadline =
+                Instant::from_std(self.store.poll_timeout().min(self.fsm.poll_timeout()));
             let mut bstar = Vec::new();
             let mut actions = Vec::new();
             let mut serve = None;
@@ -502,7 +514,11 @@ impl Pair {
                 Ok(Vec::new())
             }
             BstarAction::BecameActive { epoch } => {
-                info!(epoch, pending = self.store.pending_load().0, "becoming active");
+                info!(
+                    epoch,
+                    pending = self.store.pending_load().0,
+                    "becoming active"
+                );
                 Ok(self.store.promote(epoch, now()))
             }
             BstarAction::BecamePassive => {
@@ -552,7 +568,8 @@ fn spawn_peer_subscriber(endpoint: String, tx: mpsc::Sender<Vec<Bytes>>, token: 
         let mut sub = SubSocket::new();
         sub.subscribe("").await?;
         let spec = EndpointSpec::connect(&endpoint)?;
-        spec.attach_patiently(&mut sub, Duration::from_millis(100)).await?;
+        spec.attach_patiently(&mut sub, Duration::from_millis(100))
+            .await?;
         debug!("connected to the peer's publisher");
         loop {
             match sub.recv().await {
@@ -595,7 +612,8 @@ fn spawn_fetch(
                 .await
                 .map_err(|e| e.to_string())?;
             info!(peer = %endpoint, "asking for snapshot");
-            let request = crate::frames::message(Icanhaz::encode(&Bytes::new())).expect("two frames");
+            let request =
+                crate::frames::message(Icanhaz::encode(&Bytes::new())).expect("two frames");
             dealer.send(request).await.map_err(|e| e.to_string())?;
             let mut entries = Vec::new();
             let mut bytes = 0usize;

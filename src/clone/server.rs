@@ -22,9 +22,9 @@ use zeromq::prelude::*;
 use zeromq::{PubSocket, RouterSendHalf, RouterSocket};
 
 use super::collector::{Collector, CollectorCounts, CollectorLimits};
-use super::pair::ClonePairStats;
 use super::error::CloneError;
 use super::kvmsg::KvMsg;
+use super::pair::ClonePairStats;
 use super::proto::KTHXBAI;
 use super::snapshot::SnapshotCursor;
 use super::store::{Store, StoreAction, StoreConfig, StoreStats};
@@ -292,7 +292,10 @@ impl CloneServer {
     }
 }
 
-pub(super) async fn bind<S: Socket>(spec: &EndpointSpec, socket: &mut S) -> Result<String, CloneError> {
+pub(super) async fn bind<S: Socket>(
+    spec: &EndpointSpec,
+    socket: &mut S,
+) -> Result<String, CloneError> {
     if spec.attach() != Attach::Bind {
         warn!(endpoint = %spec, "clone server sockets bind; connecting as asked");
     }
