@@ -4,14 +4,15 @@
 //!
 //! Guide ch. 5, "Reliable Pub-Sub (Clone Pattern)": the server of models
 //! 3-5 (`clonesrv3` to `clonesrv5`) with a collector that takes both CHP's
-//! PUB clients and the PUSH clients of models 3-5, and the
-//! client agent of the `clone` class (`clonecli6`'s, with failover to a
-//! second server). For the Binary Star server pair of model 6
-//! (`clonesrv6`) the pure parts exist: the [`Store`]'s passive role
-//! (pending list, snapshot from the active, promotion, epoch fencing,
-//! UUID de-duplication) and the [`Agent`]'s acknowledgements, re-sending
-//! of unacknowledged updates after a failover, and epoch fencing. Socket
-//! topology (server port `P`):
+//! PUB clients and the PUSH clients of models 3-5; the highly available
+//! pair of model 6 (`clonesrv6`, [`CloneServer::start_pair`] with a
+//! [`ClonePairConfig`]): two servers joined by Binary Star
+//! ([`crate::bstar`]), the passive one following the active with a pending
+//! list and taking over on a client's vote, with epoch fencing and UUID
+//! de-duplication; and the client agent of the `clone` class
+//! (`clonecli6`'s, with failover to the second server, acknowledgements
+//! and re-sending of unacknowledged updates). Socket topology (server port
+//! `P`):
 //!
 //! ```text
 //!  client DEALER ──ICANHAZ?──▶ ROUTER :P    (snapshots: KVSYNC…, KTHXBAI)
@@ -26,7 +27,8 @@
 //!   [`PropertyError`]);
 //! - the server: the pure [`Store`] and [`SnapshotCursor`], and the
 //!   handle [`CloneServer`] ([`CloneServerConfig`], [`CloneServerStats`],
-//!   [`CollectorLimits`]);
+//!   [`CollectorLimits`]; for a pair [`ClonePairConfig`] and
+//!   [`ClonePairStats`]);
 //! - the client: the pure [`Agent`], and the handle [`CloneClient`]
 //!   ([`CloneClientConfig`], [`CollectorSocket`], [`CloneClientStats`],
 //!   [`Change`], [`Phase`]).
