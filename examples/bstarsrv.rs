@@ -8,6 +8,9 @@
 //! cargo run --example bstarsrv -- -b     # state :5004, peer :5003, voter :5002
 //! cargo run --example bstarcli           # votes, fails over between 5001 and 5002
 //! ```
+//!
+//! On start it prints its bound endpoints (`I: state publisher bound at
+//! tcp://...`, `I: voter bound at tcp://...`), so it may be given port 0.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -88,6 +91,10 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let token = CancellationToken::new();
         let mut server = BinaryStar::start(config, &token).await?;
+        // The bound endpoints (real ports, also when given port 0).
+        let bound = server.endpoints();
+        println!("I: state publisher bound at {}", bound.state);
+        println!("I: voter bound at {}", bound.voter);
         loop {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => { r?; break; }

@@ -6,12 +6,12 @@
 mod common;
 use common::*;
 
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::relay::Relay;
 use tokio_util::sync::CancellationToken;
 use zpatterns::bstar::{
     BinaryStar, BinaryStarConfig, BstarError, BstarState, FatalCause, FsmConfig, Side,
@@ -20,59 +20,84 @@ use zpatterns::endpoint::EndpointSpec;
 
 const HB: Duration = Duration::from_millis(100);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The four endpoints of a pair on fresh loopback ports.
-#[derive(Clone)]
-struct Ports {
-    p_state: u16,
-    b_state: u16,
-    p_voter: u16,
-    b_voter: u16,
-}
-
-impl Ports {
-    fn new() -> Self {
-        Self {
-            p_state: free_port(),
-            b_state: free_port(),
-            p_voter: free_port(),
-            b_voter: free_port(),
-        }
-    }
-    /// (local state, remote state, voter) of one side.
-    fn of(&self, side: Side) -> (u16, u16, u16) {
-        match side {
-            Side::Primary => (self.p_state, self.b_state, self.p_voter),
-            Side::Backup => (self.b_state, self.p_state, self.b_voter),
-        }
-    }
-    fn voter(&self, side: Side) -> String {
-        format!("tcp://127.0.0.1:{}", self.of(side).2)
-    }
-}
-
-fn config(side: Side, ports: &Ports) -> BinaryStarConfig {
-    let (local, remote, voter) = ports.of(side);
+/// One of this crate's servers: state PUB and voter on ephemeral loopback
+/// ports, its state SUB connecting to `remote` (the peer's state PUB, or a
+/// relay in front of it).
+fn config(side: Side, remote: &str) -> BinaryStarConfig {
     BinaryStarConfig::new(
         side,
-        EndpointSpec::bind(&format!("tcp://127.0.0.1:{local}")).unwrap(),
-        EndpointSpec::connect(&format!("tcp://127.0.0.1:{remote}")).unwrap(),
-        EndpointSpec::bind(&format!("tcp://127.0.0.1:{voter}")).unwrap(),
+        EndpointSpec::loopback(),
+        EndpointSpec::connect(remote).unwrap(),
+        EndpointSpec::loopback(),
     )
     .fsm(FsmConfig::new().heartbeat(HB))
 }
 
-async fn start(side: Side, ports: &Ports, token: &CancellationToken) -> BinaryStar {
-    BinaryStar::start(config(side, ports), token)
+async fn start(side: Side, remote: &str, token: &CancellationToken) -> BinaryStar {
+    BinaryStar::start(config(side, remote), token)
         .await
         .expect("start")
+}
+
+/// The bound voter of one of this crate's servers.
+fn voter(server: &BinaryStar) -> String {
+    server.endpoints().voter.clone()
+}
+
+/// Where a server with no peer points its state SUB: a relay with no target
+/// keeps its ephemeral port and closes every connection, so nobody ever
+/// publishes there.
+async fn nobody() -> Relay {
+    Relay::start().await
+}
+
+/// The links of a pair of this crate's servers, each on ephemeral ports:
+/// each reaches the other's state PUB through a relay (so it has the
+/// address before the other has bound), and clients reach the primary's
+/// voter through a relay (so the address survives a restart on new ports).
+struct Links {
+    /// Forwards to the primary's state PUB (the backup's remote).
+    to_primary: Relay,
+    /// Forwards to the backup's state PUB (the primary's remote).
+    to_backup: Relay,
+    /// Forwards to the primary's voter.
+    primary_voter: Relay,
+}
+
+impl Links {
+    async fn new() -> Self {
+        Self {
+            to_primary: Relay::start().await,
+            to_backup: Relay::start().await,
+            primary_voter: Relay::start().await,
+        }
+    }
+
+    /// The remote (peer state endpoint) of `side`.
+    fn remote(&self, side: Side) -> &str {
+        match side {
+            Side::Primary => self.to_backup.endpoint(),
+            Side::Backup => self.to_primary.endpoint(),
+        }
+    }
+
+    /// Starts `side` and points the relays in front of it at its ports.
+    async fn start(&self, side: Side, token: &CancellationToken) -> BinaryStar {
+        let server = start(side, self.remote(side), token).await;
+        self.point_at(side, &server);
+        server
+    }
+
+    fn point_at(&self, side: Side, server: &BinaryStar) {
+        let ep = server.endpoints();
+        match side {
+            Side::Primary => {
+                self.to_primary.set_target(&ep.state);
+                self.primary_voter.set_target(&ep.voter);
+            }
+            Side::Backup => self.to_backup.set_target(&ep.state),
+        }
+    }
 }
 
 /// Serves `server` as the Guide's bstarsrv does (echo), until it stops.
@@ -97,12 +122,53 @@ struct GuidePeer {
     fatal: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Its bound state PUB.
+    state_pub: String,
+    /// Its bound voter ROUTER.
+    voter: String,
     thread: Option<JoinHandle<()>>,
 }
 
-impl GuidePeer {
-    fn spawn(side: Side, ports: &Ports) -> Self {
-        let (local, remote, voter) = ports.of(side);
+/// A Guide server's state PUB and voter ROUTER, bound on ephemeral loopback
+/// ports before its peer starts (libzmq reports the port; its state SUB
+/// connects lazily, so the peer's address may come later, in
+/// [`spawn`](Self::spawn)).
+struct GuideBound {
+    statepub: zmq::Socket,
+    frontend: zmq::Socket,
+    state: String,
+    voter: String,
+}
+
+impl GuideBound {
+    fn new() -> Self {
+        let bind = |kind| {
+            let s = lz_ctx().socket(kind).unwrap();
+            s.set_linger(0).unwrap();
+            s.bind("tcp://127.0.0.1:*").unwrap();
+            let ep = s.get_last_endpoint().unwrap().unwrap();
+            (s, ep)
+        };
+        let (statepub, state) = bind(zmq::PUB);
+        let (frontend, voter) = bind(zmq::ROUTER);
+        Self {
+            statepub,
+            frontend,
+            state,
+            voter,
+        }
+    }
+
+    /// Runs the Guide's server as `side`, its state SUB connecting to
+    /// `remote`.
+    fn spawn(self, side: Side, remote: &str) -> GuidePeer {
+        let Self {
+            statepub,
+            frontend,
+            state: state_pub,
+            voter,
+        } = self;
+        let remote = remote.to_owned();
         let state = Arc::new(AtomicU8::new(match side {
             Side::Primary => 1,
             Side::Backup => 2,
@@ -112,19 +178,10 @@ impl GuidePeer {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, f, a, st) = (state.clone(), fatal.clone(), accepted.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let ctx = lz_ctx();
-            let statepub = ctx.socket(zmq::PUB).unwrap();
-            statepub.set_linger(0).unwrap();
-            statepub.bind(&format!("tcp://127.0.0.1:{local}")).unwrap();
-            let statesub = ctx.socket(zmq::SUB).unwrap();
+            let statesub = lz_ctx().socket(zmq::SUB).unwrap();
             statesub.set_linger(0).unwrap();
             statesub.set_subscribe(b"").unwrap();
-            statesub
-                .connect(&format!("tcp://127.0.0.1:{remote}"))
-                .unwrap();
-            let frontend = ctx.socket(zmq::ROUTER).unwrap();
-            frontend.set_linger(0).unwrap();
-            frontend.bind(&format!("tcp://127.0.0.1:{voter}")).unwrap();
+            statesub.connect(&remote).unwrap();
             let hb = HB;
             let mut peer_expiry = Instant::now() + 2 * hb; // bstar_start
             let mut send_state_at = Instant::now() + hb;
@@ -181,15 +238,19 @@ impl GuidePeer {
                 }
             }
         });
-        Self {
+        GuidePeer {
             state: state.clone(),
             fatal,
             accepted,
             stop,
+            state_pub,
+            voter,
             thread: Some(thread),
         }
     }
+}
 
+impl GuidePeer {
     fn state(&self) -> u8 {
         self.state.load(Ordering::SeqCst)
     }
@@ -224,10 +285,11 @@ async fn vote_until_answered(endpoint: &str, body: &str, limit: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_primary_and_a_guide_backup_settle_then_the_guide_backup_takes_over() {
     trace_init();
-    let ports = Ports::new();
     let token = CancellationToken::new();
-    let guide = GuidePeer::spawn(Side::Backup, &ports);
-    let ours = start(Side::Primary, &ports, &token).await;
+    let bound = GuideBound::new();
+    let ours = start(Side::Primary, &bound.state, &token).await;
+    let guide = bound.spawn(Side::Backup, &ours.endpoints().state);
+    let our_voter = voter(&ours);
     let mut watch = ours.watch_state();
     within(
         secs(10),
@@ -242,10 +304,10 @@ async fn our_primary_and_a_guide_backup_settle_then_the_guide_backup_takes_over(
     .await;
     let server = echo(ours);
     // A libzmq REQ client votes at our active and is answered.
-    vote_until_answered(&ports.voter(Side::Primary), "1", secs(10)).await;
+    vote_until_answered(&our_voter, "1", secs(10)).await;
     // The Guide's backup refuses votes while our primary lives.
     let req = Lz::new(zmq::REQ);
-    req.connect(&ports.voter(Side::Backup));
+    req.connect(&guide.voter);
     req.send(&[b"2"]).await;
     assert!(req.recv(ms(300)).await.is_none(), "the passive answered");
     // Kill our active: the Guide's backup takes over on a vote.
@@ -253,7 +315,7 @@ async fn our_primary_and_a_guide_backup_settle_then_the_guide_backup_takes_over(
     let stats = server.await.unwrap().expect("clean stop");
     assert_eq!(stats.state, BstarState::Active);
     assert!(stats.replies_sent >= 1);
-    vote_until_answered(&ports.voter(Side::Backup), "3", secs(10)).await;
+    vote_until_answered(&guide.voter, "3", secs(10)).await;
     assert_eq!(guide.state(), 3);
     assert!(!guide.fatal.load(Ordering::SeqCst));
     assert!(guide.accepted.load(Ordering::SeqCst) >= 1);
@@ -262,10 +324,11 @@ async fn our_primary_and_a_guide_backup_settle_then_the_guide_backup_takes_over(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_backup_goes_passive_behind_a_guide_primary_and_takes_over_when_it_dies() {
     trace_init();
-    let ports = Ports::new();
     let token = CancellationToken::new();
-    let guide = GuidePeer::spawn(Side::Primary, &ports);
-    let ours = start(Side::Backup, &ports, &token).await;
+    let bound = GuideBound::new();
+    let ours = start(Side::Backup, &bound.state, &token).await;
+    let guide = bound.spawn(Side::Primary, &ours.endpoints().state);
+    let our_voter = voter(&ours);
     let mut watch = ours.watch_state();
     within(
         secs(10),
@@ -276,10 +339,10 @@ async fn our_backup_goes_passive_behind_a_guide_primary_and_takes_over_when_it_d
     .unwrap();
     assert_eq!(guide.state(), 3, "the Guide's primary active");
     let server = echo(ours);
-    vote_until_answered(&ports.voter(Side::Primary), "1", secs(10)).await;
+    vote_until_answered(&guide.voter, "1", secs(10)).await;
     drop(guide);
     // Our backup fails over on the first vote after the peer timeout.
-    vote_until_answered(&ports.voter(Side::Backup), "2", secs(10)).await;
+    vote_until_answered(&our_voter, "2", secs(10)).await;
     token.cancel();
     let stats = server.await.unwrap().expect("clean stop");
     assert_eq!(stats.state, BstarState::Active);
@@ -290,11 +353,11 @@ async fn our_backup_goes_passive_behind_a_guide_primary_and_takes_over_when_it_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backup_alone_refuses_every_vote() {
     trace_init();
-    let ports = Ports::new();
     let token = CancellationToken::new();
-    let ours = start(Side::Backup, &ports, &token).await;
+    let nobody = nobody().await;
+    let ours = start(Side::Backup, nobody.endpoint(), &token).await;
     let dealer = Lz::new(zmq::DEALER);
-    dealer.connect(&ports.voter(Side::Backup));
+    dealer.connect(&voter(&ours));
     // Vote for well over the peer timeout (200 ms): no reply, ever.
     let t0 = Instant::now();
     within(secs(20), "ten votes rejected over 3 peer timeouts", async {
@@ -317,18 +380,19 @@ async fn the_backup_alone_refuses_every_vote() {
 async fn both_started_together_settle_the_same_way_every_time() {
     trace_init();
     for round in 0..3 {
-        let ports = Ports::new();
+        let links = Links::new().await;
         let token = CancellationToken::new();
-        // Alternate which one binds first; start them concurrently.
+        // Alternate which one binds (and becomes reachable) first; start
+        // them concurrently.
         let (p, b) = if round % 2 == 0 {
             tokio::join!(
-                start(Side::Primary, &ports, &token),
-                start(Side::Backup, &ports, &token)
+                links.start(Side::Primary, &token),
+                links.start(Side::Backup, &token)
             )
         } else {
             let (b, p) = tokio::join!(
-                start(Side::Backup, &ports, &token),
-                start(Side::Primary, &ports, &token)
+                links.start(Side::Backup, &token),
+                links.start(Side::Primary, &token)
             );
             (p, b)
         };
@@ -368,12 +432,13 @@ async fn both_started_together_settle_the_same_way_every_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_primary_stays_out_of_active_while_a_stale_client_votes_to_it() {
     trace_init();
-    let ports = Ports::new();
+    let links = Links::new().await;
     let token = CancellationToken::new();
     let (p, b) = tokio::join!(
-        start(Side::Primary, &ports, &token),
-        start(Side::Backup, &ports, &token)
+        links.start(Side::Primary, &token),
+        links.start(Side::Backup, &token)
     );
+    let backup_voter = voter(&b);
     let mut pw = p.watch_state();
     within(
         secs(10),
@@ -384,12 +449,13 @@ async fn a_restarted_primary_stays_out_of_active_while_a_stale_client_votes_to_i
     .unwrap();
     p.shutdown().await.expect("primary stopped");
     let backup = echo(b);
-    vote_until_answered(&ports.voter(Side::Backup), "failover", secs(10)).await;
-    // The stale client: votes to the primary's voter without pause.
+    vote_until_answered(&backup_voter, "failover", secs(10)).await;
+    // The stale client: votes to the primary's voter without pause, through
+    // the relay that the restarted primary's voter is put behind.
     let stop = Arc::new(AtomicBool::new(false));
     let stale = {
         let stop = stop.clone();
-        let endpoint = ports.voter(Side::Primary);
+        let endpoint = links.primary_voter.endpoint().to_owned();
         tokio::spawn(async move {
             let dealer = Lz::new(zmq::DEALER);
             // Reconnect at once when the primary is back, and vote often:
@@ -406,7 +472,7 @@ async fn a_restarted_primary_stays_out_of_active_while_a_stale_client_votes_to_i
             answered
         })
     };
-    let restarted = start(Side::Primary, &ports, &token).await;
+    let restarted = links.start(Side::Primary, &token).await;
     let mut rw = restarted.watch_state();
     within(
         secs(10),
@@ -442,23 +508,17 @@ async fn a_restarted_primary_stays_out_of_active_while_a_stale_client_votes_to_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_actives_abort_our_server() {
     trace_init();
-    let ports = Ports::new();
     let token = CancellationToken::new();
-    // Ours goes active alone (nobody at its remote port); then a Guide
-    // primary that went active alone too (its SUB listens to nobody)
-    // publishes where our state SUB connects.
-    let nobody = free_port();
-    let ours = start(Side::Primary, &ports, &token).await;
-    vote_until_answered_server(&ours, &ports.voter(Side::Primary)).await;
+    // Ours goes active alone (nobody publishes where its state SUB
+    // connects); then a Guide primary that went active alone too (its SUB
+    // listens to nobody) publishes there.
+    let nobody = nobody().await;
+    let bound = GuideBound::new();
+    let ours = start(Side::Primary, &bound.state, &token).await;
+    vote_until_answered_server(&ours, &voter(&ours)).await;
     assert_eq!(ours.state(), BstarState::Active);
-    let guide_ports = Ports {
-        p_state: ports.b_state, // it publishes where our SUB listens
-        b_state: nobody,
-        p_voter: free_port(),
-        b_voter: free_port(),
-    };
-    let guide = GuidePeer::spawn(Side::Primary, &guide_ports);
-    vote_until_answered(&guide_ports.voter(Side::Primary), "x", secs(10)).await;
+    let guide = bound.spawn(Side::Primary, nobody.endpoint());
+    vote_until_answered(&guide.voter, "x", secs(10)).await;
     assert_eq!(guide.state(), 3);
     let err = within(secs(10), "our server aborts", async {
         let mut w = ours.watch_state();
@@ -492,16 +552,13 @@ async fn vote_until_answered_server(server: &BinaryStar, endpoint: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_states_and_oversized_votes_are_counted_and_dropped() {
     trace_init();
-    let ports = Ports::new();
     let token = CancellationToken::new();
     let hostile = Lz::new(zmq::PUB);
-    hostile.with(|s| {
-        s.bind(&format!("tcp://127.0.0.1:{}", ports.b_state))
-            .unwrap()
-    });
-    let ours = BinaryStar::start(config(Side::Primary, &ports).max_request(1024), &token)
+    let hostile_ep = hostile.bind_loopback();
+    let ours = BinaryStar::start(config(Side::Primary, &hostile_ep).max_request(1024), &token)
         .await
         .unwrap();
+    let our_voter = voter(&ours);
     let garbage: [&[&[u8]]; 6] = [
         &[b"x"],
         &[b""],
@@ -520,7 +577,7 @@ async fn garbage_states_and_oversized_votes_are_counted_and_dropped() {
     })
     .await;
     let big = Lz::new(zmq::DEALER);
-    big.connect(&ports.voter(Side::Primary));
+    big.connect(&our_voter);
     big.send_owned(vec![vec![], vec![b'v'; 100_000]]).await;
     eventually(secs(10), "oversized vote counted", || {
         ours.stats().requests_oversized >= 1
@@ -528,7 +585,7 @@ async fn garbage_states_and_oversized_votes_are_counted_and_dropped() {
     .await;
     assert!(big.recv(ms(100)).await.is_none());
     let server = echo(ours);
-    vote_until_answered(&ports.voter(Side::Primary), "good", secs(10)).await;
+    vote_until_answered(&our_voter, "good", secs(10)).await;
     token.cancel();
     let stats = server.await.unwrap().unwrap();
     assert_eq!(stats.fsm.peer_states, 0, "garbage is not a peer state");
@@ -543,21 +600,31 @@ async fn garbage_states_and_oversized_votes_are_counted_and_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_restarted_primary_goes_passive_behind_the_guides_active_backup() {
     trace_init();
-    let ports = Ports::new();
     let token = CancellationToken::new();
-    let guide = GuidePeer::spawn(Side::Backup, &ports);
-    let ours = start(Side::Primary, &ports, &token).await;
+    // Our primary restarts on new ports: the Guide's state SUB and the
+    // stale client reach it through relays that keep their addresses.
+    let to_primary = Relay::start().await;
+    let primary_voter = Relay::start().await;
+    let point_at = |server: &BinaryStar| {
+        to_primary.set_target(&server.endpoints().state);
+        primary_voter.set_target(&server.endpoints().voter);
+    };
+    let bound = GuideBound::new();
+    let ours = start(Side::Primary, &bound.state, &token).await;
+    point_at(&ours);
+    let guide = bound.spawn(Side::Backup, to_primary.endpoint());
     eventually(secs(10), "settled", || {
         ours.state() == BstarState::Active && guide.state() == 4
     })
     .await;
     ours.shutdown().await.unwrap();
-    vote_until_answered(&ports.voter(Side::Backup), "failover", secs(10)).await;
+    vote_until_answered(&guide.voter, "failover", secs(10)).await;
     assert_eq!(guide.state(), 3);
     let stale = Lz::new(zmq::DEALER);
     stale.with(|s| s.set_reconnect_ivl(5).unwrap());
-    stale.connect(&ports.voter(Side::Primary));
-    let restarted = start(Side::Primary, &ports, &token).await;
+    stale.connect(primary_voter.endpoint());
+    let restarted = start(Side::Primary, &guide.state_pub, &token).await;
+    point_at(&restarted);
     within(secs(10), "restarted primary passive", async {
         while restarted.state() != BstarState::Passive {
             stale.send(&[b"", b"stale"]).await;
@@ -584,12 +651,15 @@ async fn the_epoch_file_carries_the_epoch_across_restarts() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("primary.epoch");
     let token = CancellationToken::new();
+    let nobody = nobody().await;
     for expected in 1..=2u64 {
-        let ports = Ports::new();
-        let server = BinaryStar::start(config(Side::Primary, &ports).epoch_file(&path), &token)
-            .await
-            .unwrap();
-        vote_until_answered_server(&server, &ports.voter(Side::Primary)).await;
+        let server = BinaryStar::start(
+            config(Side::Primary, nobody.endpoint()).epoch_file(&path),
+            &token,
+        )
+        .await
+        .unwrap();
+        vote_until_answered_server(&server, &voter(&server)).await;
         let stats = server.shutdown().await.unwrap();
         assert_eq!(stats.epoch, expected);
         assert_eq!(
@@ -599,7 +669,7 @@ async fn the_epoch_file_carries_the_epoch_across_restarts() {
     }
     std::fs::write(&path, "not an epoch").unwrap();
     let err = BinaryStar::start(
-        config(Side::Primary, &Ports::new()).epoch_file(&path),
+        config(Side::Primary, nobody.endpoint()).epoch_file(&path),
         &token,
     )
     .await

@@ -1,11 +1,19 @@
 //! `bstarsrv` and `bstarcli` as users run them: separate processes, real
 //! flags, the Guide's usage line, and a failover after `kill -9`.
+//!
+//! The servers bind port 0 and print their bound endpoints; each reaches
+//! the other's state publisher through a [`Relay`] on a kept ephemeral port
+//! (a server needs its peer's address before the peer has bound).
 
-use std::net::TcpListener;
+mod common;
+use common::relay::Relay;
+
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Path of a built example, building the two Binary Star examples once.
 fn example(name: &str) -> PathBuf {
@@ -40,17 +48,6 @@ impl Drop for Running {
     }
 }
 
-fn spawn(name: &str, args: &[&str]) -> Running {
-    Running(
-        Command::new(example(name))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn example"),
-    )
-}
-
 /// Runs to completion, killing it after `limit`.
 fn run(name: &str, args: &[&str], limit: Duration) -> Output {
     let child = Command::new(example(name))
@@ -71,12 +68,39 @@ fn run(name: &str, args: &[&str], limit: Duration) -> Output {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Starts `bstarsrv` with `args` and reads its bound state publisher and
+/// voter from its stdout (`I: state publisher bound at ...`, `I: voter
+/// bound at ...`); stdout is drained until it exits.
+fn spawn_server(args: &[&str]) -> (Running, String, String) {
+    let mut child = Command::new(example("bstarsrv"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn bstarsrv");
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut state, mut voter) = (None, None);
+    while state.is_none() || voter.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("bstarsrv {args:?} printed no endpoints: {e}"));
+        if let Some(ep) = line.strip_prefix("I: state publisher bound at ") {
+            state = Some(ep.to_owned());
+        } else if let Some(ep) = line.strip_prefix("I: voter bound at ") {
+            voter = Some(ep.to_owned());
+        }
+    }
+    (running, state.unwrap(), voter.unwrap())
 }
 
 #[test]
@@ -104,34 +128,36 @@ fn bstarsrv_without_exactly_one_of_p_and_b_prints_the_usage_line() {
 
 #[test]
 fn bstarcli_is_answered_by_the_pair_and_fails_over_after_kill_9() {
-    let [ps, bs, pv, bv] = [free_port(), free_port(), free_port(), free_port()];
-    let ep = |p: u16| format!("tcp://127.0.0.1:{p}");
-    let server = |side: &str, local: u16, remote: u16, voter: u16| {
-        spawn(
-            "bstarsrv",
-            &[
-                side,
-                "--local",
-                &format!("@{}", ep(local)),
-                "--remote",
-                &format!(">{}", ep(remote)),
-                "--voter",
-                &format!("@{}", ep(voter)),
-                "--heartbeat-ms",
-                "100",
-            ],
-        )
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // `to_primary` forwards to the primary's state publisher (the backup's
+    // remote), `to_backup` to the backup's (the primary's remote).
+    let (to_primary, to_backup) =
+        rt.block_on(async { (Relay::start().await, Relay::start().await) });
+    let server = |side: &str, remote: &str| {
+        spawn_server(&[
+            side,
+            "--local",
+            "@tcp://127.0.0.1:0",
+            "--remote",
+            &format!(">{remote}"),
+            "--voter",
+            "@tcp://127.0.0.1:0",
+            "--heartbeat-ms",
+            "100",
+        ])
     };
-    let mut primary = server("-p", ps, bs, pv);
-    let _backup = server("-b", bs, ps, bv);
+    let (mut primary, ps, pv) = server("-p", to_backup.endpoint());
+    to_primary.set_target(&ps);
+    let (_backup, bs, bv) = server("-b", to_primary.endpoint());
+    to_backup.set_target(&bs);
     let client = |count: &str| {
         let out = run(
             "bstarcli",
             &[
                 "--primary",
-                &ep(pv),
+                &pv,
                 "--backup",
-                &ep(bv),
+                &bv,
                 "--timeout-ms",
                 "500",
                 "--settle-ms",
@@ -157,7 +183,7 @@ fn bstarcli_is_answered_by_the_pair_and_fails_over_after_kill_9() {
         "{second}"
     );
     assert!(
-        second.contains(&format!("connecting to server at {}", ep(bv))),
+        second.contains(&format!("connecting to server at {bv}")),
         "{second}"
     );
     assert!(second.contains("I: server replied OK (2)"), "{second}");
