@@ -6,87 +6,16 @@
 //! (a server needs its peer's address before the peer has bound).
 
 mod common;
+use common::procs::{run, spawn_reading, Running};
 use common::relay::Relay;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// Path of a built example, building the two Binary Star examples once.
-fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "bstarsrv",
-                "--example",
-                "bstarcli",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building the examples failed");
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("examples")
-    });
-    dir.join(name)
-}
-
-/// Kills the child when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs to completion, killing it after `limit`.
-fn run(name: &str, args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(example(name))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn example");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("{name} {args:?} did not finish within {limit:?}");
-        }
-    }
-}
 
 /// Starts `bstarsrv` with `args` and reads its bound state publisher and
 /// voter from its stdout (`I: state publisher bound at ...`, `I: voter
 /// bound at ...`); stdout is drained until it exits.
 fn spawn_server(args: &[&str]) -> (Running, String, String) {
-    let mut child = Command::new(example("bstarsrv"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn bstarsrv");
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
+    let (running, rx) = spawn_reading("bstarsrv", args);
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut state, mut voter) = (None, None);
     while state.is_none() || voter.is_none() {

@@ -1,31 +1,10 @@
 //! The examples as users run them: separate processes, real flags.
 
 mod common;
-use common::procs::{example, spawn};
+use common::procs::{run, spawn};
 
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// Runs to completion, killing it after `limit`.
-fn run(name: &str, args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(example(name))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn example");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("{name} {args:?} did not finish within {limit:?}");
-        }
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -88,6 +88,26 @@ pub fn line_after(lines: &mpsc::Receiver<String>, prefix: &str, limit: Duration)
                 }
             }
             Err(_) => panic!("no line starting with {prefix:?} within {limit:?}"),
+        }
+    }
+}
+
+/// Runs an example to completion, killing it after `limit`.
+pub fn run(name: &str, args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(example(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn example");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("{name} {args:?} did not finish within {limit:?}");
         }
     }
 }
