@@ -31,7 +31,9 @@ use zpatterns::endpoint::EndpointSpec;
 const HEARTBEAT: Duration = Duration::from_millis(100);
 const SERVER_TTL: Duration = Duration::from_millis(1000);
 
-/// The relays in front of one server: what its peer and its clients use.
+/// Relays in front of one server: what its clients use (`Pair::front`),
+/// or its view of the other server (`Pair::peer`, whose collector relay is
+/// unused), so that the link between the servers can be cut alone.
 struct Front {
     state: Relay,
     snapshot: Relay,
@@ -66,43 +68,17 @@ impl Front {
         self.updates.set_target(&ep.publisher);
         self.collector.set_target(&ep.collector);
     }
-}
 
-/// Relays the peer link of one server goes through (its view of the other
-/// server), so the link between the servers can be cut alone.
-struct PeerLink {
-    state: Relay,
-    snapshot: Relay,
-    updates: Relay,
-}
-
-impl PeerLink {
-    async fn new() -> Self {
-        Self {
-            state: Relay::start().await,
-            snapshot: Relay::start().await,
-            updates: Relay::start().await,
-        }
-    }
-
-    fn point_at(&self, server: &CloneServer) {
-        let ep = server.endpoints();
-        self.state
-            .set_target(ep.state.as_deref().expect("a pair server"));
-        self.snapshot.set_target(&ep.snapshot);
-        self.updates.set_target(&ep.publisher);
+    fn all(&self) -> [&Relay; 4] {
+        [&self.state, &self.snapshot, &self.updates, &self.collector]
     }
 
     fn cut(&self) {
-        self.state.cut();
-        self.snapshot.cut();
-        self.updates.cut();
+        self.all().iter().for_each(|r| r.cut());
     }
 
     fn heal(&self) {
-        self.state.heal();
-        self.snapshot.heal();
-        self.updates.heal();
+        self.all().iter().for_each(|r| r.heal());
     }
 }
 
@@ -111,7 +87,7 @@ impl PeerLink {
 /// other one.
 struct Pair {
     front: [Front; 2],
-    peer: [PeerLink; 2],
+    peer: [Front; 2],
     servers: Mutex<[Option<CloneServer>; 2]>,
     token: CancellationToken,
 }
@@ -128,7 +104,7 @@ impl Pair {
     async fn new(token: &CancellationToken) -> Self {
         Self {
             front: [Front::new().await, Front::new().await],
-            peer: [PeerLink::new().await, PeerLink::new().await],
+            peer: [Front::new().await, Front::new().await],
             servers: Mutex::new([None, None]),
             token: token.clone(),
         }
@@ -1070,7 +1046,7 @@ async fn clonesrv_pair_processes_survive_kill_9_of_the_primary() {
     trace_init();
     let token = CancellationToken::new();
     // peer[i]: how server i reaches the other one.
-    let peer = [PeerLink::new().await, PeerLink::new().await];
+    let peer = [Front::new().await, Front::new().await];
     let any = "@tcp://127.0.0.1:0";
     let start = |flag: &'static str, i: usize| {
         let link = &peer[i];

@@ -40,8 +40,8 @@ use super::kvmsg::KvMsg;
 use super::link::ServerAddr;
 use super::proto::{Icanhaz, SnapshotReply, Update};
 use super::server::{
-    bind, now, received, with_collector, CloneServer, CloneServerConfig, CloneServerEndpoints,
-    CloneServerStats, Finished, SnapshotStreams,
+    bind, now, publish, received, with_collector, CloneServer, CloneServerConfig,
+    CloneServerEndpoints, CloneServerStats, Finished, SnapshotStreams,
 };
 use super::store::{Store, StoreAction};
 use crate::bstar::{
@@ -432,13 +432,7 @@ impl Pair {
             for action in promoted.into_iter().chain(actions) {
                 match action {
                     StoreAction::Publish(frames) => {
-                        let msg = crate::frames::message(frames).expect("five frames");
-                        publisher.send(msg).await?;
-                        published += 1;
-                        // The zeromq PUB's fan-out task must get to run.
-                        if published.is_multiple_of(256) {
-                            tokio::task::yield_now().await;
-                        }
+                        publish(&mut publisher, frames, &mut published).await?;
                     }
                     StoreAction::StartSnapshot(cursor) => streams.spawn(cursor),
                     StoreAction::FetchSnapshot => {

@@ -361,13 +361,7 @@ async fn run(
         for action in actions {
             match action {
                 StoreAction::Publish(frames) => {
-                    let msg = crate::frames::message(frames).expect("five frames");
-                    publisher.send(msg).await?;
-                    published += 1;
-                    // The zeromq PUB's fan-out task must get to run.
-                    if published.is_multiple_of(256) {
-                        tokio::task::yield_now().await;
-                    }
+                    publish(&mut publisher, frames, &mut published).await?;
                 }
                 StoreAction::StartSnapshot(cursor) => streams.spawn(cursor),
                 // A single server's store is active: it never asks.
@@ -395,6 +389,22 @@ async fn run(
     publisher.close().await;
     drop(collector);
     info!("clone server stopped");
+    Ok(())
+}
+
+/// Publishes one KVPUB or HUGZ, letting the `zeromq` PUB's fan-out task
+/// run every 256 messages.
+pub(super) async fn publish(
+    publisher: &mut PubSocket,
+    frames: [Bytes; 5],
+    published: &mut u64,
+) -> Result<(), CloneError> {
+    let msg = crate::frames::message(frames).expect("five frames");
+    publisher.send(msg).await?;
+    *published += 1;
+    if published.is_multiple_of(256) {
+        tokio::task::yield_now().await;
+    }
     Ok(())
 }
 
