@@ -17,6 +17,7 @@
 //!   connections that never finish their handshake.
 
 mod common;
+use common::chp::{kvmsg, recv_until, seq_of, Frames};
 use common::*;
 
 use std::collections::HashMap;
@@ -29,38 +30,6 @@ use zpatterns::clone::{
     CloneClient, CloneClientConfig, CloneServer, CloneServerConfig, CloneServerStats,
     CollectorLimits, CollectorSocket, Phase, ServerAddr,
 };
-
-type Frames = Vec<Vec<u8>>;
-
-/// A 5-frame kvmsg: key, 8-byte big-endian sequence, uuid, properties, body.
-fn kvmsg(key: &str, seq: u64, uuid: &[u8], props: &str, body: &str) -> Frames {
-    vec![
-        key.into(),
-        seq.to_be_bytes().to_vec(),
-        uuid.to_vec(),
-        props.into(),
-        body.into(),
-    ]
-}
-
-fn seq_of(m: &[Vec<u8>]) -> u64 {
-    assert_eq!(m[1].len(), 8, "8-byte sequence: {:?}", text(m));
-    u64::from_be_bytes(m[1].as_slice().try_into().unwrap())
-}
-
-/// Receives from a libzmq socket until `pred` matches (skipping others).
-async fn recv_until(sock: &Lz, what: &str, mut pred: impl FnMut(&Frames) -> bool) -> Frames {
-    within(secs(20), what, async {
-        loop {
-            if let Some(m) = sock.recv(ms(200)).await {
-                if pred(&m) {
-                    return m;
-                }
-            }
-        }
-    })
-    .await
-}
 
 /// Sends `ICANHAZ?` (with `subtree`, or alone as in model 2) on a fresh
 /// libzmq DEALER and reads the snapshot: the entries by key, and

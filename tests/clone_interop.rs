@@ -5,6 +5,7 @@
 //! checked independently.
 
 mod common;
+use common::chp::{kvmsg, recv_until, seq_of, Frames};
 use common::*;
 
 use std::collections::HashMap;
@@ -18,8 +19,6 @@ use zpatterns::clone::{
     StoreConfig,
 };
 
-type Frames = Vec<Vec<u8>>;
-
 /// A KVSET with a UUID of its own (servers drop a UUID they applied
 /// recently as a re-sent duplicate).
 fn kvset(key: &str, value: &str, props: &str) -> Frames {
@@ -27,32 +26,7 @@ fn kvset(key: &str, value: &str, props: &str) -> Frames {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut uuid = vec![0xAB; 8];
     uuid.extend_from_slice(&n.to_be_bytes());
-    vec![
-        key.into(),
-        0u64.to_be_bytes().to_vec(),
-        uuid,
-        props.into(),
-        value.into(),
-    ]
-}
-
-fn seq_of(m: &Frames) -> u64 {
-    assert_eq!(m[1].len(), 8, "8-byte sequence");
-    u64::from_be_bytes(m[1].as_slice().try_into().unwrap())
-}
-
-/// Receives from a libzmq SUB until `pred` matches (skipping others).
-async fn recv_until(sub: &Lz, what: &str, mut pred: impl FnMut(&Frames) -> bool) -> Frames {
-    within(secs(20), what, async {
-        loop {
-            if let Some(m) = sub.recv(ms(200)).await {
-                if pred(&m) {
-                    return m;
-                }
-            }
-        }
-    })
-    .await
+    kvmsg(key, 0, &uuid, props, value)
 }
 
 /// A libzmq PUB connected to the collector, proven live: it repeats a probe

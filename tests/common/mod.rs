@@ -20,6 +20,7 @@
 //! ```
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod chp;
 pub mod procs;
 pub mod relay;
 
