@@ -12,7 +12,8 @@
 //!  ROUTER      @5556 [5566]  snapshots; every ICANHAZ? is a Binary Star vote
 //!  PUB         @5557 [5567]  KVPUB, HUGZ (epoch property), in every state
 //!  collector   @5558 [5568]  client KVSETs (clients publish to both servers)
-//!  peer SUB    >5567 [5557]  the active's updates, read while passive
+//!  peer SUB    >5567 [5557]  the peer's updates: applied while passive; the
+//!                            epoch they carry is read in every state
 //!  DEALER      >5566 [5556]  snapshot from the active (on demand, passive)
 //! ```
 //!
