@@ -89,6 +89,7 @@ struct Pair {
     front: [Front; 2],
     peer: [Front; 2],
     servers: Mutex<[Option<CloneServer>; 2]>,
+    store: StoreConfig,
     token: CancellationToken,
 }
 
@@ -106,6 +107,7 @@ impl Pair {
             front: [Front::new().await, Front::new().await],
             peer: [Front::new().await, Front::new().await],
             servers: Mutex::new([None, None]),
+            store: StoreConfig::new().hugz_interval(HEARTBEAT),
             token: token.clone(),
         }
     }
@@ -119,8 +121,7 @@ impl Pair {
             other.snapshot.endpoint(), // not used by a pair server
         )
         .unwrap();
-        let server =
-            CloneServerConfig::loopback().store(StoreConfig::new().hugz_interval(HEARTBEAT));
+        let server = CloneServerConfig::loopback().store(self.store.clone());
         let config = ClonePairConfig::new(
             side(i),
             server,
@@ -162,8 +163,7 @@ impl Pair {
         eventually(secs(15), &format!("server {i} synced"), || {
             self.servers.lock().unwrap()[i]
                 .as_ref()
-                .and_then(|s| s.stats().pair)
-                .is_some_and(|p| p.peer_snapshots > 0)
+                .is_some_and(|s| s.stats().store.peer_snapshots > 0)
         })
         .await;
     }
@@ -472,7 +472,10 @@ async fn max_actives<T>(pair: &Pair, fut: impl std::future::Future<Output = T>) 
 }
 
 async fn settled_pair(token: &CancellationToken) -> Pair {
-    let pair = Pair::new(token).await;
+    settle(Pair::new(token).await).await
+}
+
+async fn settle(pair: Pair) -> Pair {
     pair.start(0).await;
     pair.start(1).await;
     pair.wait_state(0, BstarState::Active).await;
@@ -667,11 +670,11 @@ async fn cutting_only_the_link_between_the_servers_leaves_one_active() {
         "the backup queued the clients' updates it could not confirm"
     );
     // Heal: the backup sees the gap and fetches a new snapshot.
-    let snapshots = pair.stats(1).pair.unwrap().peer_snapshots;
+    let snapshots = pair.stats(1).store.peer_snapshots;
     pair.peer[0].heal();
     pair.peer[1].heal();
     eventually(secs(15), "backup re-synchronised after the heal", || {
-        pair.stats(1).pair.unwrap().peer_snapshots > snapshots
+        pair.stats(1).store.peer_snapshots > snapshots
     })
     .await;
     let (_, ledger) = writer.finish().await;
@@ -943,7 +946,7 @@ async fn this_backup_pairs_with_a_libzmq_guide_primary_and_takes_over() {
         pair_state(&backup) == BstarState::Passive && backup.stats().keys == 3
     })
     .await;
-    assert!(backup.stats().pair.unwrap().peer_snapshots >= 1);
+    assert!(backup.stats().store.peer_snapshots >= 1);
     // A client of both; the Guide's primary dies; the client votes ours in.
     let c = CloneClient::start(client_config(), &token).await.unwrap();
     c.connect(ServerAddr::new(&guide.snapshot, &guide.updates, &guide.collector).unwrap())
@@ -1148,5 +1151,88 @@ async fn clonesrv_pair_processes_survive_kill_9_of_the_primary() {
             "{k} lost its last acknowledged value"
         );
     }
+    token.cancel();
+}
+
+/// Hostile libzmq peers against a settled pair: a PUB flooding the
+/// passive's collector with updates the active never sees (each one a
+/// pending entry) is held to `max_pending`, and garbage and oversized
+/// messages on the passive's snapshot socket are counted as non-votes and
+/// never promote it, while a well-behaved client keeps writing through the
+/// active and the passive keeps following it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_of_the_passive_are_bounded_while_a_client_is_served() {
+    trace_init();
+    let token = CancellationToken::new();
+    let mut pair = Pair::new(&token).await;
+    pair.store = StoreConfig::new()
+        .hugz_interval(HEARTBEAT)
+        .max_pending(100)
+        .max_request_size(256);
+    let pair = settle(pair).await;
+    let writer = Writer::start(&pair, 0, 10, ms(10)).await;
+    // The flood goes to the passive only: nothing cancels it.
+    let flood = Lz::new(zmq::PUB);
+    flood.connect(pair.front[1].collector.endpoint());
+    let voter = Lz::new(zmq::DEALER);
+    voter.connect(pair.front[1].snapshot.endpoint());
+    let rss_before = rss_kib();
+    let acked = writer.acked();
+    let mut sent = 0u64;
+    within(
+        secs(30),
+        "the passive's pending list is full and dropping",
+        async {
+            while pair.stats(1).store.pending_dropped < 1_000 {
+                for _ in 0..200 {
+                    let uuid: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+                    let key = format!("/flood/{sent}");
+                    let body = vec![b'x'; 1024];
+                    flood
+                        .send(&[key.as_bytes(), &[0; 8], &uuid, b"", &body])
+                        .await;
+                    sent += 1;
+                }
+                voter.send(&[b"GIMME", b"everything"]).await;
+                voter.send(&[b"ICANHAZ?", &[b'/'; 4096]]).await;
+                tokio::time::sleep(ms(5)).await;
+            }
+        },
+    )
+    .await;
+    let passive = pair.stats(1);
+    assert!(
+        passive.pending <= 100,
+        "held {} pending, over max_pending",
+        passive.pending
+    );
+    assert!(
+        passive.pending_bytes <= 100 * 2048,
+        "{} pending bytes",
+        passive.pending_bytes
+    );
+    assert!(passive.store.pending_added > 1_000, "{:?}", passive.store);
+    let pair_stats = passive.pair.clone().unwrap();
+    assert!(pair_stats.non_votes >= 2, "{pair_stats:?}");
+    assert_eq!(pair_stats.fsm.votes_accepted, 0, "garbage is never a vote");
+    assert_eq!(pair_stats.state, BstarState::Passive);
+    // The good client is still served through the active, and the passive
+    // still follows it.
+    eventually(secs(15), "the good writer is still acknowledged", || {
+        writer.acked() >= acked + 50
+    })
+    .await;
+    eventually(secs(15), "the passive follows the active", || {
+        pair.stats(1).sequence == pair.stats(0).sequence
+    })
+    .await;
+    let rss_after = rss_kib();
+    eprintln!(
+        "flood: {sent} updates of 1 KiB to the passive, pending dropped {}, VmRSS {rss_before} -> {rss_after} KiB",
+        pair.stats(1).store.pending_dropped
+    );
+    let (_, ledger) = writer.finish().await;
+    let map = active_map(&pair).await;
+    assert_nothing_lost(&map, &[ledger]);
     token.cancel();
 }

@@ -131,8 +131,7 @@ pub(crate) async fn settled_pair(
     let primary = start(Side::Primary, (&p, &b), timers, token).await?;
     let backup = start(Side::Backup, (&b, &p), timers, token).await?;
     wait(10 * timers.server_ttl, || async {
-        Ok(state(&primary) == Some(BstarState::Active)
-            && backup.stats().pair.is_some_and(|s| s.peer_snapshots > 0))
+        Ok(state(&primary) == Some(BstarState::Active) && backup.stats().store.peer_snapshots > 0)
     })
     .await?;
     Ok(RunningPair {

@@ -181,10 +181,6 @@ pub struct ClonePairStats {
     pub fsm: FsmStats,
     /// Messages received from the active peer's publisher.
     pub peer_messages: u64,
-    /// Snapshots fetched from the active peer.
-    pub peer_snapshots: u64,
-    /// Snapshot fetches that failed or timed out (retried).
-    pub peer_snapshot_failures: u64,
     /// Snapshot-socket messages that were not votes (not a valid
     /// `ICANHAZ?`).
     pub non_votes: u64,
@@ -243,8 +239,6 @@ impl CloneServer {
             epoch: fsm.epoch(),
             fsm: fsm.stats().clone(),
             peer_messages: 0,
-            peer_snapshots: 0,
-            peer_snapshot_failures: 0,
             non_votes: 0,
         };
         let stats = Arc::new(Mutex::new(CloneServerStats {
@@ -294,8 +288,6 @@ struct PairSockets {
 #[derive(Debug, Default, Clone)]
 struct PairIo {
     peer_messages: u64,
-    peer_snapshots: u64,
-    peer_snapshot_failures: u64,
     non_votes: u64,
 }
 
@@ -376,29 +368,31 @@ impl Pair {
                 }
                 Some(frames) = peer_rx.recv() => {
                     self.pair_io.peer_messages += 1;
-                    // The epoch the peer presents, in every role: a newer
+                    // Followed only while Binary Star says the peer is the
+                    // active (an undecided or passive peer serves no
+                    // snapshot); the store reads the epoch it presents.
+                    // In any other state only the epoch is read: a newer
                     // one fences this server if it is active.
-                    let epoch = Update::decode(&frames).ok().and_then(|u| u.epoch());
+                    let epoch = if self.fsm.state() == BstarState::Passive {
+                        actions = self.store.handle_peer_update(&frames, now());
+                        self.store.observed_epoch()
+                    } else {
+                        Update::decode(&frames).ok().and_then(|u| u.epoch())
+                    };
                     if let Some(epoch) = epoch.filter(|e| *e > self.fsm.epoch()) {
                         bstar = self.fsm.observe_epoch(epoch, now());
-                    }
-                    // Followed only while Binary Star says the peer is the
-                    // active (an undecided or passive peer serves no snapshot).
-                    if self.fsm.state() == BstarState::Passive {
-                        actions = self.store.handle_peer_update(&frames, now());
                     }
                 }
                 Some(fetched) = fetch_rx.recv() => {
                     fetching = false;
                     actions = match fetched {
                         Ok((entries, seq, epoch)) => {
-                            self.pair_io.peer_snapshots += 1;
                             info!(entries = entries.len(), seq, "received snapshot from the active peer");
                             self.store.handle_peer_snapshot(entries, seq, epoch, now())
                         }
                         Err(cause) => {
-                            self.pair_io.peer_snapshot_failures += 1;
-                            warn!(%cause, "snapshot from the active peer failed; will retry");
+                            // The store counts it and logs the retry.
+                            debug!(%cause, "snapshot from the active peer failed");
                             self.store.handle_peer_snapshot_failed(now())
                         }
                     };
@@ -534,8 +528,6 @@ impl Pair {
             epoch: self.fsm.epoch(),
             fsm: self.fsm.stats().clone(),
             peer_messages: self.pair_io.peer_messages,
-            peer_snapshots: self.pair_io.peer_snapshots,
-            peer_snapshot_failures: self.pair_io.peer_snapshot_failures,
             non_votes: self.pair_io.non_votes,
         };
         *self.stats.lock().expect("stats lock") = with_collector(
@@ -547,6 +539,8 @@ impl Pair {
                 bytes: self.store.bytes(),
                 sequence: self.store.sequence(),
                 pair: Some(pair),
+                pending: self.store.pending_load().0,
+                pending_bytes: self.store.pending_load().1,
                 ..self.io.clone()
             },
             counts,

@@ -172,6 +172,12 @@ pub struct CloneServerStats {
     /// ([`start_pair`](CloneServer::start_pair)): its state, epoch, votes
     /// and peer counters; `None` for a single server.
     pub pair: Option<ClonePairStats>,
+    /// Updates on the passive's pending list now (a pair server; bounded
+    /// by `StoreConfig::max_pending`).
+    pub pending: usize,
+    /// Bytes those pending updates hold (bounded by
+    /// `StoreConfig::max_pending_bytes`).
+    pub pending_bytes: usize,
 }
 
 /// A running Clone server.
