@@ -360,3 +360,40 @@ async fn dropping_a_handle_stops_its_pattern_only() {
     })
     .await;
 }
+
+/// `in_flight()` counts every update set before it (no server yet: none can
+/// be acknowledged), and falls to 0 once a server has republished them all,
+/// when a fresh client sees every value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_counts_every_earlier_set_until_the_server_republished_it() {
+    let token = CancellationToken::new();
+    let (_server, addr) = server(&token).await;
+    let writer = client("/f/", &[], &token).await;
+    for i in 0..50usize {
+        writer
+            .set(format!("/f/{}", i % 20), i.to_string(), None)
+            .await
+            .unwrap();
+        assert_eq!(writer.in_flight().await.unwrap(), i + 1);
+    }
+    writer.connect(addr.clone()).await.unwrap();
+    within(secs(20), "every set acknowledged", async {
+        while writer.in_flight().await.unwrap() > 0 {
+            tokio::time::sleep(ms(10)).await;
+        }
+    })
+    .await;
+    let reader = client("/f/", &[&addr], &token).await;
+    within(secs(20), "reader synced", reader.wait_active())
+        .await
+        .unwrap();
+    let got = reader.entries().await.unwrap();
+    let want: Vec<(Bytes, Bytes)> = (30..50)
+        .map(|i| (format!("/f/{}", i % 20), i.to_string()))
+        .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    assert_eq!(got, want);
+    token.cancel();
+}

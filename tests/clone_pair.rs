@@ -283,11 +283,7 @@ impl Writer {
     async fn finish(self) -> (Arc<CloneClient>, Ledger) {
         self.stop.cancel();
         self.task.await.unwrap();
-        let client = self.client.clone();
-        eventually(secs(20), "nothing left in flight", || {
-            client.stats().agent.in_flight == 0
-        })
-        .await;
+        nothing_in_flight(&self.client).await;
         self.acks.abort();
         let ledger = std::mem::take(&mut *self.ledger.lock().unwrap());
         (self.client, ledger)
@@ -442,6 +438,17 @@ fn assert_nothing_lost(map: &[(Bytes, Bytes)], ledgers: &[Ledger]) {
             );
         }
     }
+}
+
+/// Waits until every update `c` was given has been acknowledged (asked of
+/// the client task, after its earlier sets: its stats may lag them).
+async fn nothing_in_flight(c: &CloneClient) {
+    within(secs(20), "nothing left in flight", async {
+        while c.in_flight().await.unwrap() > 0 {
+            tokio::time::sleep(ms(10)).await;
+        }
+    })
+    .await;
 }
 
 /// Waits until `c`'s local map is `want`.
@@ -1133,10 +1140,7 @@ async fn clonesrv_pair_processes_survive_kill_9_of_the_primary() {
         round += 1;
     }
     for c in &writers {
-        eventually(secs(20), "nothing left in flight", || {
-            c.stats().agent.in_flight == 0
-        })
-        .await;
+        nothing_in_flight(c).await;
     }
     let observer = CloneClient::start(client_config(), &token).await.unwrap();
     observer.connect(b_addr.clone()).await.unwrap();

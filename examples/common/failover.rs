@@ -294,7 +294,7 @@ impl Writer {
                         _ = tick.tick() => {
                             if !writing {
                                 // Stopped: done once nothing is in flight.
-                                if client.stats().agent.in_flight == 0 {
+                                if client.in_flight().await? == 0 {
                                     return Ok(());
                                 }
                                 continue;

@@ -134,6 +134,7 @@ enum Cmd {
     Set(KvMsg),
     Get(Bytes, oneshot::Sender<Option<Bytes>>),
     Entries(oneshot::Sender<Vec<(Bytes, Bytes)>>),
+    InFlight(oneshot::Sender<usize>),
 }
 
 /// A Clone client: a local copy of a server's map (or subtree) kept up to
@@ -240,6 +241,16 @@ impl CloneClient {
     /// A copy of the whole local map, sorted by key.
     pub async fn entries(&self) -> Result<Vec<(Bytes, Bytes)>, CloneError> {
         self.ask(Cmd::Entries).await
+    }
+
+    /// How many of this client's updates are still in flight (published,
+    /// not yet acknowledged). Unlike `stats().agent.in_flight`, which is as
+    /// of the task's last step, this counts after every earlier
+    /// [`set`](Self::set) of this handle has been taken in, so `0` means
+    /// every update set before the call was acknowledged (or superseded by
+    /// a later acknowledged one of its key).
+    pub async fn in_flight(&self) -> Result<usize, CloneError> {
+        self.ask(Cmd::InFlight).await
     }
 
     /// A copy of the counters (as of the task's last step).
@@ -413,6 +424,9 @@ impl Task {
             }
             Cmd::Entries(reply) => {
                 let _ = reply.send(agent.entries());
+            }
+            Cmd::InFlight(reply) => {
+                let _ = reply.send(agent.in_flight().0);
             }
         }
     }
