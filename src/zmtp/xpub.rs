@@ -656,10 +656,12 @@ impl XPubServer {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        let now = Instant::now();
-        d.disconnected = evict.len();
-        for id in evict {
-            self.evict(id, now);
+        if !evict.is_empty() {
+            let now = Instant::now();
+            d.disconnected = evict.len();
+            for id in evict {
+                self.evict(id, now);
+            }
         }
         d
     }
