@@ -73,8 +73,10 @@ impl Front {
         [&self.state, &self.snapshot, &self.updates, &self.collector]
     }
 
-    fn cut(&self) {
-        self.all().iter().for_each(|r| r.cut());
+    async fn cut(&self) {
+        for r in self.all() {
+            r.cut_and_wait().await;
+        }
     }
 
     fn heal(&self) {
@@ -650,8 +652,8 @@ async fn cutting_only_the_link_between_the_servers_leaves_one_active() {
     let writer = Writer::start(&pair, 0, 10, ms(10)).await;
     let epoch = pair.stats(0).pair.unwrap().epoch;
     // Cut both directions between the servers; clients still reach both.
-    pair.peer[0].cut();
-    pair.peer[1].cut();
+    pair.peer[0].cut().await;
+    pair.peer[1].cut().await;
     let acked = writer.acked();
     let (most, ()) = max_actives(&pair, async {
         eventually(secs(10), "writes go on during the cut", || {
@@ -709,7 +711,7 @@ async fn a_passive_that_missed_updates_resyncs_and_fails_over_without_resurrecti
     }
     eventually(secs(10), "backup has the keys", || pair.stats(1).keys >= 10).await;
     // Pause the passive's peer subscription: it misses what follows.
-    pair.peer[1].updates.cut();
+    pair.peer[1].updates.cut_and_wait().await;
     let set_at = Instant::now();
     c.set("/d/eph", "short-lived", Some(secs(4))).await.unwrap();
     for i in 0..10 {
@@ -998,8 +1000,8 @@ async fn a_vote_for_the_backup_during_a_cut_makes_two_actives_until_the_heal_sto
     let token = CancellationToken::new();
     let pair = settled_pair(&token).await;
     let epoch = pair.stats(0).pair.unwrap().epoch;
-    pair.peer[0].cut();
-    pair.peer[1].cut();
+    pair.peer[0].cut().await;
+    pair.peer[1].cut().await;
     // A client that can only reach the backup votes for it.
     let c = CloneClient::start(client_config(), &token).await.unwrap();
     c.connect(pair.front[1].addr()).await.unwrap();

@@ -329,8 +329,12 @@ impl Pair {
             token: token.clone(),
         };
         let (peer_tx, mut peer_rx) = mpsc::channel::<Vec<Bytes>>(1024);
+        // The peer sends HUGZ every interval in every state: silence for
+        // three of them means the connection is gone.
+        let silence = (3 * self.config.server.store.hugz_every()).max(Duration::from_millis(300));
         spawn_peer_subscriber(
             self.config.peer.updates().to_owned(),
+            silence,
             peer_tx,
             token.clone(),
         );
@@ -548,26 +552,42 @@ impl Pair {
     }
 }
 
-/// Reads the active peer's publisher for the server's whole life (the
-/// `zeromq` SUB reconnects by itself while read); the store ignores what
-/// arrives while it is active, except the epoch.
-fn spawn_peer_subscriber(endpoint: String, tx: mpsc::Sender<Vec<Bytes>>, token: CancellationToken) {
+/// Reads the active peer's publisher for the server's whole life; the
+/// store ignores what arrives while it is active, except the epoch.
+///
+/// The peer publishes HUGZ in every state, so `silence` without a message
+/// means the connection is gone: the SUB is then replaced by a fresh one
+/// that connects every 100 ms until the peer answers. (The `zeromq` SUB
+/// reconnects by itself, but backs off up to 30 s: after a long outage the
+/// passive would stay blind, and behind, for that long.)
+fn spawn_peer_subscriber(
+    endpoint: String,
+    silence: Duration,
+    tx: mpsc::Sender<Vec<Bytes>>,
+    token: CancellationToken,
+) {
     let span = tracing::info_span!("peer_subscriber", peer = %endpoint);
     let task = async move {
-        let mut sub = SubSocket::new();
-        sub.subscribe("").await?;
         let spec = EndpointSpec::connect(&endpoint)?;
-        spec.attach_patiently(&mut sub, Duration::from_millis(100))
-            .await?;
-        debug!("connected to the peer's publisher");
         loop {
-            match sub.recv().await {
-                Ok(msg) => {
-                    if tx.send(msg.into_vec()).await.is_err() {
-                        return Ok::<(), CloneError>(());
+            let mut sub = SubSocket::new();
+            sub.subscribe("").await?;
+            spec.attach_patiently(&mut sub, Duration::from_millis(100))
+                .await?;
+            debug!("connected to the peer's publisher");
+            loop {
+                match tokio::time::timeout(silence, sub.recv()).await {
+                    Ok(Ok(msg)) => {
+                        if tx.send(msg.into_vec()).await.is_err() {
+                            return Ok::<(), CloneError>(());
+                        }
+                    }
+                    Ok(Err(e)) => debug!(cause = %e, "peer publisher connection failed"),
+                    Err(_) => {
+                        debug!(?silence, "peer publisher silent; connecting afresh");
+                        break;
                     }
                 }
-                Err(e) => debug!(cause = %e, "peer publisher connection failed"),
             }
         }
     };

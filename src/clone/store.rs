@@ -274,6 +274,10 @@ impl StoreConfig {
         self.max_request_size = n;
         self
     }
+    /// The configured [`hugz_interval`](Self::hugz_interval).
+    pub(super) fn hugz_every(&self) -> Duration {
+        self.hugz_interval
+    }
     /// The configured [`max_request_size`](Self::max_request_size).
     pub(super) fn request_size_limit(&self) -> usize {
         self.max_request_size

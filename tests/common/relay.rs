@@ -23,6 +23,8 @@ pub struct Relay {
     target: watch::Sender<Option<String>>,
     state: Arc<Mutex<RelayState>>,
     accepted: Arc<AtomicU64>,
+    /// Forwarded connections still open.
+    open: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -45,12 +47,13 @@ impl Relay {
             generation: CancellationToken::new(),
         }));
         let accepted = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(
             listener,
             rx,
             state.clone(),
-            accepted.clone(),
+            (accepted.clone(), open.clone()),
             stop.clone(),
         ));
         Self {
@@ -58,6 +61,7 @@ impl Relay {
             target,
             state,
             accepted,
+            open,
             stop,
         }
     }
@@ -83,6 +87,21 @@ impl Relay {
         s.generation = CancellationToken::new();
     }
 
+    /// [`cut`](Self::cut), then waits until every forwarded connection has
+    /// closed, so nothing sent after this returns gets through (a cut
+    /// connection's task may forward one last read before it sees the cut).
+    pub async fn cut_and_wait(&self) {
+        self.cut();
+        let started = std::time::Instant::now();
+        while self.open.load(Ordering::Acquire) > 0 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "relay connections did not close"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Forwards again.
     pub fn heal(&self) {
         self.state.lock().unwrap().cut = false;
@@ -105,7 +124,7 @@ async fn accept_loop(
     listener: TcpListener,
     target: watch::Receiver<Option<String>>,
     state: Arc<Mutex<RelayState>>,
-    accepted: Arc<AtomicU64>,
+    (accepted, open): (Arc<AtomicU64>, Arc<AtomicU64>),
     stop: CancellationToken,
 ) {
     loop {
@@ -127,7 +146,21 @@ async fn accept_loop(
             continue;
         }
         accepted.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(forward(inbound, to, generation));
+        open.fetch_add(1, Ordering::AcqRel);
+        let open = Open(open.clone());
+        tokio::spawn(async move {
+            let _open = open;
+            forward(inbound, to, generation).await;
+        });
+    }
+}
+
+/// Counts a forwarded connection as open until dropped.
+struct Open(Arc<AtomicU64>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
