@@ -12,8 +12,11 @@
 //! [`XSubServer`], which refuses a message over its size limit from the
 //! frame header (the `zeromq` crate's XSUB buffers any frame whole); the
 //! backend is an [`XPubServer`], whose publish never blocks: each subscriber has
-//! its own bounded queue (its HWM), and a subscriber that stops reading loses
-//! only its own messages. Subscription frames update the [`Registry`]; only
+//! its own bounded queue (its HWM). A subscriber whose queue is full loses
+//! only its own messages ([`SlowPolicy::Drop`], the default), or holds the
+//! proxy's reading of its publishers until it has room
+//! ([`SlowPolicy::Block`]: lossless, backpressure to the publishers), or is
+//! disconnected once it stays behind too long ([`SlowPolicy::Disconnect`]). Subscription frames update the [`Registry`]; only
 //! the first subscribe and the last unsubscribe of each prefix go upstream
 //! ([`UpstreamMode::Forward`]), or the proxy subscribes to everything once
 //! ([`UpstreamMode::Everything`], for caches). A subscriber that disconnects
