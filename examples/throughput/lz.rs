@@ -122,6 +122,10 @@ fn send_msg(
     sock.send(last, 0)
 }
 
+/// How long a sender started by hand flushes its queue after its end
+/// markers before it exits.
+const MANUAL_LINGER_MS: i32 = 5000;
+
 /// The one-way sender: warm-ups until GO, data for the budget, end markers.
 fn stream(sock: &zmq::Socket, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
     let family = a.pattern.family();
@@ -155,8 +159,10 @@ fn stream(sock: &zmq::Socket, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()>
     }
     if ctl.is_manual() {
         // Nobody tells us when the receiver has everything: report, then
-        // let the context's linger (unlimited) flush what is still queued.
+        // let the context's linger flush what is still queued, for a few
+        // seconds at most (a receiver that stopped at --count is gone).
         ctl.report(&report);
+        sock.set_linger(MANUAL_LINGER_MS)?;
         return Ok(());
     }
     finish_after_stop_blocking(ctl, || report)

@@ -108,8 +108,8 @@ struct Args {
         long,
         value_enum,
         help_heading = ROLES,
-        requires_all = ["imp", "pattern", "size"],
-        conflicts_with_all = ["quick", "sizes", "patterns", "peers", "impls", "out", "plot", "from", "guard"]
+        requires_all = ["imp", "pattern"],
+        conflicts_with_all = ["quick", "sizes", "patterns", "peers", "impls", "runs", "out", "plot", "from", "guard"]
     )]
     role: Option<Role>,
     /// The implementation of this process (with --role).
@@ -120,7 +120,7 @@ struct Args {
     /// receiver).
     #[arg(long, value_enum, help_heading = ROLES, requires = "role")]
     pattern: Option<Pattern>,
-    /// The payload size (with --role), e.g. 16 or 4k.
+    /// The payload size (with --role send|recv), e.g. 16 or 4k.
     #[arg(long, help_heading = ROLES, value_parser = parse_size, requires = "role")]
     size: Option<usize>,
     /// send / recv: connect to this endpoint (a receiver behind a proxy
@@ -278,6 +278,9 @@ fn main() -> anyhow::Result<()> {
 fn check_role(role: Role, args: &Args) -> Result<(), String> {
     let has_ep = args.connect.is_some() || args.bind.is_some();
     match role {
+        Role::Send | Role::Recv if args.size.is_none() => {
+            Err(format!("--role {} needs --size BYTES", role.name()))
+        }
         Role::Send | Role::Recv if !has_ep && !args.orchestrated => Err(format!(
             "--role {} needs --connect EP or --bind EP",
             role.name()
@@ -305,9 +308,11 @@ fn check_role(role: Role, args: &Args) -> Result<(), String> {
 }
 
 fn child(role: Role, args: &Args) -> anyhow::Result<()> {
-    let (Some(imp), Some(pattern), Some(size)) = (args.imp, args.pattern, args.size) else {
-        anyhow::bail!("--role needs --impl, --pattern and --size");
+    let (Some(imp), Some(pattern)) = (args.imp, args.pattern) else {
+        anyhow::bail!("--role needs --impl and --pattern");
     };
+    // A proxy forwards whatever comes; only senders and receivers need a size.
+    let size = args.size.unwrap_or(2);
     let secs = args.secs.unwrap_or(if args.count.is_some() {
         f64::INFINITY
     } else {
@@ -333,11 +338,13 @@ fn child(role: Role, args: &Args) -> anyhow::Result<()> {
     };
     let deadline = args.deadline.map(Duration::from_secs_f64);
     let label = format!(
-        "{} {} {} {}{}",
+        "{} {} {}{}{}",
         role.name(),
         imp.name(),
         pattern.name(),
-        report::fmt_size(size),
+        args.size
+            .map(|s| format!(" {}", report::fmt_size(s)))
+            .unwrap_or_default(),
         if args.lossy { " lossy" } else { "" }
     );
     let ctl = if args.orchestrated {
