@@ -53,6 +53,8 @@ struct Args {
     /// Demo only: messages the subscriber takes before it leaves.
     #[arg(long, default_value_t = 5)]
     take: usize,
+    #[command(flatten)]
+    slow: common::SlowArgs,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -79,7 +81,8 @@ async fn standalone(args: &Args, filter: CaptureFilter) -> anyhow::Result<()> {
         Some(ep) => ep.clone(),
         None => bind_by_default("tcp://*:6001")?,
     };
-    let config = EspressoConfig::new(ProxyConfig::new(frontend, backend))
+    let proxy = ProxyConfig::new(frontend, backend).slow_subscribers(args.slow.policy());
+    let config = EspressoConfig::new(proxy)
         .filter(filter)
         .capacity(args.capacity as usize);
     let mut proxy = Espresso::start(config, &CancellationToken::new()).await?;
@@ -106,7 +109,8 @@ async fn demo(args: &Args, filter: CaptureFilter) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     // Publisher: one random "%c-%05d" every 100 ms, as in the Guide.
     let pub_ep = common::spawn_letter_publisher(Duration::from_millis(100), cancel.clone()).await?;
-    let config = ProxyConfig::new(EndpointSpec::connect(&pub_ep)?, EndpointSpec::loopback());
+    let config = ProxyConfig::new(EndpointSpec::connect(&pub_ep)?, EndpointSpec::loopback())
+        .slow_subscribers(args.slow.policy());
     let config = EspressoConfig::new(config)
         .filter(filter)
         .capacity(args.capacity as usize);
@@ -194,7 +198,7 @@ fn print_event(ev: &CaptureEvent, json: bool) {
 fn print_stats(stats: &EspressoStats) {
     let s = &stats.proxy;
     eprintln!(
-        "stats: {} msgs / {} B in, {} delivered, {} dropped (slow subscribers); {} subscribes, {} unsubscribes, {} malformed; capture drops {}",
-        s.messages_in, s.bytes_in, s.deliveries, s.slow_drops, s.subscribes, s.unsubscribes, s.malformed, s.capture_drops
+        "stats: {} msgs / {} B in, {} delivered; slow subscribers: {} dropped, {} pauses, {} disconnected; {} subscribes, {} unsubscribes, {} malformed; capture drops {}",
+        s.messages_in, s.bytes_in, s.deliveries, s.slow_drops, s.slow_blocks, s.slow_disconnects, s.subscribes, s.unsubscribes, s.malformed, s.capture_drops
     );
 }

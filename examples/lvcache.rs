@@ -29,16 +29,21 @@ struct Args {
     /// Most MiB cached (payload plus per-entry overhead).
     #[arg(long, default_value_t = 256)]
     max_mib: usize,
-    /// Messages queued per subscriber before its new ones are dropped.
+    /// Messages queued per subscriber before it counts as full (then its
+    /// new messages are dropped, unless --nodrop or --disconnect-slow).
     #[arg(long, default_value_t = 10_000)]
     hwm: usize,
+    #[command(flatten)]
+    slow: common::SlowArgs,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     common::init_logging("zpatterns=info,warn");
     let args = Args::parse();
-    let proxy = ProxyConfig::new(args.frontend, args.backend).subscriber_hwm(args.hwm);
+    let proxy = ProxyConfig::new(args.frontend, args.backend)
+        .subscriber_hwm(args.hwm)
+        .slow_subscribers(args.slow.policy());
     let config =
         LvcConfig::new(proxy).limits(CacheLimits::new(args.max_topics, args.max_mib << 20));
     let cache = Lvc::start(config, &CancellationToken::new()).await?;
@@ -50,8 +55,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     let s = cache.stats();
     eprintln!(
-        "lvcache: {} topics ({} B) cached, {} evicted; {} messages in, {} replays; {} malformed, {} unsubscribes ignored",
-        s.cache.topics, s.cache.bytes, s.cache.evictions, s.proxy.messages_in, s.replays, s.proxy.malformed, s.proxy.unsubscribes
+        "lvcache: {} topics ({} B) cached, {} evicted; {} messages in, {} replays; {} malformed, {} unsubscribes ignored; slow subscribers: {} drops, {} pauses, {} disconnected",
+        s.cache.topics, s.cache.bytes, s.cache.evictions, s.proxy.messages_in, s.replays, s.proxy.malformed, s.proxy.unsubscribes,
+        s.proxy.slow_drops, s.proxy.slow_blocks, s.proxy.slow_disconnects
     );
     cache.shutdown().await?;
     Ok(())

@@ -23,6 +23,12 @@ fn bad_arguments_are_clear_errors_with_status_2() {
             "malformed endpoint",
         ),
         ("espresso", &["--frontend", "tcp://*:5"], "wildcard"),
+        (
+            "lvcache",
+            &["--nodrop", "--disconnect-slow", "100"],
+            "cannot be used with",
+        ),
+        ("espresso", &["--disconnect-slow", "soon"], "invalid value"),
         ("pathosub", &["--count", "many"], "invalid value"),
         ("pathopub", &["inproc://x"], "unsupported transport"),
         ("clonesrv", &["--port", "65535"], "invalid value"),

@@ -34,3 +34,35 @@ pub(crate) async fn spawn_letter_publisher(
     });
     Ok(endpoint)
 }
+
+/// The slow-subscriber flags of the proxy examples (`lvcache`, `espresso`):
+/// `--nodrop` or `--disconnect-slow MS`; neither keeps libzmq's drop.
+#[allow(dead_code)] // used by the proxy examples only
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub(crate) struct SlowArgs {
+    /// Lossless: when a subscriber's queue is full, stop reading the
+    /// publishers until it has room (like libzmq's ZMQ_XPUB_NODROP); one
+    /// subscriber that stops reading stops the publishers. Default: drop
+    /// that subscriber's new messages.
+    #[arg(long)]
+    pub(crate) nodrop: bool,
+    /// Like --nodrop, but disconnect a subscriber that stays behind for
+    /// longer than MS milliseconds (0: as soon as its queue overflows).
+    #[arg(long, value_name = "MS", conflicts_with = "nodrop")]
+    pub(crate) disconnect_slow: Option<u64>,
+}
+
+#[allow(dead_code)] // used by the proxy examples only
+impl SlowArgs {
+    /// The policy the flags ask for.
+    pub(crate) fn policy(self) -> zpatterns::pubsub::SlowPolicy {
+        use zpatterns::pubsub::SlowPolicy;
+        match (self.nodrop, self.disconnect_slow) {
+            (_, Some(ms)) => SlowPolicy::Disconnect {
+                after: std::time::Duration::from_millis(ms),
+            },
+            (true, None) => SlowPolicy::Block,
+            (false, None) => SlowPolicy::Drop,
+        }
+    }
+}

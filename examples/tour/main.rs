@@ -18,6 +18,7 @@ mod espresso;
 mod lvc;
 mod pair;
 mod paxos;
+mod slow;
 mod snail;
 
 /// A tour of the toolkit: every pattern, on loopback, in one process.
@@ -55,6 +56,11 @@ const SECTIONS: &[Section] = &[
         "lvc",
         "Last Value Cache: late joiners get the last value at once",
         lvc::run,
+    ),
+    (
+        "slow",
+        "Slow subscribers at a proxy: drop, nodrop, disconnect",
+        slow::run,
     ),
     (
         "snail",

@@ -38,3 +38,7 @@ mod stats;
 
 pub use proxy::{Hooks, Proxy, ProxyConfig, ProxyCounters, ProxyError, UpstreamMode};
 pub use stats::ProxyStats;
+
+/// What a proxy does with a message for a subscriber whose queue is full
+/// (see [`ProxyConfig::slow_subscribers`]).
+pub use crate::zmtp::SlowPolicy;

@@ -36,8 +36,8 @@ use crate::ratelog::LogLimiter;
 use crate::subscription::{Registry, SubEvent, SubscriptionError, Upstream};
 use crate::task::{PatternTask, TaskPanicked};
 use crate::zmtp::{
-    CloseCause, PeerId, Shared, XPubEvent, XPubOptions, XPubServer, XSubEvent, XSubOptions,
-    XSubServer,
+    CloseCause, PeerId, Shared, SlowPolicy, XPubEvent, XPubOptions, XPubServer, XSubEvent,
+    XSubOptions, XSubServer,
 };
 
 /// Errors that stop a proxy from starting or running.
@@ -155,7 +155,7 @@ impl ProxyCounters {
 /// | [`max_subscriptions_per_peer`](Self::max_subscriptions_per_peer): distinct prefixes of one subscriber | 10,000 | that subscribe is ignored (not registered, not forwarded) | `subscriptions_refused` |
 /// | [`max_subscriptions`](Self::max_subscriptions): distinct (subscriber, prefix) pairs in total | 1,000,000 | same | `subscriptions_refused` |
 /// | subscription bytes in total ([`XPubOptions::max_subscription_bytes`]) | 64 MiB | same | `subscriptions_refused` |
-/// | [`subscriber_hwm`](Self::subscriber_hwm): messages queued per subscriber, hook replays (Last Value Cache) included message by message | 10,000 | live messages dropped for it; a replay that does not fit in the room left is dropped whole | `slow_drops`, `replay_drops` |
+/// | [`subscriber_hwm`](Self::subscriber_hwm): messages queued per subscriber, hook replays (Last Value Cache) included message by message | 10,000 | as [`slow_subscribers`](Self::slow_subscribers) says: live messages dropped for it and a replay that does not fit dropped whole (`Drop`); publishers paused until it has room (`Block`); disconnected once it stays behind too long (`Disconnect`). Under `Block`/`Disconnect` at most `hwm` more messages wait for it (parked), a replay beyond that is dropped whole | `slow_drops`, `replay_drops`, `slow_blocks`, `slow_disconnects` |
 /// | subscription frames queued per publisher ([`XSubOptions::send_queue`]) | 100,000 | disconnected; it gets every subscription again when it reconnects | `publisher_disconnects` |
 ///
 /// Why 1 MiB for publishers: libzmq's default (`ZMQ_MAXMSGSIZE` = -1) is
@@ -198,6 +198,30 @@ impl ProxyConfig {
     /// (libzmq's SNDHWM; default 10,000).
     pub fn subscriber_hwm(mut self, hwm: usize) -> Self {
         self.backend_options.hwm = hwm;
+        self
+    }
+
+    /// What a subscriber whose queue is full does to the proxy (default
+    /// [`SlowPolicy::Drop`], libzmq's behaviour):
+    ///
+    /// - [`SlowPolicy::Drop`]: the message is dropped for that subscriber
+    ///   only (`slow_drops`); nobody waits, the slow one has gaps.
+    /// - [`SlowPolicy::Block`] (`--nodrop` in the examples, libzmq's
+    ///   `ZMQ_XPUB_NODROP`): the proxy stops reading its publishers until
+    ///   the subscriber has room (`slow_blocks` counts the pauses), so
+    ///   publishers feel backpressure through TCP (a libzmq PUB then drops
+    ///   at its own HWM unless it is set to block, e.g. HWM 0 or
+    ///   `ZMQ_XPUB_NODROP`); nothing is lost and every subscriber gets
+    ///   every message in order. One subscriber that stops reading stops
+    ///   every publisher.
+    /// - [`SlowPolicy::Disconnect`]: as `Block`, but a subscriber that has
+    ///   stayed behind (queue overflowed, not drained to half since) for
+    ///   longer than `after` is disconnected (`slow_disconnects`); its
+    ///   undelivered messages are discarded, its stream ends without a
+    ///   gap, and the others resume. `after` bounds how long one subscriber
+    ///   can hold the publishers back; zero never holds them.
+    pub fn slow_subscribers(mut self, policy: SlowPolicy) -> Self {
+        self.backend_options.slow = policy;
         self
     }
 
@@ -399,7 +423,9 @@ impl<H: Hooks> Run<H> {
             tokio::select! {
                 biased;
                 ev = self.xpub.recv() => self.on_backend_event(ev),
-                ev = self.xsub.recv() => match ev {
+                // While a full subscriber holds parked messages, publishers
+                // are not read: they feel backpressure (SlowPolicy::Block).
+                ev = self.xsub.recv(), if !self.xpub.is_blocked() => match ev {
                     XSubEvent::Message(msg) => self.on_publisher_message(msg).await,
                     other => self.on_frontend_event(other),
                 },
@@ -416,8 +442,11 @@ impl<H: Hooks> Run<H> {
         Counters::bump(&self.counters.bytes_in, len as u64);
         self.hooks.on_message(&msg);
         let d = self.xpub.publish(&msg);
-        Counters::bump(&self.counters.deliveries, d.queued as u64);
+        Counters::bump(&self.counters.deliveries, (d.queued + d.parked) as u64);
         Counters::bump(&self.counters.slow_drops, d.dropped as u64);
+        if d.parked > 0 {
+            Counters::add(&self.counters.slow_blocks, 1);
+        }
         // The frontend can always have more to read; let the subscribers'
         // writer tasks (and new connections) run between batches.
         tokio::task::consume_budget().await;
@@ -469,8 +498,10 @@ impl<H: Hooks> Run<H> {
                 ..
             } => {
                 Counters::add(&self.counters.disconnects, 1);
-                if cause == CloseCause::TooLarge {
-                    Counters::add(&self.counters.oversized, 1);
+                match cause {
+                    CloseCause::TooLarge => Counters::add(&self.counters.oversized, 1),
+                    CloseCause::Slow => Counters::add(&self.counters.slow_disconnects, 1),
+                    _ => {}
                 }
                 for topic in subscriptions {
                     self.subscription(peer, SubEvent::Unsubscribe(topic), now);
@@ -498,6 +529,8 @@ impl<H: Hooks> Run<H> {
             XPubEvent::ConnectionRefused { .. } => {
                 Counters::add(&self.counters.connections_refused, 1)
             }
+            // Publishers are read again (the select's guard).
+            XPubEvent::Unblocked => {}
         }
         self.counters.subscriptions_held.store(
             self.xpub.subscription_count() as u64,
@@ -523,8 +556,12 @@ impl<H: Hooks> Run<H> {
             // Counted against the subscriber's queue message by message: a
             // replay that does not fit is dropped whole for it alone.
             let n = reply.len() as u64;
+            let was_blocked = self.xpub.is_blocked();
             if self.xpub.send_to(peer, reply) {
                 Counters::add(&self.counters.replayed, n);
+                if !was_blocked && self.xpub.is_blocked() {
+                    Counters::add(&self.counters.slow_blocks, 1);
+                }
             } else {
                 Counters::add(&self.counters.replay_drops, n);
             }

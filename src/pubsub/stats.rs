@@ -43,6 +43,16 @@ counters! {
     /// Copies dropped because that subscriber's queue was full (a slow
     /// subscriber loses its own messages; nobody else is affected).
     slow_drops,
+    /// Times publishing paused because a subscriber's queue was full and a
+    /// message was parked for it ([`SlowPolicy::Block`] and
+    /// [`SlowPolicy::Disconnect`]).
+    ///
+    /// [`SlowPolicy::Block`]: crate::zmtp::SlowPolicy::Block
+    /// [`SlowPolicy::Disconnect`]: crate::zmtp::SlowPolicy::Disconnect
+    slow_blocks,
+    /// Subscribers disconnected for staying behind
+    /// ([`SlowPolicy::Disconnect`](crate::zmtp::SlowPolicy::Disconnect)).
+    slow_disconnects,
     /// Subscribers that connected to the backend.
     connects,
     /// Subscribers that disconnected (their subscriptions were cancelled).

@@ -53,6 +53,10 @@ pub enum CloseCause {
     SocketType,
     /// The server is shutting down.
     Shutdown,
+    /// The server disconnected a subscriber whose queue stayed full for
+    /// longer than its slow-subscriber policy allows
+    /// ([`SlowPolicy::Disconnect`](super::SlowPolicy::Disconnect)).
+    Slow,
 }
 
 /// The socket type a peer announced in its READY, among those a server
@@ -146,6 +150,9 @@ pub(crate) enum Up {
         remote: SocketAddr,
         kind: PeerSocketType,
         tx: mpsc::Sender<Out>,
+        /// Cancelling it ends this connection at once (queued messages
+        /// are discarded), reported as [`CloseCause::Slow`].
+        kill: CancellationToken,
     },
     /// Complete messages, in arrival order, and the messages skipped since
     /// the last batch.
@@ -260,12 +267,17 @@ pub(crate) async fn serve(
 ) -> bool {
     let _ = stream.set_nodelay(true);
     let mut announced = false;
+    let kill = cancel.child_token();
     let Closing(cause, reason) = tokio::select! {
-        r = run(stream, remote, peer, limits, &up, &mut announced) => match r {
+        r = run(stream, remote, peer, limits, &up, &mut announced, &kill) => match r {
             Ok(()) => Closing(CloseCause::PeerClosed, "peer closed the connection".to_owned()),
             Err(e) => e,
         },
-        _ = cancel.cancelled() => Closing(CloseCause::Shutdown, "server shutting down".to_owned()),
+        _ = kill.cancelled() => if cancel.is_cancelled() {
+            Closing(CloseCause::Shutdown, "server shutting down".to_owned())
+        } else {
+            Closing(CloseCause::Slow, "disconnected by the server: its queue stayed full".to_owned())
+        },
     };
     let report = if announced {
         Up::Closed {
@@ -293,6 +305,7 @@ async fn run(
     limits: Limits,
     up: &mpsc::Sender<Up>,
     announced: &mut bool,
+    kill: &CancellationToken,
 ) -> Result<(), Closing> {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(limits.read_chunk);
@@ -318,6 +331,7 @@ async fn run(
         remote,
         kind,
         tx,
+        kill: kill.clone(),
     };
     if up.send(connected).await.is_err() {
         return Ok(());

@@ -34,6 +34,7 @@ mod xsub;
 
 pub use conn::{CloseCause, PeerSocketType, Shared};
 pub use xpub::{
-    Delivery, PeerId, SubscriptionLimit, XPubEvent, XPubOptions, XPubServer, SUBSCRIPTION_OVERHEAD,
+    Delivery, PeerId, SlowPolicy, SubscriptionLimit, XPubEvent, XPubOptions, XPubServer,
+    SUBSCRIPTION_OVERHEAD,
 };
 pub use xsub::{XSubEvent, XSubOptions, XSubServer};

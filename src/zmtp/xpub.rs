@@ -24,9 +24,32 @@
 //! | `max_subscriptions_per_peer` (distinct prefixes) | 10,000 | that subscribe is ignored |
 //! | `max_subscriptions` (all peers' distinct prefixes) | 1,000,000 | that subscribe is ignored |
 //! | `max_subscription_bytes` (all peers' prefixes, 64 B overhead each) | 64 MiB | that subscribe is ignored |
-//! | `hwm` (queued messages, replays included) | 10,000 | new messages dropped for it; a replay that does not fit is dropped whole |
+//! | `hwm` (queued messages, replays included) | 10,000 | depends on [`SlowPolicy`]: new messages dropped for it (`Drop`), publishing paused (`Block`), or disconnected (`Disconnect`) |
+//!
+//! # Slow subscribers
+//!
+//! What happens when a message does not fit in a subscriber's queue is
+//! [`XPubOptions::slow`]:
+//!
+//! - [`SlowPolicy::Drop`] (the default, libzmq's XPUB): the message is
+//!   dropped for that subscriber only; nobody waits, and the slow one has
+//!   gaps in its stream.
+//! - [`SlowPolicy::Block`] (libzmq's `ZMQ_XPUB_NODROP`): the message is
+//!   *parked* for that subscriber and [`XPubServer::is_blocked`] turns true;
+//!   the caller stops publishing (a proxy stops reading its publishers, so
+//!   they feel backpressure) until [`XPubServer::recv`] has moved every
+//!   parked message into its queue and returned [`XPubEvent::Unblocked`].
+//!   Nothing is lost and every subscriber gets every message in order; one
+//!   subscriber that stops reading stops the publishers.
+//! - [`SlowPolicy::Disconnect`] (the Guide's "punish slow subscribers with
+//!   disconnection", ch. 5): like `Block`, but a subscriber that has stayed
+//!   behind for longer than `after` (its queue overflowed and has not since
+//!   drained to half) is disconnected: its queued and parked messages are
+//!   discarded and the others resume. Its stream has no gap, it ends; a
+//!   libzmq SUB reconnects and starts afresh. With `after` zero it is
+//!   disconnected the moment a message does not fit, and nobody ever waits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -45,6 +68,28 @@ use crate::subscription::{Registry, SubEvent, SubscriptionError, Upstream};
 
 /// A subscriber's id, unique within one server.
 pub type PeerId = u64;
+
+/// What the server does with a message that does not fit in a subscriber's
+/// queue (its [`XPubOptions::hwm`]); see the module docs, "Slow subscribers".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlowPolicy {
+    /// Drop it for that subscriber only (libzmq's default): nobody waits,
+    /// the slow subscriber has gaps.
+    #[default]
+    Drop,
+    /// Keep it and pause publishing until the subscriber has room (libzmq's
+    /// `ZMQ_XPUB_NODROP`): lossless, in order; a stuck subscriber stops the
+    /// publishers.
+    Block,
+    /// Like [`Block`](Self::Block), but a subscriber that stays behind for
+    /// longer than `after` (its queue overflowed and has not since drained
+    /// to half) is disconnected, its undelivered messages discarded.
+    Disconnect {
+        /// How long one subscriber may hold publishing back.
+        after: Duration,
+    },
+}
 
 /// What one subscription costs in [`XPubOptions::max_subscription_bytes`]
 /// beyond its prefix (map entry, counters).
@@ -83,6 +128,9 @@ pub struct XPubOptions {
     /// Bytes of prefixes held across all subscribers, each charged
     /// [`SUBSCRIPTION_OVERHEAD`] more.
     pub max_subscription_bytes: usize,
+    /// What a full subscriber queue does to a new message (default
+    /// [`SlowPolicy::Drop`]).
+    pub slow: SlowPolicy,
 }
 
 impl Default for XPubOptions {
@@ -97,6 +145,7 @@ impl Default for XPubOptions {
             max_subscriptions_per_peer: 10_000,
             max_subscriptions: 1_000_000,
             max_subscription_bytes: 64 << 20,
+            slow: SlowPolicy::Drop,
         }
     }
 }
@@ -176,15 +225,27 @@ pub enum XPubEvent {
         /// Its address.
         remote: SocketAddr,
     },
+    /// ([`SlowPolicy::Block`] and [`SlowPolicy::Disconnect`].) Every parked
+    /// message is in its subscriber's queue (or its subscriber is gone):
+    /// publishing may go on.
+    Unblocked,
 }
 
 /// The outcome of one [`XPubServer::publish`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delivery {
     /// Subscribers whose queue took the message.
     pub queued: usize,
-    /// Subscribers whose queue was full (message dropped for them).
+    /// Subscribers whose queue was full and the message dropped for them
+    /// ([`SlowPolicy::Drop`]).
     pub dropped: usize,
+    /// Subscribers whose queue was full and the message parked for them
+    /// until there is room ([`SlowPolicy::Block`], [`SlowPolicy::Disconnect`]).
+    pub parked: usize,
+    /// Subscribers disconnected by this message for staying behind
+    /// ([`SlowPolicy::Disconnect`]).
+    pub disconnected: usize,
 }
 
 #[derive(Debug)]
@@ -197,12 +258,22 @@ struct Peer {
     bytes: usize,
     remote: SocketAddr,
     dropping: u64,
+    /// Ends its connection ([`SlowPolicy::Disconnect`]).
+    kill: CancellationToken,
+    /// Messages parked for it.
+    parked: usize,
+    /// Since when it has been behind: its queue overflowed and has not
+    /// drained to half since.
+    behind_since: Option<Instant>,
+    /// Disconnected for being slow; its `Closed` is on the way.
+    evicted: bool,
 }
 
 /// Rate limiters of the log lines a subscriber can trigger.
 #[derive(Debug, Default)]
 struct Logs {
     slow: LogLimiter,
+    evicted: LogLimiter,
     refused: LogLimiter,
     replay: LogLimiter,
     closed: LogLimiter,
@@ -217,6 +288,9 @@ pub struct XPubServer {
     up: mpsc::Receiver<Up>,
     /// The batch being handed out by `recv`.
     batch: (PeerId, std::vec::IntoIter<Shared>),
+    /// Messages waiting for room in a subscriber's queue, in order.
+    parked: VecDeque<(PeerId, Out)>,
+    evictions: u64,
     /// Distinct (peer, prefix) pairs and their bytes, over all peers.
     entries: usize,
     entry_bytes: usize,
@@ -254,6 +328,8 @@ impl XPubServer {
             peers: HashMap::new(),
             up,
             batch: (0, Vec::new().into_iter()),
+            parked: VecDeque::new(),
+            evictions: 0,
             entries: 0,
             entry_bytes: 0,
             drops: 0,
@@ -288,7 +364,24 @@ impl XPubServer {
         self.drops
     }
 
-    /// Waits for the next upstream event. Cancel-safe.
+    /// Subscribers disconnected so far for staying behind
+    /// ([`SlowPolicy::Disconnect`]).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// True while messages are parked for a full subscriber
+    /// ([`SlowPolicy::Block`], [`SlowPolicy::Disconnect`]): publish
+    /// nothing until [`recv`](Self::recv) returns [`XPubEvent::Unblocked`].
+    pub fn is_blocked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Waits for the next upstream event. While [blocked](Self::is_blocked)
+    /// it also moves parked messages into their subscribers' queues as room
+    /// appears (and disconnects a subscriber that stays behind too long,
+    /// under [`SlowPolicy::Disconnect`]), returning
+    /// [`XPubEvent::Unblocked`] once none is left. Cancel-safe.
     pub async fn recv(&mut self) -> XPubEvent {
         loop {
             if let Some(msg) = self.batch.1.next() {
@@ -297,9 +390,18 @@ impl XPubServer {
                 }
                 continue;
             }
+            let up = if self.parked.is_empty() {
+                self.up.recv().await
+            } else {
+                match self.unpark_step().await {
+                    Some(up) => up,
+                    None if self.parked.is_empty() => return XPubEvent::Unblocked,
+                    None => continue,
+                }
+            };
             // The accept (or connect) task holds a sender for as long as this
             // server lives, so the channel cannot close under us.
-            let Some(up) = self.up.recv().await else {
+            let Some(up) = up else {
                 return std::future::pending().await;
             };
             if let Some(ev) = self.apply(up) {
@@ -308,10 +410,77 @@ impl XPubServer {
         }
     }
 
+    /// Moves the oldest parked message into its subscriber's queue once it
+    /// has room, unless an upstream event comes first (returned). Drops
+    /// what is parked for a subscriber that is gone or evicted, and evicts
+    /// one that stays behind past its [`SlowPolicy::Disconnect`] limit.
+    /// Cancel-safe: a message leaves `parked` only when it is queued.
+    async fn unpark_step(&mut self) -> Option<Option<Up>> {
+        let &(id, _) = self.parked.front()?;
+        let live = self.peers.get(&id).filter(|p| !p.evicted);
+        let Some(p) = live else {
+            self.parked.pop_front();
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.parked -= 1;
+            }
+            return None;
+        };
+        let tx = p.tx.clone();
+        let deadline = match self.options.slow {
+            SlowPolicy::Disconnect { after } => p.behind_since.map(|t| t + after),
+            _ => None,
+        };
+        let limit = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            up = self.up.recv() => Some(up),
+            permit = tx.reserve() => {
+                let (_, out) = self.parked.pop_front().expect("front checked above");
+                let p = self.peers.get_mut(&id).expect("checked above, no await since");
+                p.parked -= 1;
+                if let Ok(permit) = permit {
+                    permit.send(out);
+                }
+                None
+            }
+            () = limit => {
+                self.evict(id, Instant::now());
+                None
+            }
+        }
+    }
+
+    /// Disconnects subscriber `id` for staying behind: its connection ends
+    /// at once (its queue and parked messages are discarded); its
+    /// `Disconnected` event follows.
+    fn evict(&mut self, id: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if p.evicted {
+            return;
+        }
+        p.evicted = true;
+        p.kill.cancel();
+        self.evictions += 1;
+        if let Some(suppressed) = self.logs.evicted.check(now) {
+            warn!(peer = id, remote = %p.remote, hwm = self.options.hwm, suppressed, "subscriber too slow: disconnected (its queue stayed full)");
+        }
+    }
+
     fn apply(&mut self, up: Up) -> Option<XPubEvent> {
         match up {
             Up::Connected {
-                peer, remote, tx, ..
+                peer,
+                remote,
+                tx,
+                kill,
+                ..
             } => {
                 debug!(peer, %remote, "subscriber connected");
                 let p = Peer {
@@ -320,6 +489,10 @@ impl XPubServer {
                     bytes: 0,
                     remote,
                     dropping: 0,
+                    kill,
+                    parked: 0,
+                    behind_since: None,
+                    evicted: false,
                 };
                 self.peers.insert(peer, p);
                 Some(XPubEvent::Connected { peer, remote })
@@ -426,22 +599,68 @@ impl XPubServer {
     }
 
     /// Queues `msg` for every subscriber whose subscriptions match its first
-    /// frame. Never blocks: a full queue drops the message for that
-    /// subscriber only.
+    /// frame. Never waits; a full queue is handled as [`XPubOptions::slow`]
+    /// says: the message dropped for that subscriber only, or parked for it
+    /// (then [`is_blocked`](Self::is_blocked) is true: publish nothing more
+    /// until [`recv`](Self::recv) returns [`XPubEvent::Unblocked`]), or the
+    /// subscriber disconnected.
     pub fn publish(&mut self, msg: &Shared) -> Delivery {
         let topic: &[u8] = msg.first().map(|b| &b[..]).unwrap_or(&[]);
         let mut d = Delivery::default();
+        if self.options.slow == SlowPolicy::Drop {
+            for (id, p) in &mut self.peers {
+                if !p.subs.matches(topic) {
+                    continue;
+                }
+                if offer(*id, p, Out::One(msg.clone()), &mut self.logs.slow) {
+                    d.queued += 1;
+                } else {
+                    d.dropped += 1;
+                }
+            }
+            self.drops += d.dropped as u64;
+            return d;
+        }
+        let mut evict = Vec::new();
         for (id, p) in &mut self.peers {
-            if !p.subs.matches(topic) {
+            if p.evicted || !p.subs.matches(topic) {
                 continue;
             }
-            if offer(*id, p, Out::One(msg.clone()), &mut self.logs.slow) {
-                d.queued += 1;
+            // Behind what is parked for it already (a replay), in order.
+            let sent = if p.parked > 0 {
+                Err(mpsc::error::TrySendError::Full(Out::One(msg.clone())))
             } else {
-                d.dropped += 1;
+                p.tx.try_send(Out::One(msg.clone()))
+            };
+            match sent {
+                Ok(()) => {
+                    d.queued += 1;
+                    if p.behind_since.is_some() && p.tx.capacity() * 2 >= self.options.hwm {
+                        p.behind_since = None;
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(out)) => {
+                    let now = Instant::now();
+                    let since = *p.behind_since.get_or_insert(now);
+                    if let SlowPolicy::Disconnect { after } = self.options.slow {
+                        if now.duration_since(since) >= after {
+                            evict.push(*id);
+                            continue;
+                        }
+                    }
+                    p.parked += 1;
+                    self.parked.push_back((*id, out));
+                    d.parked += 1;
+                }
+                // The connection is closing; its Disconnected event is on the way.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        self.drops += d.dropped as u64;
+        let now = Instant::now();
+        d.disconnected = evict.len();
+        for id in evict {
+            self.evict(id, now);
+        }
         d
     }
 
@@ -452,6 +671,11 @@ impl XPubServer {
     /// so a subscriber that repeats subscribes and never reads holds at most
     /// `hwm` messages. Returns false if the peer is gone or the batch was
     /// dropped.
+    ///
+    /// Under [`SlowPolicy::Block`] and [`SlowPolicy::Disconnect`], what does
+    /// not fit is parked behind anything already parked for the subscriber
+    /// (nothing is lost, order is kept), as long as its parked messages
+    /// stay within `hwm`; a replay beyond that is dropped whole.
     pub fn send_to(&mut self, peer: PeerId, msgs: Vec<Shared>) -> bool {
         let Some(p) = self.peers.get_mut(&peer) else {
             return false;
@@ -459,7 +683,33 @@ impl XPubServer {
         if msgs.is_empty() {
             return true;
         }
-        match p.tx.try_reserve_many(msgs.len()) {
+        if p.evicted {
+            return false;
+        }
+        if self.options.slow != SlowPolicy::Drop {
+            let room = if p.parked == 0 { p.tx.capacity() } else { 0 };
+            if p.parked + msgs.len().saturating_sub(room) <= self.options.hwm {
+                let mut msgs = msgs.into_iter();
+                for m in msgs.by_ref().take(room) {
+                    // Room was counted above, with no await since.
+                    let _ = p.tx.try_send(Out::One(m));
+                }
+                for m in msgs {
+                    p.parked += 1;
+                    p.behind_since.get_or_insert_with(Instant::now);
+                    self.parked.push_back((peer, Out::One(m)));
+                }
+                return true;
+            }
+        }
+        let reserved = if self.options.slow == SlowPolicy::Drop {
+            p.tx.try_reserve_many(msgs.len())
+        } else {
+            // Over the parking budget: dropped whole (never ahead of what is
+            // parked).
+            Err(mpsc::error::TrySendError::Full(()))
+        };
+        match reserved {
             Ok(permits) => {
                 for (permit, m) in permits.zip(msgs) {
                     permit.send(Out::One(m));
@@ -519,15 +769,142 @@ mod tests {
     }
 
     fn connect(x: &mut XPubServer, peer: PeerId, hwm: usize) -> mpsc::Receiver<Out> {
+        connect_killable(x, peer, hwm).0
+    }
+
+    fn connect_killable(
+        x: &mut XPubServer,
+        peer: PeerId,
+        hwm: usize,
+    ) -> (mpsc::Receiver<Out>, CancellationToken) {
         let (tx, rx) = mpsc::channel(hwm);
         let remote = ([127, 0, 0, 1], 1).into();
+        let kill = CancellationToken::new();
         x.apply(Up::Connected {
             peer,
             remote,
             kind: PeerSocketType::Sub,
             tx,
+            kill: kill.clone(),
         });
-        rx
+        (rx, kill)
+    }
+
+    fn msg(body: &'static str) -> Shared {
+        vec![Bytes::from_static(body.as_bytes())].into()
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Out>) -> Vec<Shared> {
+        let mut got = Vec::new();
+        while let Ok(Out::One(m)) = rx.try_recv() {
+            got.push(m);
+        }
+        got
+    }
+
+    fn slow_server_options(slow: SlowPolicy) -> XPubOptions {
+        XPubOptions {
+            hwm: 2,
+            slow,
+            ..XPubOptions::default()
+        }
+    }
+
+    /// Block: a message that does not fit is parked (nothing dropped, the
+    /// others still get it at once); `recv` queues it when room appears and
+    /// then reports `Unblocked`; the slow subscriber gets everything in
+    /// order.
+    #[tokio::test]
+    async fn block_parks_what_does_not_fit_and_unblocks_in_order() {
+        let mut x = server(slow_server_options(SlowPolicy::Block)).await;
+        let mut slow = connect(&mut x, 1, 2);
+        let mut fast = connect(&mut x, 2, 16);
+        x.message(1, frame(1, ""));
+        x.message(2, frame(1, ""));
+        let (a, b, c) = (msg("a"), msg("b"), msg("c"));
+        assert_eq!(x.publish(&a).queued, 2);
+        assert_eq!(x.publish(&b).queued, 2);
+        let d = x.publish(&c);
+        assert_eq!((d.queued, d.parked, d.dropped), (1, 1, 0));
+        assert!(x.is_blocked());
+        assert_eq!(x.dropped(), 0);
+        let early = tokio::time::timeout(Duration::from_millis(50), x.recv()).await;
+        assert!(early.is_err(), "no room yet: still blocked, got {early:?}");
+        assert!(matches!(slow.try_recv(), Ok(Out::One(m)) if m == a));
+        let ev = tokio::time::timeout(Duration::from_secs(5), x.recv()).await;
+        assert_eq!(ev.unwrap(), XPubEvent::Unblocked);
+        assert!(!x.is_blocked());
+        assert_eq!(drain(&mut slow), [b, c.clone()]);
+        assert_eq!(drain(&mut fast).len(), 3);
+    }
+
+    /// Disconnect: a subscriber that stays behind for `after` is evicted
+    /// (its connection killed, what is parked for it discarded) and
+    /// publishing resumes; with `after` zero it is evicted at once and
+    /// nothing is ever parked.
+    #[tokio::test(start_paused = true)]
+    async fn disconnect_evicts_a_subscriber_that_stays_behind() {
+        let after = Duration::from_secs(1);
+        let mut x = server(slow_server_options(SlowPolicy::Disconnect { after })).await;
+        let (_slow, kill) = connect_killable(&mut x, 1, 2);
+        x.message(1, frame(1, ""));
+        for m in ["a", "b", "c"] {
+            x.publish(&msg(m));
+        }
+        assert!(x.is_blocked());
+        let started = tokio::time::Instant::now();
+        let ev = tokio::time::timeout(Duration::from_secs(5), x.recv()).await;
+        assert_eq!(ev.unwrap(), XPubEvent::Unblocked);
+        assert!(started.elapsed() >= after, "held back for `after`");
+        assert!(kill.is_cancelled(), "its connection is ended");
+        assert_eq!(x.evictions(), 1);
+        let d = x.publish(&msg("d"));
+        assert_eq!(
+            (d.queued, d.parked),
+            (0, 0),
+            "an evicted subscriber gets nothing"
+        );
+
+        let mut x = server(slow_server_options(SlowPolicy::Disconnect {
+            after: Duration::ZERO,
+        }))
+        .await;
+        let (_slow, kill) = connect_killable(&mut x, 1, 2);
+        let mut fast = connect(&mut x, 2, 16);
+        x.message(1, frame(1, ""));
+        x.message(2, frame(1, ""));
+        x.publish(&msg("a"));
+        x.publish(&msg("b"));
+        let d = x.publish(&msg("c"));
+        assert_eq!((d.queued, d.parked, d.disconnected), (1, 0, 1));
+        assert!(!x.is_blocked() && kill.is_cancelled());
+        assert_eq!(drain(&mut fast).len(), 3);
+    }
+
+    /// Block: a replay that does not fit is parked behind what is parked
+    /// already, within `hwm` parked messages; beyond that it is dropped
+    /// whole.
+    #[tokio::test]
+    async fn block_parks_replays_within_the_hwm() {
+        let mut x = server(slow_server_options(SlowPolicy::Block)).await;
+        let mut rx = connect(&mut x, 1, 2);
+        assert!(x.send_to(1, vec![msg("r1"), msg("r2"), msg("r3")]));
+        assert!(x.is_blocked());
+        assert!(
+            !x.send_to(1, vec![msg("s1"), msg("s2")]),
+            "3 parked would exceed hwm 2"
+        );
+        assert!(x.send_to(1, vec![msg("t1")]));
+        assert_eq!(x.dropped(), 2);
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            got.extend(drain(&mut rx));
+            if x.is_blocked() {
+                let ev = tokio::time::timeout(Duration::from_secs(5), x.recv()).await;
+                assert!(matches!(ev, Ok(XPubEvent::Unblocked)) || x.is_blocked());
+            }
+        }
+        assert_eq!(got, [msg("r1"), msg("r2"), msg("r3"), msg("t1")]);
     }
 
     /// Subscriptions of one subscriber are a multiset: a duplicate needs
@@ -544,6 +921,7 @@ mod tests {
             remote,
             kind: PeerSocketType::Sub,
             tx,
+            kill: CancellationToken::new(),
         });
         for f in [frame(1, "A"), frame(1, "A"), frame(1, "B"), frame(0, "A")] {
             x.message(1, f);

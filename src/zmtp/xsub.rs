@@ -285,6 +285,7 @@ impl XSubServer {
                 remote,
                 kind,
                 tx,
+                ..
             } => {
                 debug!(peer, %remote, socket_type = %kind, "peer connected");
                 // A PUSH peer is sent no subscriptions; its sender is kept
