@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use zpatterns::endpoint::{Attach, EndpointSpec};
 use zpatterns::espresso::{Espresso, EspressoConfig};
 use zpatterns::lvc::{Lvc, LvcConfig};
-use zpatterns::pubsub::{Proxy, ProxyConfig, ProxyStats};
+use zpatterns::pubsub::{Proxy, ProxyConfig, ProxyStats, SlowPolicy};
 
 use crate::cases::Pattern;
 use crate::proto::{emit, Control, Report, Stopwatch};
@@ -85,16 +85,16 @@ pub(crate) async fn run(a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
 
 /// The mode's slow-subscriber policy: `Block` (lossless) or `Drop`.
 fn policy(config: ProxyConfig, lossless: bool) -> ProxyConfig {
-    // TODO(policy merge): config.slow_subscribers(if lossless { SlowPolicy::Block } else { SlowPolicy::Drop })
-    let _ = lossless;
-    config
+    config.slow_subscribers(if lossless {
+        SlowPolicy::Block
+    } else {
+        SlowPolicy::Drop
+    })
 }
 
 /// How often the proxy paused reading publishers (`SlowPolicy::Block`).
 fn blocks(s: &ProxyStats) -> u64 {
-    // TODO(policy merge): s.slow_blocks
-    let _ = s;
-    0
+    s.slow_blocks
 }
 
 /// A proxy started by hand: its counters every second, until killed.
