@@ -36,7 +36,8 @@ impl Impl {
 /// A measured path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
 pub(crate) enum Pattern {
-    /// PUB -> SUB, `[topic][payload]`; PUB may drop (delivered % shows it).
+    /// PUB -> SUB directly, `[topic][payload]`: the ceiling of the proxy
+    /// rows with the same peers (delivered % shows any drop).
     Pubsub,
     /// PUSH -> PULL, one frame, lossless (backpressure).
     Pushpull,

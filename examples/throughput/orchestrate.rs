@@ -280,6 +280,7 @@ fn try_case(case: &Case, s: &Settings) -> anyhow::Result<Row> {
         each: after.cpu_pct_since(&before),
         others: after.others_pct_since(&before),
         secs: after.secs_since(&before),
+        rss: pids.iter().map(|&p| machine::peak_rss_mb(p)).collect(),
     };
     for p in [Some(&mut send), Some(&mut recv), proxy.as_mut()]
         .into_iter()
@@ -301,6 +302,8 @@ struct Cpu {
     each: Vec<f64>,
     others: f64,
     secs: f64,
+    /// Peak RSS in MB of sender, receiver, [proxy] at the end marker.
+    rss: Vec<Option<f64>>,
 }
 
 impl Cpu {
@@ -354,6 +357,9 @@ fn row(case: &Case, recv: &Report, send: &Report, proxy: Option<&Report>, cpu: &
         cpu_send_us: cpu.us_per(0, measured.count),
         cpu_recv_us: cpu.us_per(1, measured.count),
         cpu_proxy_us: proxy.and(cpu.us_per(2, measured.count)),
+        rss_send_mb: cpu.rss.first().copied().flatten(),
+        rss_recv_mb: cpu.rss.get(1).copied().flatten(),
+        rss_proxy_mb: proxy.and(cpu.rss.get(2).copied().flatten()),
         captured: proxy.and_then(|p| p.captured),
         capture_drops: proxy.and_then(|p| p.capture_drops),
         proxy_drops: proxy.and_then(|p| p.proxy_drops),

@@ -61,6 +61,16 @@ pub(crate) struct Row {
     pub(crate) cpu_recv_us: Option<f64>,
     /// Proxy CPU microseconds per delivered message.
     pub(crate) cpu_proxy_us: Option<f64>,
+    /// Peak resident memory of the sender in MB (what a lossless libzmq
+    /// publisher at HWM 0 queues shows here).
+    #[serde(default)]
+    pub(crate) rss_send_mb: Option<f64>,
+    /// Peak resident memory of the receiver in MB.
+    #[serde(default)]
+    pub(crate) rss_recv_mb: Option<f64>,
+    /// Peak resident memory of the proxy in MB.
+    #[serde(default)]
+    pub(crate) rss_proxy_mb: Option<f64>,
     /// Capture events the Espresso listener received.
     pub(crate) captured: Option<u64>,
     /// Capture events dropped because the listener was behind.
@@ -238,6 +248,17 @@ fn cpu(r: &Row) -> String {
     )
 }
 
+/// Peak RSS in MB, sender/proxy/receiver.
+fn rss(r: &Row) -> String {
+    let p = |x: Option<f64>| opt(x, |v| format!("{v:.0}"));
+    format!(
+        "{}/{}/{}",
+        p(r.rss_send_mb),
+        p(r.rss_proxy_mb),
+        p(r.rss_recv_mb)
+    )
+}
+
 /// CPU microseconds per delivered message, sender/proxy/receiver.
 fn cpu_us(r: &Row) -> String {
     let p = |x: Option<f64>| opt(x, |v| format!("{v:.2}"));
@@ -280,7 +301,7 @@ fn notes(r: &Row) -> String {
     n.join(", ")
 }
 
-const HEADERS: [&str; 17] = [
+const HEADERS: [&str; 18] = [
     "mode",
     "peers",
     "impl",
@@ -294,6 +315,7 @@ const HEADERS: [&str; 17] = [
     "p999us",
     "cpu us/msg s/p/r",
     "cpu% s/p/r",
+    "MB rss s/p/r",
     "other%",
     "x direct",
     "ratio",
@@ -328,6 +350,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
                 us(r.p999_us),
                 cpu_us(r),
                 cpu(r),
+                rss(r),
                 opt(r.other_cpu_pct, |v| format!("{v:.0}")),
                 opt(r.vs_direct, |v| format!("{v:.2}x")),
                 opt(r.ratio, |v| format!("{v:.2}")),
@@ -376,6 +399,7 @@ pub(crate) fn proxy_table(rows: &[Row]) -> String {
         "msgs/s",
         "deliv%",
         "cpu us/msg s/p/r",
+        "MB rss s/p/r",
         "x direct",
         "proxy cpu / zmq_proxy",
         "notes",
@@ -390,6 +414,7 @@ pub(crate) fn proxy_table(rows: &[Row]) -> String {
                 rate_cell(r),
                 opt(r.delivered_pct, |v| format!("{v:.1}")),
                 cpu_us(r),
+                rss(r),
                 opt(r.vs_direct, |v| format!("{v:.2}x")),
                 opt(r.proxy_cpu_vs_zmq_proxy, |v| format!("{v:.2}")),
                 notes(r),

@@ -87,7 +87,10 @@ async fn one(policy: SlowPolicy) -> anyhow::Result<Outcome> {
         .slow_subscribers(policy);
     let proxy = Proxy::start(config, (), &cancel).await?;
     let backend = proxy.backend_endpoint().to_owned();
-    let warm = [Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false))];
+    let warm = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
     let done = Arc::new(AtomicBool::new(false));
     let fast = subscriber(&backend, false, warm[0].clone())?;
     let slow = subscriber(&backend, true, warm[1].clone())?;
@@ -105,7 +108,11 @@ async fn one(policy: SlowPolicy) -> anyhow::Result<Outcome> {
     let t0 = Instant::now();
     let payload = vec![b'x'; PAYLOAD];
     for seq in 0..N {
-        let frames = [b"data".to_vec(), seq.to_be_bytes().to_vec(), payload.clone()];
+        let frames = [
+            b"data".to_vec(),
+            seq.to_be_bytes().to_vec(),
+            payload.clone(),
+        ];
         publisher.send(message(frames).expect("frames")).await?;
         if seq % 256 == 255 {
             tokio::task::yield_now().await;
@@ -116,7 +123,11 @@ async fn one(policy: SlowPolicy) -> anyhow::Result<Outcome> {
         let done = done.clone();
         tokio::spawn(async move {
             while !done.load(Ordering::Acquire) {
-                if publisher.send(message(["end"]).expect("frames")).await.is_err() {
+                if publisher
+                    .send(message(["end"]).expect("frames"))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
