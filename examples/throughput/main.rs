@@ -497,5 +497,46 @@ mod tests {
         assert_eq!(a.impls, Some(vec![Impl::Libzmq]));
         assert!(Args::try_parse_from(["throughput", "--patterns", "nope"]).is_err());
         assert!(Args::try_parse_from(["throughput", "--sizes", "0"]).is_err());
+        let a = Args::try_parse_from(["throughput", "--lossy", "--peers", "libzmq"]).unwrap();
+        assert!(a.lossy);
+        assert_eq!(a.peers, Some(vec![Impl::Libzmq]));
+    }
+
+    #[test]
+    fn roles_by_hand_need_their_endpoints() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["throughput"];
+            all.extend_from_slice(args);
+            Args::try_parse_from(all)
+        };
+        let role = ["--role", "recv", "--impl", "libzmq", "--pattern", "pubsub"];
+        let a = parse(&[&role[..], &["--size", "16", "--bind", "tcp://*:5555"]].concat()).unwrap();
+        assert_eq!(check_role(Role::Recv, &a), Ok(()));
+        let a = parse(&[&role[..], &["--size", "16"]].concat()).unwrap();
+        assert!(check_role(Role::Recv, &a)
+            .unwrap_err()
+            .contains("--connect EP or --bind EP"));
+        let a = parse(&[&role[..], &["--bind", "tcp://*:1"]].concat()).unwrap();
+        assert!(check_role(Role::Recv, &a).unwrap_err().contains("--size"));
+        let proxy = [
+            "--role",
+            "proxy",
+            "--impl",
+            "zeromq",
+            "--pattern",
+            "lvc",
+            "--frontend",
+            "@tcp://*:5556",
+            "--backend",
+            ">tcp://h:5557",
+        ];
+        let a = parse(&proxy).unwrap();
+        assert_eq!(check_role(Role::Proxy, &a), Ok(()));
+        let a = parse(&[&proxy[..], &["--count", "5"]].concat()).unwrap();
+        assert!(check_role(Role::Proxy, &a).is_err());
+        // Orchestrator flags do not mix with a role; role flags need one.
+        assert!(parse(&[&role[..], &["--quick"]].concat()).is_err());
+        assert!(parse(&["--bind", "tcp://*:1"]).is_err());
+        assert!(parse(&["--role", "send", "--bind", "a", "--connect", "b"]).is_err());
     }
 }
