@@ -384,6 +384,13 @@ impl Proxy {
     }
 }
 
+/// Messages of one read forwarded before the other branches of the loop
+/// are looked at again.
+const BURST: usize = 256;
+/// Messages forwarded between yields to the runtime (the subscribers'
+/// writer tasks run then, on a current-thread runtime).
+const YIELD_EVERY: usize = 1024;
+
 struct Run<H> {
     xsub: XSubServer,
     xpub: XPubServer,
@@ -415,6 +422,7 @@ impl<H: Hooks> Run<H> {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         let mut n: u32 = 0;
+        let mut forwarded = 0;
         loop {
             n = n.wrapping_add(1);
             if n.is_multiple_of(64) && cancel.is_cancelled() {
@@ -426,7 +434,28 @@ impl<H: Hooks> Run<H> {
                 // While a full subscriber holds parked messages, publishers
                 // are not read: they feel backpressure (SlowPolicy::Block).
                 ev = self.xsub.recv(), if !self.xpub.is_blocked() => match ev {
-                    XSubEvent::Message(msg) => self.on_publisher_message(msg).await,
+                    XSubEvent::Message(msg) => {
+                        self.on_publisher_message(msg);
+                        // The rest of this read, without going round the
+                        // select for each message (polling the other
+                        // branches cost ~20% of the CPU at 16 B).
+                        let mut n = 1;
+                        while n < BURST && !self.xpub.is_blocked() {
+                            let Some(msg) = self.xsub.next_buffered() else {
+                                break;
+                            };
+                            self.on_publisher_message(msg);
+                            n += 1;
+                        }
+                        forwarded += n;
+                        // The frontend can always have more to read: let
+                        // the subscribers' writer tasks (and new
+                        // connections) run every `YIELD_EVERY` messages.
+                        if forwarded >= YIELD_EVERY {
+                            forwarded = 0;
+                            tokio::task::yield_now().await;
+                        }
+                    }
                     other => self.on_frontend_event(other),
                 },
                 _ = &mut cancelled => break,
@@ -436,7 +465,7 @@ impl<H: Hooks> Run<H> {
         Ok(())
     }
 
-    async fn on_publisher_message(&mut self, msg: Shared) {
+    fn on_publisher_message(&mut self, msg: Shared) {
         let len: usize = msg.iter().map(Bytes::len).sum();
         Counters::bump(&self.counters.messages_in, 1);
         Counters::bump(&self.counters.bytes_in, len as u64);
@@ -447,9 +476,6 @@ impl<H: Hooks> Run<H> {
         if d.parked > 0 {
             Counters::add(&self.counters.slow_blocks, 1);
         }
-        // The frontend can always have more to read; let the subscribers'
-        // writer tasks (and new connections) run between batches.
-        tokio::task::consume_budget().await;
     }
 
     fn on_frontend_event(&mut self, ev: XSubEvent) {

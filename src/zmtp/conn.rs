@@ -539,7 +539,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
             if !f.more {
                 batch_bytes += asm.size;
                 asm.size = 0;
-                batch.push(std::mem::take(&mut asm.frames).into());
+                // One allocation: the frames move into the shared slice and
+                // `asm.frames` keeps its capacity for the next message.
+                batch.push(asm.frames.drain(..).collect());
                 if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_MSGS {
                     batch_bytes = 0;
                     if !hand_over(up, peer, &mut batch, &mut asm.skipped).await {
@@ -580,7 +582,9 @@ async fn hand_over(
     batch: &mut Vec<Shared>,
     skipped: &mut Skipped,
 ) -> bool {
-    let msgs = std::mem::take(batch);
+    // The next batch starts at this one's size: no regrowth from empty.
+    let next = Vec::with_capacity(batch.len());
+    let msgs = std::mem::replace(batch, next);
     let skipped = std::mem::take(skipped);
     up.send(Up::Batch {
         peer,

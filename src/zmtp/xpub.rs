@@ -626,6 +626,10 @@ impl XPubServer {
             if p.evicted || !p.subs.matches(topic) {
                 continue;
             }
+            // Caught up: at least half its queue free again.
+            if p.behind_since.is_some() && p.tx.capacity() * 2 >= self.options.hwm {
+                p.behind_since = None;
+            }
             // Behind what is parked for it already (a replay), in order.
             let sent = if p.parked > 0 {
                 Err(mpsc::error::TrySendError::Full(Out::One(msg.clone())))
@@ -633,12 +637,7 @@ impl XPubServer {
                 p.tx.try_send(Out::One(msg.clone()))
             };
             match sent {
-                Ok(()) => {
-                    d.queued += 1;
-                    if p.behind_since.is_some() && p.tx.capacity() * 2 >= self.options.hwm {
-                        p.behind_since = None;
-                    }
-                }
+                Ok(()) => d.queued += 1,
                 Err(mpsc::error::TrySendError::Full(out)) => {
                     let now = Instant::now();
                     let since = *p.behind_since.get_or_insert(now);
@@ -656,10 +655,12 @@ impl XPubServer {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        let now = Instant::now();
-        d.disconnected = evict.len();
-        for id in evict {
-            self.evict(id, now);
+        if !evict.is_empty() {
+            let now = Instant::now();
+            d.disconnected = evict.len();
+            for id in evict {
+                self.evict(id, now);
+            }
         }
         d
     }
@@ -864,6 +865,28 @@ mod tests {
             (0, 0),
             "an evicted subscriber gets nothing"
         );
+
+        // One that overflowed and caught up starts afresh: a later
+        // overflow parks again rather than evicting at once.
+        let mut x = server(slow_server_options(SlowPolicy::Disconnect { after })).await;
+        let (mut rx, kill) = connect_killable(&mut x, 1, 2);
+        x.message(1, frame(1, ""));
+        for m in ["a", "b", "c"] {
+            x.publish(&msg(m));
+        }
+        drain(&mut rx);
+        let ev = tokio::time::timeout(Duration::from_secs(5), x.recv()).await;
+        assert_eq!(ev.unwrap(), XPubEvent::Unblocked);
+        drain(&mut rx);
+        tokio::time::sleep(2 * after).await;
+        for m in ["d", "e", "f"] {
+            x.publish(&msg(m));
+        }
+        assert!(
+            x.is_blocked() && !kill.is_cancelled(),
+            "parked, not evicted"
+        );
+        assert_eq!(x.evictions(), 0);
 
         let mut x = server(slow_server_options(SlowPolicy::Disconnect {
             after: Duration::ZERO,

@@ -235,6 +235,13 @@ impl XSubServer {
         &self.subs
     }
 
+    /// The next message of the batch being handed out, if any, without
+    /// waiting (a caller that got [`XSubEvent::Message`] from
+    /// [`recv`](Self::recv) may take the rest of that read this way).
+    pub fn next_buffered(&mut self) -> Option<Shared> {
+        self.batch.next()
+    }
+
     /// Waits for the next message or connection event. Cancel-safe.
     pub async fn recv(&mut self) -> XSubEvent {
         loop {
