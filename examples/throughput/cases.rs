@@ -36,7 +36,8 @@ impl Impl {
 /// A measured path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
 pub(crate) enum Pattern {
-    /// PUB -> SUB, `[topic][payload]`; PUB may drop (delivered % shows it).
+    /// PUB -> SUB directly, `[topic][payload]`: the ceiling of the proxy
+    /// rows with the same peers (delivered % shows any drop).
     Pubsub,
     /// PUSH -> PULL, one frame, lossless (backpressure).
     Pushpull,
@@ -138,37 +139,90 @@ impl Pattern {
     }
 }
 
+/// Whether the pub-sub path may drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Mode {
+    /// Nothing on the pub-sub path drops: libzmq sockets at HWM 0
+    /// (unlimited queues), this crate's proxies in `SlowPolicy::Block`.
+    Lossless,
+    /// Defaults: libzmq at HWM 1000 (PUB/XPUB drop when full), this crate's
+    /// proxies in `SlowPolicy::Drop`.
+    Lossy,
+}
+
+impl Mode {
+    /// The JSON / table name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Lossless => "lossless",
+            Mode::Lossy => "lossy",
+        }
+    }
+}
+
 /// One run to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Case {
+    /// The stack of the sender and the receiver.
+    pub(crate) peers: Impl,
+    /// The middle (proxy) of proxied patterns; for the others the same as
+    /// `peers` (the whole stack).
     pub(crate) imp: Impl,
     pub(crate) pattern: Pattern,
     pub(crate) size: usize,
+    pub(crate) mode: Mode,
 }
 
-/// The runs, interleaved: for each repetition, each
-/// pattern and size, every implementation back to back (A B A B ...), so
-/// slow drifts of a shared machine hit both sides alike.
+/// The cases of one pattern and size: direct patterns once per stack in
+/// `peers`; proxied ones for every `peers` x middle (`impls`), the middles
+/// of one set of peers back to back.
+fn cases_of(
+    pattern: Pattern,
+    size: usize,
+    peers: &[Impl],
+    impls: &[Impl],
+    mode: Mode,
+) -> Vec<Case> {
+    let mut out = Vec::new();
+    for &p in peers {
+        let middles: Vec<Impl> = match pattern.topology() {
+            Topology::Direct => vec![p],
+            Topology::Proxied => impls.to_vec(),
+        };
+        for imp in middles.into_iter().filter(|i| pattern.impls().contains(i)) {
+            out.push(Case {
+                peers: p,
+                imp,
+                pattern,
+                size,
+                mode,
+            });
+        }
+    }
+    out
+}
+
+/// The runs, interleaved: for each repetition, each pattern and size,
+/// every implementation (and set of peers) back to back (A B C A B C ...),
+/// the order reversed every other repetition, so slow drifts of a shared
+/// machine hit every side alike.
 pub(crate) fn plan(
     patterns: &[Pattern],
     sizes: &[usize],
+    peers: &[Impl],
     impls: &[Impl],
+    mode: Mode,
     runs: usize,
 ) -> Vec<Case> {
     let mut out = Vec::new();
     for rep in 0..runs {
         for &pattern in patterns {
             for &size in sizes {
-                let mut these: Vec<Impl> = impls
-                    .iter()
-                    .copied()
-                    .filter(|i| pattern.impls().contains(i))
-                    .collect();
-                // Alternate which side goes first from one repetition to the next.
+                let mut these = cases_of(pattern, size, peers, impls, mode);
                 if rep % 2 == 1 {
                     these.reverse();
                 }
-                out.extend(these.into_iter().map(|imp| Case { imp, pattern, size }));
+                out.extend(these);
             }
         }
     }
@@ -181,10 +235,13 @@ mod tests {
 
     #[test]
     fn plan_interleaves_and_alternates() {
+        let both = [Impl::Zeromq, Impl::Libzmq];
         let p = plan(
             &[Pattern::Pubsub],
             &[16, 256],
-            &[Impl::Zeromq, Impl::Libzmq],
+            &both,
+            &both,
+            Mode::Lossless,
             2,
         );
         let order: Vec<_> = p.iter().map(|c| (c.imp, c.size)).collect();
@@ -201,6 +258,32 @@ mod tests {
                 (Impl::Zeromq, 256),
             ]
         );
+        assert!(p
+            .iter()
+            .all(|c| c.peers == c.imp && c.mode == Mode::Lossless));
+    }
+
+    #[test]
+    fn proxied_patterns_swap_only_the_middle() {
+        let p = plan(
+            &[Pattern::Proxy],
+            &[16],
+            &[Impl::Libzmq, Impl::Zeromq],
+            &[Impl::Libzmq, Impl::Zeromq],
+            Mode::Lossy,
+            1,
+        );
+        let order: Vec<_> = p.iter().map(|c| (c.peers, c.imp)).collect();
+        assert_eq!(
+            order,
+            [
+                (Impl::Libzmq, Impl::Libzmq),
+                (Impl::Libzmq, Impl::Zeromq),
+                (Impl::Zeromq, Impl::Libzmq),
+                (Impl::Zeromq, Impl::Zeromq),
+            ]
+        );
+        assert!(p.iter().all(|c| c.mode == Mode::Lossy));
     }
 
     #[test]

@@ -1,6 +1,13 @@
-//! Roles on libzmq 4.3 (the `zmq` crate's blocking API, default options:
-//! one I/O thread per process, HWM 1000): the same senders, receivers,
-//! pinger and echo as `zrs.rs`, for the side-by-side rows.
+//! Roles on libzmq 4.3 (the `zmq` crate's blocking API, one I/O thread per
+//! process): the same senders, receivers, pinger and echo as `zrs.rs`, for
+//! the side-by-side rows.
+//!
+//! Lossless mode (the default) sets SNDHWM = RCVHWM = 0 (unlimited) on
+//! every socket of the pub-sub path, so libzmq never drops: its PUB queues
+//! what the path cannot take yet in memory instead of blocking (the `zmq`
+//! crate has no `ZMQ_XPUB_NODROP` setter and this crate forbids the unsafe
+//! code `zmq-sys` would take). `--lossy` keeps libzmq's defaults (HWM 1000:
+//! PUB and XPUB drop when a pipe is full).
 //!
 //! `send(&[u8])` copies the payload into a fresh `zmq_msg_t` per send, as
 //! the `zeromq` roles copy into a fresh `Bytes`.
@@ -12,8 +19,8 @@ use anyhow::Context as _;
 
 use crate::cases::{Family, Pattern};
 use crate::proto::{
-    emit, finish_after_stop_blocking, finish_now_blocking, sender_report, Budget, Control, Meter,
-    RoundTrips, SharedMeter, Topics,
+    emit, finish_after_stop_blocking, finish_now_blocking, timed_report, Budget, Control, Meter,
+    RoundTrips, SharedMeter, Stopwatch, Topics,
 };
 use crate::{lzproxy, Role, RoleArgs};
 
@@ -21,33 +28,67 @@ use crate::{lzproxy, Role, RoleArgs};
 pub(crate) fn run(role: Role, a: &RoleArgs, ctl: Arc<Control>) -> anyhow::Result<()> {
     let ctx = zmq::Context::new();
     match role {
-        Role::Send => send(&ctx, a, &ctl),
-        Role::Recv => recv(&ctx, a, &ctl),
-        Role::Proxy => lzproxy::run(&ctx, a, &ctl),
+        Role::Send => send(&ctx, a, &ctl)?,
+        Role::Recv => recv(&ctx, a, &ctl)?,
+        Role::Proxy => lzproxy::run(&ctx, a, &ctl)?,
     }
+    // Only a sender started by hand gets here: dropping the context waits
+    // until its queued messages are on the wire.
+    drop(ctx);
+    Ok(())
 }
 
-/// The resolved endpoint of a socket bound to `tcp://127.0.0.1:*`.
-pub(crate) fn bind_loopback(sock: &zmq::Socket) -> anyhow::Result<String> {
-    sock.bind("tcp://127.0.0.1:*")?;
+/// The resolved endpoint of a socket bound to `ep` (e.g. `tcp://127.0.0.1:*`).
+pub(crate) fn bind_at(sock: &zmq::Socket, ep: &str) -> anyhow::Result<String> {
+    sock.bind(ep).with_context(|| format!("bind {ep}"))?;
     sock.get_last_endpoint()?
         .map_err(|_| anyhow::anyhow!("endpoint is not UTF-8"))
 }
 
+/// Attaches `sock` to `[@|>]ep` (bare: bind), or binds loopback if `None`;
+/// returns the endpoint (the resolved one when bound).
+pub(crate) fn attach_spec(sock: &zmq::Socket, spec: Option<&str>) -> anyhow::Result<String> {
+    match spec.map(str::trim) {
+        None => bind_at(sock, "tcp://127.0.0.1:*"),
+        Some(s) => match s.strip_prefix('>') {
+            Some(ep) => {
+                sock.connect(ep).with_context(|| format!("connect {ep}"))?;
+                Ok(ep.to_owned())
+            }
+            None => bind_at(sock, s.strip_prefix('@').unwrap_or(s)),
+        },
+    }
+}
+
+/// Sets HWM 0 (unlimited: never drop) on a pub-sub path socket in
+/// lossless mode; leaves libzmq's default 1000 otherwise. Before
+/// bind/connect, so that every pipe gets it.
+pub(crate) fn lossless_hwm(sock: &zmq::Socket, a: &RoleArgs) -> zmq::Result<()> {
+    if a.lossless() {
+        sock.set_sndhwm(0)?;
+        sock.set_rcvhwm(0)?;
+    }
+    Ok(())
+}
+
+/// Connects to `--connect`, or binds `--bind`, or binds loopback; prints
+/// `READY <ep>`.
 fn attach(sock: &zmq::Socket, a: &RoleArgs) -> anyhow::Result<()> {
-    let ep = match &a.connect {
-        Some(ep) => {
-            sock.connect(ep).with_context(|| format!("connect {ep}"))?;
-            ep.clone()
-        }
-        None => bind_loopback(sock)?,
+    let spec = match (&a.connect, &a.bind) {
+        (Some(ep), _) => Some(format!(">{ep}")),
+        (None, Some(ep)) => Some(format!("@{ep}")),
+        (None, None) => None,
     };
+    let ep = attach_spec(sock, spec.as_deref())?;
     emit(&format!("READY {ep}"));
     Ok(())
 }
 
 fn send(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
-    let ep = a.connect.as_deref().context("a sender needs --connect")?;
+    anyhow::ensure!(
+        a.connect.is_some() || a.bind.is_some(),
+        "a sender needs --connect or --bind"
+    );
     let family = a.pattern.family();
     let kind = match family {
         Family::PubSub => zmq::PUB,
@@ -56,7 +97,10 @@ fn send(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
         Family::ReqRep => zmq::REQ,
     };
     let sock = ctx.socket(kind)?;
-    sock.connect(ep).with_context(|| format!("connect {ep}"))?;
+    if family == Family::PubSub {
+        lossless_hwm(&sock, a)?;
+    }
+    attach(&sock, a)?;
     if family == Family::ReqRep {
         ping(&sock, a, ctl)
     } else {
@@ -78,6 +122,10 @@ fn send_msg(
     sock.send(last, 0)
 }
 
+/// How long a sender started by hand flushes its queue after its end
+/// markers before it exits.
+const MANUAL_LINGER_MS: i32 = 5000;
+
 /// The one-way sender: warm-ups until GO, data for the budget, end markers.
 fn stream(sock: &zmq::Socket, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
     let family = a.pattern.family();
@@ -88,7 +136,8 @@ fn stream(sock: &zmq::Socket, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()>
         std::thread::sleep(Duration::from_millis(5));
     }
     let payload = vec![b'x'; a.size];
-    let budget = Budget::new(a.secs, a.size, a.max_bytes);
+    let budget = Budget::of(a);
+    let clock = Stopwatch::start();
     let start = Instant::now();
     let mut sent = 0u64;
     while !budget.done(start, sent) {
@@ -97,10 +146,10 @@ fn stream(sock: &zmq::Socket, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()>
             sent += 1;
         }
     }
-    let elapsed_s = start.elapsed().as_secs_f64();
+    let report = timed_report(sent, a.size, &clock);
     if family == Family::PubSub {
         // PUB drops at its HWM: repeat the marker every millisecond until told.
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + ctl.marker_time();
         while !ctl.stopped() && Instant::now() < until {
             send_msg(sock, family, &topics, 0, b"")?;
             std::thread::sleep(Duration::from_millis(1));
@@ -108,7 +157,15 @@ fn stream(sock: &zmq::Socket, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()>
     } else {
         send_msg(sock, family, &topics, 0, b"")?;
     }
-    finish_after_stop_blocking(ctl, || sender_report(sent, a.size, elapsed_s))
+    if ctl.is_manual() {
+        // Nobody tells us when the receiver has everything: report, then
+        // let the context's linger flush what is still queued, for a few
+        // seconds at most (a receiver that stopped at --count is gone).
+        ctl.report(&report);
+        sock.set_linger(MANUAL_LINGER_MS)?;
+        return Ok(());
+    }
+    finish_after_stop_blocking(ctl, || report)
 }
 
 /// The REQ side of the latency run.
@@ -119,7 +176,7 @@ fn ping(req: &zmq::Socket, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
         req.send(&b"w"[..], 0)?;
         req.recv(&mut reply, 0)?;
     }
-    let mut trips = RoundTrips::start(a.size, a.secs, a.max_bytes);
+    let mut trips = RoundTrips::start(a.size, Budget::of(a));
     while trips.more() {
         let t = Instant::now();
         req.send(&trips.payload[..], 0)?;
@@ -141,13 +198,14 @@ fn recv(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
     };
     let sock = ctx.socket(kind)?;
     if kind == zmq::SUB {
+        lossless_hwm(&sock, a)?;
         sock.set_subscribe(b"")?;
     }
     attach(&sock, a)?;
     if kind == zmq::REP {
         echo(&sock, ctl)
     } else {
-        meter(&sock, ctl)
+        meter(&sock, a, ctl)
     }
 }
 
@@ -157,6 +215,7 @@ fn recv(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
 /// the end marker each worker can be told to stop.
 fn blackbox(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
     let sub = ctx.socket(zmq::SUB)?;
+    lossless_hwm(&sub, a)?;
     sub.set_subscribe(b"")?;
     attach(&sub, a)?;
     let meter = Arc::new(SharedMeter::default());
@@ -214,8 +273,8 @@ pub(crate) fn recv_last(sock: &zmq::Socket, msg: &mut zmq::Message) -> zmq::Resu
     }
 }
 
-fn meter(sock: &zmq::Socket, ctl: &Control) -> anyhow::Result<()> {
-    let mut m = Meter::default();
+fn meter(sock: &zmq::Socket, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
+    let mut m = Meter::new(a.count);
     let mut msg = zmq::Message::new();
     loop {
         if m.observe(recv_last(sock, &mut msg)?) {

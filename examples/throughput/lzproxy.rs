@@ -8,15 +8,20 @@
 //!   and a `zmq_poll` loop that forwards and caches one message per wake-up
 //!   and answers a subscription with that exact topic's cached value.
 //!
+//! Lossless mode (the default): SNDHWM = RCVHWM = 0 on every socket, the
+//! capture pair included, so nothing on the path drops.
+//!
 //! The proxy runs on its own thread; the main thread waits for STOP,
 //! reports, and exits the process (no context termination to hang on).
+//! Started by hand, it prints its counters every second instead, until it
+//! is killed or its `--deadline` passes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::cases::Pattern;
-use crate::lz::{bind_loopback, recv_last};
+use crate::lz::{attach_spec, lossless_hwm, recv_last};
 use crate::proto::{emit, finish_after_stop_blocking, Control, Report};
 use crate::RoleArgs;
 
@@ -25,14 +30,16 @@ pub(crate) fn run(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Re
         Pattern::Lvc => (ctx.socket(zmq::SUB)?, ctx.socket(zmq::XPUB)?),
         _ => (ctx.socket(zmq::XSUB)?, ctx.socket(zmq::XPUB)?),
     };
-    let frontend = bind_loopback(&front)?;
-    let backend = bind_loopback(&back)?;
+    lossless_hwm(&front, a)?;
+    lossless_hwm(&back, a)?;
+    let frontend = attach_spec(&front, a.frontend.as_deref())?;
+    let backend = attach_spec(&back, a.backend.as_deref())?;
     let counted = Arc::new(AtomicU64::new(0));
     match a.pattern {
         Pattern::Proxy => {
             std::thread::spawn(move || zmq::proxy(&front, &back));
         }
-        Pattern::Espresso => espresso(ctx, front, back, counted.clone())?,
+        Pattern::Espresso => espresso(ctx, a, front, back, counted.clone())?,
         Pattern::Lvc => {
             front.set_subscribe(b"")?;
             back.set_xpub_verbose(true)?;
@@ -43,6 +50,11 @@ pub(crate) fn run(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Re
     }
     emit(&format!("READY {frontend} {backend}"));
     let pattern = a.pattern;
+    if ctl.is_manual() {
+        // zmq_proxy counts nothing; the LVC loop and the capture listener do.
+        let counts = (pattern != Pattern::Proxy).then_some(&*counted);
+        crate::proto::print_every_second(|| counts.map(|n| n.load(Ordering::Relaxed)));
+    }
     finish_after_stop_blocking(ctl, || {
         let n = counted.load(Ordering::Relaxed);
         Report {
@@ -56,13 +68,16 @@ pub(crate) fn run(ctx: &zmq::Context, a: &RoleArgs, ctl: &Control) -> anyhow::Re
 /// `zmq_proxy` with a capture PAIR, and the listener thread draining it.
 fn espresso(
     ctx: &zmq::Context,
+    a: &RoleArgs,
     mut front: zmq::Socket,
     mut back: zmq::Socket,
     captured: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     let mut capture = ctx.socket(zmq::PAIR)?;
+    lossless_hwm(&capture, a)?;
     capture.bind("inproc://capture")?;
     let listener = ctx.socket(zmq::PAIR)?;
+    lossless_hwm(&listener, a)?;
     listener.connect("inproc://capture")?;
     std::thread::spawn(move || {
         let mut msg = zmq::Message::new();

@@ -30,6 +30,18 @@ pub(crate) fn process_cpu(pid: u32) -> Duration {
         .unwrap_or_default()
 }
 
+/// Peak resident memory (`VmHWM`) in MB from a `/proc/<pid>/status` text.
+pub(crate) fn parse_peak_rss_mb(status: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Peak resident memory of process `pid` so far, in MB (`None` if gone).
+pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
+    parse_peak_rss_mb(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
 /// Busy time of all CPUs (user, nice, system, irq, softirq) from the
 /// `cpu` line of `/proc/stat`.
 pub(crate) fn parse_machine_busy(proc_stat: &str) -> Duration {
@@ -127,6 +139,9 @@ mod tests {
         let proc_stat = "cpu  100 5 50 1000 7 3 2 9 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
         assert_eq!(parse_machine_busy(proc_stat), Duration::from_millis(1600));
         assert_eq!(parse_machine_busy("garbage"), Duration::ZERO);
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(parse_peak_rss_mb(status), Some(2.0));
+        assert_eq!(parse_peak_rss_mb("Name: x"), None);
     }
 
     #[test]

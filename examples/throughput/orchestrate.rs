@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::cases::{Case, Topology};
+use crate::cases::{Case, Mode, Topology};
 use crate::machine::{self, Sample};
 use crate::proto::Report;
 use crate::report::Row;
@@ -157,11 +157,18 @@ impl Drop for Proc {
 }
 
 fn role_args(role: &str, case: &Case, s: &Settings, connect: Option<&str>) -> Vec<String> {
+    // Sender and receiver run the peers' stack, the proxy the middle's.
+    let imp = if role == "proxy" {
+        case.imp
+    } else {
+        case.peers
+    };
     let mut a: Vec<String> = [
+        "--orchestrated",
         "--role",
         role,
         "--impl",
-        case.imp.name(),
+        imp.name(),
         "--pattern",
         case.pattern.name(),
     ]
@@ -179,10 +186,14 @@ fn role_args(role: &str, case: &Case, s: &Settings, connect: Option<&str>) -> Ve
         s.yield_every.to_string(),
         "--max-mb".into(),
         s.max_mb.to_string(),
-        // Every child ends by itself, whatever happens to us.
+        // Every child ends by itself, whatever happens to us; lossless
+        // runs drain the publisher's queue after it stopped sending.
         "--deadline".into(),
-        (s.secs * 3.0 + 60.0).to_string(),
+        (s.secs * 10.0 + 60.0).to_string(),
     ]);
+    if case.mode == Mode::Lossy {
+        a.push("--lossy".into());
+    }
     if let Some(ep) = connect {
         a.extend(["--connect".into(), ep.to_owned()]);
     }
@@ -224,6 +235,8 @@ fn attempt(case: &Case, s: &Settings) -> Row {
         Ok(row) => row,
         Err(e) => Row {
             imp: case.imp.name().into(),
+            peers: case.peers.name().into(),
+            mode: case.mode.name().into(),
             pattern: case.pattern.name().into(),
             size: case.size,
             status: format!("failed: {e:#}"),
@@ -258,13 +271,16 @@ fn try_case(case: &Case, s: &Settings) -> anyhow::Result<Row> {
         p.tell("GO");
     }
     send.tell("GO");
-    let drain = Duration::from_secs_f64(s.secs * 2.0 + 30.0);
+    // Lossless libzmq publishers (HWM 0) queue what the path cannot take
+    // yet: the receiver drains it after the sender stopped.
+    let drain = Duration::from_secs_f64(s.secs * 10.0 + 30.0);
     let r = recv.result(Instant::now() + drain)?;
     let after = Sample::take(&pids);
     let cpu = Cpu {
         each: after.cpu_pct_since(&before),
         others: after.others_pct_since(&before),
         secs: after.secs_since(&before),
+        rss: pids.iter().map(|&p| machine::peak_rss_mb(p)).collect(),
     };
     for p in [Some(&mut send), Some(&mut recv), proxy.as_mut()]
         .into_iter()
@@ -286,6 +302,8 @@ struct Cpu {
     each: Vec<f64>,
     others: f64,
     secs: f64,
+    /// Peak RSS in MB of sender, receiver, [proxy] at the end marker.
+    rss: Vec<Option<f64>>,
 }
 
 impl Cpu {
@@ -318,6 +336,8 @@ fn row(case: &Case, recv: &Report, send: &Report, proxy: Option<&Report>, cpu: &
     };
     Row {
         imp: case.imp.name().into(),
+        peers: case.peers.name().into(),
+        mode: case.mode.name().into(),
         pattern: case.pattern.name().into(),
         size: case.size,
         msgs_per_s: per_s(measured.count),
@@ -337,10 +357,16 @@ fn row(case: &Case, recv: &Report, send: &Report, proxy: Option<&Report>, cpu: &
         cpu_send_us: cpu.us_per(0, measured.count),
         cpu_recv_us: cpu.us_per(1, measured.count),
         cpu_proxy_us: proxy.and(cpu.us_per(2, measured.count)),
+        rss_send_mb: cpu.rss.first().copied().flatten(),
+        rss_recv_mb: cpu.rss.get(1).copied().flatten(),
+        rss_proxy_mb: proxy.and(cpu.rss.get(2).copied().flatten()),
         captured: proxy.and_then(|p| p.captured),
         capture_drops: proxy.and_then(|p| p.capture_drops),
         proxy_drops: proxy.and_then(|p| p.proxy_drops),
+        proxy_blocks: proxy.and_then(|p| p.proxy_blocks),
         ratio: None,
+        vs_direct: None,
+        proxy_cpu_vs_zmq_proxy: None,
         runs: vec![],
         status,
     }

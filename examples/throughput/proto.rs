@@ -10,6 +10,13 @@
 //! Every message's last frame says what it is: empty = end marker, one byte =
 //! warm-up, `size` bytes = data. A child exits by itself: after STOP, when
 //! stdin closes (the orchestrator died) or when its deadline passes.
+//!
+//! Started by hand (no `--orchestrated`), a process reads no stdin: a
+//! sender sends warm-ups for `--warmup` seconds, then data for `--count`
+//! messages or `--secs`, then end markers, and exits; a receiver prints its
+//! result (msgs/s, MB/s, CPU us/msg) at the end marker or after `--count`
+//! messages and exits; a proxy prints its counters every second until
+//! killed or its `--deadline`.
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +86,70 @@ pub(crate) struct Report {
     pub(crate) capture_drops: Option<u64>,
     /// Messages a proxy dropped for a slow subscriber, where counted.
     pub(crate) proxy_drops: Option<u64>,
+    /// Times a proxy paused reading publishers for a full subscriber queue.
+    #[serde(default)]
+    pub(crate) proxy_blocks: Option<u64>,
+    /// CPU seconds this process used over `elapsed_s` (all threads).
+    #[serde(default)]
+    pub(crate) cpu_s: Option<f64>,
+}
+
+/// The one-line result a process started by hand prints:
+/// `recv libzmq pubsub 16 B: 1000000 msgs in 0.812 s = 1.23M msgs/s, 19.7 MB/s, CPU 0.81 us/msg (99 % of a core)`.
+pub(crate) fn summary(label: &str, r: &Report) -> String {
+    let rate = |x: u64| {
+        if r.elapsed_s > 0.0 {
+            x as f64 / r.elapsed_s
+        } else {
+            0.0
+        }
+    };
+    let mut s = format!(
+        "{label}: {} msgs in {:.3} s = {} msgs/s, {:.1} MB/s",
+        r.count,
+        r.elapsed_s,
+        crate::report::fmt_rate(rate(r.count)),
+        rate(r.bytes) / 1e6
+    );
+    if let Some(cpu) = r.cpu_s.filter(|_| r.count > 0 && r.elapsed_s > 0.0) {
+        s.push_str(&format!(
+            ", CPU {:.2} us/msg ({:.0} % of a core)",
+            cpu / r.count as f64 * 1e6,
+            100.0 * cpu / r.elapsed_s
+        ));
+    }
+    if let (Some(p50), Some(p99)) = (r.p50_us, r.p99_us) {
+        s.push_str(&format!(", round trip p50 {p50:.1} us, p99 {p99:.1} us"));
+    }
+    s
+}
+
+/// A wall clock and this process's CPU clock, started together.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stopwatch {
+    at: Instant,
+    cpu: Duration,
+}
+
+impl Stopwatch {
+    pub(crate) fn start() -> Self {
+        Self {
+            at: Instant::now(),
+            cpu: crate::machine::process_cpu(std::process::id()),
+        }
+    }
+
+    /// Wall seconds since the start.
+    pub(crate) fn secs(&self) -> f64 {
+        self.at.elapsed().as_secs_f64()
+    }
+
+    /// CPU seconds of this process since the start.
+    pub(crate) fn cpu_secs(&self) -> f64 {
+        crate::machine::process_cpu(std::process::id())
+            .saturating_sub(self.cpu)
+            .as_secs_f64()
+    }
 }
 
 /// Prints one protocol line to stdout and flushes it.
@@ -90,31 +161,68 @@ pub(crate) fn emit(line: &str) {
 }
 
 /// Prints `RESULT <json>`.
-pub(crate) fn emit_result(report: &Report) {
+fn emit_result(report: &Report) {
     let json = serde_json::to_string(report).expect("a report always serialises");
     emit(&format!("RESULT {json}"));
 }
 
-/// The orchestrator's commands, read from stdin by a background thread.
+/// The orchestrator's commands, read from stdin by a background thread;
+/// or, for a process started by hand, a timer.
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     go: AtomicBool,
     stop: AtomicBool,
+    /// Started by hand: the label of its summary line (no stdin protocol).
+    manual: Option<String>,
 }
 
 impl Control {
     /// Starts the stdin reader and a watchdog that ends the process after
     /// `deadline` whatever happens.
-    pub(crate) fn start(deadline: Duration) -> Arc<Control> {
+    pub(crate) fn start(deadline: Option<Duration>) -> Arc<Control> {
         let ctl = Arc::new(Control::default());
         let reader = ctl.clone();
         std::thread::spawn(move || reader.read_stdin());
-        std::thread::spawn(move || {
-            std::thread::sleep(deadline);
-            eprintln!("throughput child: deadline of {deadline:?} passed; exiting");
-            std::process::exit(3);
-        });
+        watchdog(deadline);
         ctl
+    }
+
+    /// A process started by hand: GO after `warmup`, never STOP (it ends
+    /// when its work is done), `label` heads its summary line.
+    pub(crate) fn manual(
+        label: String,
+        warmup: Duration,
+        deadline: Option<Duration>,
+    ) -> Arc<Control> {
+        let ctl = Arc::new(Control {
+            manual: Some(label),
+            ..Control::default()
+        });
+        let timer = ctl.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(warmup);
+            timer.go.store(true, Ordering::Release);
+        });
+        watchdog(deadline);
+        ctl
+    }
+
+    /// True if started by hand.
+    pub(crate) fn is_manual(&self) -> bool {
+        self.manual.is_some()
+    }
+
+    /// How long a publisher repeats its end marker at most (until STOP).
+    pub(crate) fn marker_time(&self) -> Duration {
+        Duration::from_secs(if self.is_manual() { 1 } else { 10 })
+    }
+
+    /// Reports: `RESULT <json>`, and by hand also the summary line.
+    pub(crate) fn report(&self, report: &Report) {
+        emit_result(report);
+        if let Some(label) = &self.manual {
+            emit(&summary(label, report));
+        }
     }
 
     fn read_stdin(&self) {
@@ -142,16 +250,24 @@ impl Control {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Blocks until STOP (for threads outside any runtime), at most `limit`.
+    /// Blocks until STOP (for threads outside any runtime), at most `limit`;
+    /// by hand not at all.
     pub(crate) fn wait_stop_blocking(&self, limit: Duration) {
+        if self.is_manual() {
+            return;
+        }
         let until = Instant::now() + limit;
         while !self.stopped() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
 
-    /// Awaits STOP, at most `limit`, letting the runtime run meanwhile.
+    /// Awaits STOP, at most `limit`, letting the runtime run meanwhile; by
+    /// hand not at all.
     pub(crate) async fn wait_stop(&self, limit: Duration) {
+        if self.is_manual() {
+            return;
+        }
         let until = Instant::now() + limit;
         while !self.stopped() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -159,9 +275,46 @@ impl Control {
     }
 }
 
+/// A proxy started by hand: prints, every second and forever, its CPU and
+/// (where `count` knows it) the messages it forwarded. Blocking.
+pub(crate) fn print_every_second(count: impl Fn() -> Option<u64>) -> ! {
+    let mut clock = Stopwatch::start();
+    let mut last = count().unwrap_or(0);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let (secs, cpu) = (clock.secs(), clock.cpu_secs());
+        let now = count();
+        let mut line = format!("proxy: CPU {:.0} % of a core", 100.0 * cpu / secs);
+        if let Some(n) = now {
+            let d = n.saturating_sub(last);
+            line.push_str(&format!(
+                ", {} msgs/s, {n} msgs in all",
+                crate::report::fmt_rate(d as f64 / secs)
+            ));
+            if d > 0 {
+                line.push_str(&format!(", CPU {:.2} us/msg", cpu / d as f64 * 1e6));
+            }
+            last = n;
+        }
+        emit(&line);
+        clock = Stopwatch::start();
+    }
+}
+
+/// Ends the process after `deadline`, if there is one.
+fn watchdog(deadline: Option<Duration>) {
+    if let Some(deadline) = deadline {
+        std::thread::spawn(move || {
+            std::thread::sleep(deadline);
+            eprintln!("throughput: deadline of {deadline:?} passed; exiting");
+            std::process::exit(3);
+        });
+    }
+}
+
 /// Reports, waits for STOP, exits: how receivers end (blocking roles).
 pub(crate) fn finish_now_blocking(ctl: &Control, report: &Report) -> ! {
-    emit_result(report);
+    ctl.report(report);
     ctl.wait_stop_blocking(Duration::from_secs(30));
     std::process::exit(0);
 }
@@ -169,7 +322,7 @@ pub(crate) fn finish_now_blocking(ctl: &Control, report: &Report) -> ! {
 /// Waits for STOP, reports, exits: how senders and proxies end (blocking).
 pub(crate) fn finish_after_stop_blocking(ctl: &Control, report: impl FnOnce() -> Report) -> ! {
     ctl.wait_stop_blocking(Duration::from_secs(30));
-    emit_result(&report());
+    ctl.report(&report());
     std::process::exit(0);
 }
 
@@ -178,9 +331,11 @@ pub(crate) fn finish_after_stop_blocking(ctl: &Control, report: impl FnOnce() ->
 #[derive(Debug, Default)]
 pub(crate) struct Meter {
     warm: bool,
-    first: Option<Instant>,
+    first: Option<Stopwatch>,
     count: u64,
     bytes: u64,
+    /// Done after this many data messages (by hand: `--count`).
+    limit: Option<u64>,
 }
 
 /// What a receiver should do after a message.
@@ -195,16 +350,28 @@ pub(crate) enum Flow {
 }
 
 impl Meter {
+    /// A meter that is done after `limit` data messages, or at the end marker.
+    pub(crate) fn new(limit: Option<u64>) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
     /// Accounts one message whose last frame has `last_len` bytes.
     pub(crate) fn on_message(&mut self, last_len: usize) -> Flow {
         match classify(last_len) {
             Kind::Data => {
                 if self.first.is_none() {
-                    self.first = Some(Instant::now());
+                    self.first = Some(Stopwatch::start());
                 }
                 self.count += 1;
                 self.bytes += last_len as u64;
-                Flow::More
+                if self.limit == Some(self.count) {
+                    Flow::Done
+                } else {
+                    Flow::More
+                }
             }
             Kind::Warm if !self.warm => {
                 self.warm = true;
@@ -234,7 +401,8 @@ impl Meter {
         Report {
             count: self.count,
             bytes: self.bytes,
-            elapsed_s: self.first.map_or(0.0, |f| f.elapsed().as_secs_f64()),
+            elapsed_s: self.first.map_or(0.0, |f| f.secs()),
+            cpu_s: self.first.map(|f| f.cpu_secs()),
             ..Report::default()
         }
     }
@@ -255,19 +423,39 @@ impl Budget {
         }
     }
 
+    /// A sender's budget: `count` messages if given (and `secs` if given
+    /// too, whichever ends first), else `secs` capped at `max_bytes`.
+    pub(crate) fn of(a: &crate::RoleArgs) -> Self {
+        match a.count {
+            Some(n) => Self {
+                secs: a.secs,
+                max_msgs: n,
+            },
+            None => Self::new(a.secs, a.size, a.max_bytes),
+        }
+    }
+
     /// True when a sender that started at `start` and sent `sent` is done.
     pub(crate) fn done(&self, start: Instant, sent: u64) -> bool {
         sent >= self.max_msgs || start.elapsed().as_secs_f64() >= self.secs
     }
 }
 
-/// A sender's report: what it sent, and for how long.
+/// A sender's report: what it sent, for how long, at what CPU cost.
 pub(crate) fn sender_report(sent: u64, size: usize, elapsed_s: f64) -> Report {
     Report {
         count: sent,
         bytes: sent * size as u64,
         elapsed_s,
         ..Report::default()
+    }
+}
+
+/// [`sender_report`] timed by `clock` (wall and CPU since it started).
+pub(crate) fn timed_report(sent: u64, size: usize, clock: &Stopwatch) -> Report {
+    Report {
+        cpu_s: Some(clock.cpu_secs()),
+        ..sender_report(sent, size, clock.secs())
     }
 }
 
@@ -298,10 +486,10 @@ pub(crate) struct RoundTrips {
 
 impl RoundTrips {
     /// Starts the clock.
-    pub(crate) fn start(size: usize, secs: f64, max_bytes: u64) -> Self {
+    pub(crate) fn start(size: usize, budget: Budget) -> Self {
         Self {
             payload: vec![b'x'; size],
-            budget: Budget::new(secs, size, max_bytes),
+            budget,
             hist: rtt_histogram(),
             start: Instant::now(),
             n: 0,
@@ -350,6 +538,29 @@ mod tests {
         assert_eq!(m.on_message(0), Flow::Done);
         let r = m.report();
         assert_eq!((r.count, r.bytes), (2, 32));
+    }
+
+    #[test]
+    fn a_meter_with_a_limit_ends_at_it() {
+        let mut m = Meter::new(Some(2));
+        assert_eq!(m.on_message(16), Flow::More);
+        assert_eq!(m.on_message(16), Flow::Done);
+        assert!(m.report().cpu_s.is_some());
+    }
+
+    #[test]
+    fn summary_line_reads_well() {
+        let r = Report {
+            count: 1_000_000,
+            bytes: 16_000_000,
+            elapsed_s: 0.5,
+            cpu_s: Some(0.4),
+            ..Report::default()
+        };
+        assert_eq!(
+            summary("recv libzmq pubsub 16 B", &r),
+            "recv libzmq pubsub 16 B: 1000000 msgs in 0.500 s = 2.00M msgs/s, 32.0 MB/s, CPU 0.40 us/msg (80 % of a core)"
+        );
     }
 
     #[test]

@@ -16,8 +16,7 @@ use zeromq::ZmqMessage;
 
 use crate::cases::{Family, Pattern};
 use crate::proto::{
-    emit, emit_result, sender_report, Budget, Control, Meter, Report, RoundTrips, SharedMeter,
-    Topics,
+    emit, timed_report, Budget, Control, Meter, Report, RoundTrips, SharedMeter, Stopwatch, Topics,
 };
 use crate::{zproxy, Role, RoleArgs, Runtime};
 
@@ -41,37 +40,48 @@ pub(crate) fn run(role: Role, a: &RoleArgs, ctl: Arc<Control>) -> anyhow::Result
 /// Waits for STOP, reports, exits. Senders and proxies end here.
 pub(crate) async fn finish_after_stop(ctl: &Control, report: impl FnOnce() -> Report) -> ! {
     ctl.wait_stop(Duration::from_secs(30)).await;
-    emit_result(&report());
+    ctl.report(&report());
     std::process::exit(0)
 }
 
 /// Reports, waits for STOP, exits. Receivers end here.
 async fn finish_now(ctl: &Control, report: &Report) -> ! {
-    emit_result(report);
+    ctl.report(report);
     ctl.wait_stop(Duration::from_secs(30)).await;
     std::process::exit(0)
 }
 
-/// Binds `127.0.0.1:0` (or connects to `--connect`) and prints `READY <ep>`.
+/// Connects to `--connect`, or binds `--bind` (libzmq's `*` wildcards
+/// rewritten), or binds `127.0.0.1:0`; prints `READY <ep>`.
 async fn attach<S: Socket>(sock: &mut S, a: &RoleArgs) -> anyhow::Result<()> {
-    let ep = match &a.connect {
-        Some(ep) => {
+    let ep = match (&a.connect, &a.bind) {
+        (Some(ep), _) => {
             sock.connect(ep)
                 .await
                 .with_context(|| format!("connect {ep}"))?;
             ep.clone()
         }
-        None => sock.bind("tcp://127.0.0.1:0").await?.to_string(),
+        (None, Some(ep)) => {
+            let spec = zpatterns::endpoint::EndpointSpec::bind(ep)
+                .with_context(|| format!("--bind {ep}"))?;
+            sock.bind(spec.endpoint())
+                .await
+                .with_context(|| format!("bind {ep}"))?
+                .to_string()
+        }
+        (None, None) => sock.bind("tcp://127.0.0.1:0").await?.to_string(),
     };
     emit(&format!("READY {ep}"));
     Ok(())
 }
 
+/// A sender's socket, attached as `--connect` / `--bind` say.
 async fn connect<S: Socket>(mut sock: S, a: &RoleArgs) -> anyhow::Result<S> {
-    let ep = a.connect.as_deref().context("a sender needs --connect")?;
-    sock.connect(ep)
-        .await
-        .with_context(|| format!("connect {ep}"))?;
+    anyhow::ensure!(
+        a.connect.is_some() || a.bind.is_some(),
+        "a sender needs --connect or --bind"
+    );
+    attach(&mut sock, a).await?;
     Ok(sock)
 }
 
@@ -105,12 +115,13 @@ async fn stream<S: SocketSend>(mut sock: S, a: &RoleArgs, ctl: &Control) -> anyh
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let payload = vec![b'x'; a.size];
-    let budget = Budget::new(a.secs, a.size, a.max_bytes);
+    let budget = Budget::of(a);
     let batch = if a.yield_every == 0 {
         256
     } else {
         a.yield_every
     };
+    let clock = Stopwatch::start();
     let start = Instant::now();
     let mut sent = 0u64;
     while !budget.done(start, sent) {
@@ -123,10 +134,11 @@ async fn stream<S: SocketSend>(mut sock: S, a: &RoleArgs, ctl: &Control) -> anyh
             tokio::task::yield_now().await;
         }
     }
-    let elapsed_s = start.elapsed().as_secs_f64();
+    let report = timed_report(sent, a.size, &clock);
     if family == Family::PubSub {
-        // PUB may drop any one marker: repeat every millisecond until told.
-        let until = Instant::now() + Duration::from_secs(10);
+        // PUB may drop any one marker: repeat every millisecond until told
+        // (by hand: for a second, while the queues drain).
+        let until = Instant::now() + ctl.marker_time();
         while !ctl.stopped() && Instant::now() < until {
             sock.send(message(family, &topics, 0, b"")).await?;
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -134,7 +146,7 @@ async fn stream<S: SocketSend>(mut sock: S, a: &RoleArgs, ctl: &Control) -> anyh
     } else {
         sock.send(message(family, &topics, 0, b"")).await?;
     }
-    finish_after_stop(ctl, || sender_report(sent, a.size, elapsed_s)).await
+    finish_after_stop(ctl, || report).await
 }
 
 /// The REQ side of the latency run: round trips until GO (warm-up), then
@@ -146,7 +158,7 @@ async fn ping(mut req: zeromq::ReqSocket, a: &RoleArgs, ctl: &Control) -> anyhow
         req.send(message(Family::ReqRep, &topics, 0, b"w")).await?;
         req.recv().await?;
     }
-    let mut trips = RoundTrips::start(a.size, a.secs, a.max_bytes);
+    let mut trips = RoundTrips::start(a.size, Budget::of(a));
     while trips.more() {
         let t = Instant::now();
         let msg = message(Family::ReqRep, &topics, trips.n, &trips.payload);
@@ -172,17 +184,17 @@ async fn recv(a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
             let mut sub = zeromq::SubSocket::new();
             sub.subscribe("").await?;
             attach(&mut sub, a).await?;
-            meter(sub, ctl).await
+            meter(sub, a, ctl).await
         }
         Pattern::Pushpull => {
             let mut pull = zeromq::PullSocket::new();
             attach(&mut pull, a).await?;
-            meter(pull, ctl).await
+            meter(pull, a, ctl).await
         }
         Pattern::DealerRouter => {
             let mut router = zeromq::RouterSocket::new();
             attach(&mut router, a).await?;
-            meter(router, ctl).await
+            meter(router, a, ctl).await
         }
         Pattern::ReqrepLatency => {
             let mut rep = zeromq::RepSocket::new();
@@ -201,9 +213,10 @@ pub(crate) const BLACKBOX_WORKERS: usize = 2;
 async fn blackbox(a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
     use zpatterns::blackbox::{BlackBox, BlackBoxConfig};
     use zpatterns::endpoint::EndpointSpec;
-    let spec = match &a.connect {
-        Some(ep) => EndpointSpec::connect(ep)?,
-        None => EndpointSpec::loopback(),
+    let spec = match (&a.connect, &a.bind) {
+        (Some(ep), _) => EndpointSpec::connect(ep)?,
+        (None, Some(ep)) => EndpointSpec::bind(ep)?,
+        (None, None) => EndpointSpec::loopback(),
     };
     let meter = Arc::new(SharedMeter::default());
     // The benchmark's largest payload is 64 KiB plus a header frame: above
@@ -231,8 +244,8 @@ async fn blackbox(a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
 }
 
 /// Receives and counts until the end marker.
-async fn meter<S: SocketRecv>(mut sock: S, ctl: &Control) -> anyhow::Result<()> {
-    let mut m = Meter::default();
+async fn meter<S: SocketRecv>(mut sock: S, a: &RoleArgs, ctl: &Control) -> anyhow::Result<()> {
+    let mut m = Meter::new(a.count);
     loop {
         let msg = sock.recv().await?;
         if m.observe(last_len(&msg)) {
