@@ -238,36 +238,25 @@ fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
     x.map(f).unwrap_or_else(|| "-".to_owned())
 }
 
+/// Sender/proxy/receiver values with `decimals` digits, `-` where absent.
+fn triple(values: [Option<f64>; 3], decimals: usize) -> String {
+    let [s, p, r] = values.map(|x| opt(x, |v| format!("{v:.decimals$}")));
+    format!("{s}/{p}/{r}")
+}
+
+/// CPU %, sender/proxy/receiver.
 fn cpu(r: &Row) -> String {
-    let p = |x: Option<f64>| opt(x, |v| format!("{v:.0}"));
-    format!(
-        "{}/{}/{}",
-        p(r.cpu_send_pct),
-        p(r.cpu_proxy_pct),
-        p(r.cpu_recv_pct)
-    )
+    triple([r.cpu_send_pct, r.cpu_proxy_pct, r.cpu_recv_pct], 0)
 }
 
 /// Peak RSS in MB, sender/proxy/receiver.
 fn rss(r: &Row) -> String {
-    let p = |x: Option<f64>| opt(x, |v| format!("{v:.0}"));
-    format!(
-        "{}/{}/{}",
-        p(r.rss_send_mb),
-        p(r.rss_proxy_mb),
-        p(r.rss_recv_mb)
-    )
+    triple([r.rss_send_mb, r.rss_proxy_mb, r.rss_recv_mb], 0)
 }
 
 /// CPU microseconds per delivered message, sender/proxy/receiver.
 fn cpu_us(r: &Row) -> String {
-    let p = |x: Option<f64>| opt(x, |v| format!("{v:.2}"));
-    format!(
-        "{}/{}/{}",
-        p(r.cpu_send_us),
-        p(r.cpu_proxy_us),
-        p(r.cpu_recv_us)
-    )
+    triple([r.cpu_send_us, r.cpu_proxy_us, r.cpu_recv_us], 2)
 }
 
 fn notes(r: &Row) -> String {
