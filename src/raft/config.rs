@@ -42,6 +42,7 @@ pub struct RaftConfig {
     pub(crate) max_sessions: usize,
     pub(crate) max_pending: usize,
     pub(crate) max_message: usize,
+    pub(crate) max_snapshot: u64,
     pub(crate) pre_vote: bool,
     pub(crate) check_quorum: bool,
     pub(crate) seed: u64,
@@ -74,6 +75,7 @@ impl RaftConfig {
             max_sessions: crate::paxos::DEFAULT_MAX_SESSIONS,
             max_pending: 10_000,
             max_message: 16 << 20,
+            max_snapshot: 1 << 30,
             pre_vote: true,
             check_quorum: true,
             seed: u64::from(id.0),
@@ -160,6 +162,15 @@ impl RaftConfig {
     /// refused.
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes.max(4096);
+        self
+    }
+
+    /// Largest snapshot accepted from a leader, in bytes (default 1 GiB):
+    /// a snapshot is assembled in memory from its chunks, and one that
+    /// announces more is refused (counted as garbage, logged). Must exceed
+    /// the size of the state machine.
+    pub fn max_snapshot(mut self, bytes: u64) -> Self {
+        self.max_snapshot = bytes;
         self
     }
 

@@ -46,11 +46,16 @@
 //! | [`RaftConfig::max_pending`]: client requests the leader holds (writes not yet applied, reads not yet confirmed) | 10,000 | the request is dropped (counted in `requests_dropped`); the client retries after its timeout |
 //! | [`RaftConfig::max_message`]: largest message | 16 MiB | dropped undecoded (`oversized`); commands over a quarter of it are refused; an AppendEntries carries at most half of it |
 //! | [`RaftConfig::snapshot_every`]: log entries kept before compaction | 1000 | the log and the WAL are compacted into a snapshot |
+//! | [`RaftConfig::max_snapshot`]: size of a snapshot received from a leader (assembled in memory) | 1 GiB | refused (counted as garbage); the follower stays behind until the limit is raised |
 //! | [`RaftConfig::snapshot_chunk`]: bytes per InstallSnapshot message | 64 KiB | the snapshot travels in several chunks, one per round trip |
 //!
-//! A snapshot being received is held in memory up to its announced size
-//! (the cluster's members are trusted not to lie about it; messages from
-//! non-members are answered only for `Status`). Not supported: leader
+//! The log is bounded too: a leader creates at most
+//! [`RaftConfig::max_inflight`] uncommitted entries (of at most
+//! [`RaftConfig::max_batch`] commands each) and holds the other commands as
+//! pending requests, and applied entries are compacted. Raft trusts the
+//! cluster's members (a node that claims a higher term is followed);
+//! garbage, oversized messages and client floods from anyone are counted
+//! and dropped. Not supported: leader
 //! leases (reads always confirm leadership with a heartbeat round), joint
 //! consensus (changes are one server at a time), and a removed node
 //! learning that it was removed (it stops being contacted; with pre-vote

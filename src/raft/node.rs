@@ -854,6 +854,15 @@ impl RaftNode {
             self.incoming = None;
             return out.send(from, reply(self, total, true).encode());
         }
+        if total > self.cfg.max_snapshot {
+            let limit = self.cfg.max_snapshot;
+            self.garbage(
+                now,
+                from,
+                &format_args!("a snapshot of {total} bytes (limit {limit})"),
+            );
+            return out.send(from, reply(self, 0, false).encode());
+        }
         if offset == 0
             && self
                 .incoming

@@ -275,3 +275,42 @@ fn an_isolated_leader_steps_down_within_the_election_timeout() {
     assert!(took <= ms(600), "{took:?}");
     assert_eq!(node(&sim, l).stats().step_downs, 1);
 }
+
+#[test]
+fn a_client_flood_is_bounded_by_max_pending_while_another_client_is_served() {
+    use crate::paxos::Msg as ClientMsg;
+    let mut sim = cluster(11, 3, |c| c.max_pending(100));
+    let l = wait_leader(&mut sim);
+    let hostile = NodeId(666);
+    workload(&mut sim, Duration::from_secs(2));
+    let mut held_max = 0;
+    for round in 0..40u64 {
+        for i in 0..500u64 {
+            let req = ClientMsg::Request {
+                client: ClientId(1_000_000 + round * 500 + i),
+                seq: 1,
+                op: crate::paxos::Op::Put {
+                    key: bytes::Bytes::from(format!("flood{i}")),
+                    value: bytes::Bytes::from_static(b"x"),
+                },
+            };
+            sim.inject(hostile, l, req.encode());
+        }
+        run(&mut sim, ms(50));
+        let n = node(&sim, l);
+        held_max = held_max.max(n.waiting.len() + n.reads.len());
+    }
+    client(&mut sim).stop();
+    settle(&mut sim);
+    let n = node(&sim, l);
+    assert!(held_max <= 100, "held {held_max}");
+    assert!(n.stats().requests_dropped > 0, "{:?}", n.stats());
+    assert!(completed(&mut sim) > 20, "the good client starved");
+    // Garbage and oversized frames are counted, never panicked on.
+    sim.inject(hostile, l, bytes::Bytes::from_static(&[1, 36, 0xff]));
+    sim.inject(hostile, l, bytes::Bytes::from(vec![1u8; 17 << 20]));
+    run(&mut sim, ms(50));
+    let s = node(&sim, l).stats();
+    assert_eq!((s.garbage, s.oversized), (1, 1));
+    assert!(node(&sim, l).is_leader());
+}
