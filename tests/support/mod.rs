@@ -3,4 +3,5 @@
 
 pub mod linearizability;
 pub mod paxos;
+pub mod raft;
 pub mod seeds;
