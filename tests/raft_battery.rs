@@ -635,15 +635,55 @@ fn backup() {
         wait_completed(&mut c, cl[3], 50, secs(5))?;
         // 4. Heal: everyone converges within the budget.
         let counts = count_raft_traffic(&mut c);
+        let refused: Rc<RefCell<BTreeSet<(NodeId, u64)>>> = Rc::default();
+        let tap_refused = refused.clone();
+        let tap_counts = counts.clone();
+        c.sim.set_tap(move |_, env| {
+            if env.from.0 >= CLIENT_BASE || env.to.0 >= CLIENT_BASE {
+                return;
+            }
+            let Ok(msg) = zpatterns::raft::Msg::decode(env.msg.clone()) else {
+                return;
+            };
+            tap_counts
+                .borrow_mut()
+                .entry(format!("{:?}", msg.kind()))
+                .or_default()
+                .0 += 1;
+            // A refusal naming a conflicting term: backtracking (a refusal
+            // without one is an append that overtook another).
+            if let zpatterns::raft::Msg::AppendReply {
+                success: false,
+                index,
+                hint_term: Some(_),
+                ..
+            } = msg
+            {
+                tap_refused.borrow_mut().insert((env.from, index));
+            }
+        });
         c.sim.heal();
         let steps_before = c.sim.stats().delivered;
         c.wait_converged(secs(5))?;
         let steps = c.sim.stats().delivered - steps_before;
-        let req = requests(&counts);
-        worst.set(worst.get().max(req));
-        if req > 60 {
+        // Fast backtracking: each refusal skips a whole conflicting term,
+        // so each stale node refuses a handful of distinct points (one entry
+        // at a time would be about 50). Copies of a refusal (appends that
+        // were in flight) count once.
+        let per_node: BTreeMap<NodeId, usize> =
+            refused
+                .borrow()
+                .iter()
+                .fold(BTreeMap::new(), |mut m, (n, _)| {
+                    *m.entry(*n).or_default() += 1;
+                    m
+                });
+        let most = per_node.values().copied().max().unwrap_or(0);
+        worst.set(worst.get().max(most as u64));
+        if most > 5 {
             return Err(format!(
-                "{req} Raft requests ({steps} deliveries) to fix the stale logs: {:?}",
+                "stale nodes refused appends at {:?} ({steps} deliveries, Raft traffic {:?}) to fix their logs",
+                refused.borrow(),
                 counts.borrow()
             ));
         }
@@ -655,7 +695,7 @@ fn backup() {
         finish(&mut c)
     });
     eprintln!(
-        "backup: at most {} Raft requests to converge after heal",
+        "backup: at most {} distinct refusals per stale node to converge after heal",
         worst.get()
     );
 }
@@ -708,7 +748,7 @@ fn crash_restart(seed: u64, spec: Spec) -> Result<(), String> {
     let nodes = c.nodes.clone();
     c.sim.set_mid_step_crash(0.0005, &nodes);
     c.wait_leader(et_max(&c) * 10)?;
-    chaos(&mut c, secs(4), ms(100), |c| {
+    chaos(&mut c, secs(3), ms(100), |c| {
         let down: Vec<NodeId> = nodes.iter().copied().filter(|r| !c.sim.is_up(*r)).collect();
         let r = c.sim.rng().below(10);
         if r < 3 && !down.is_empty() {
@@ -760,6 +800,8 @@ fn stale_restart(seed: u64, spec: Spec) -> Result<(), String> {
         c.up(b).commit_index() == c.up(a).commit_index()
     })?;
     c.crash(a);
+    // What the dead leader still had in flight lands (or is lost) first.
+    c.run_for(ms(20))?;
     c.restart(stale)?;
     let l = c.wait_leader(et * 10)?;
     if l != b {
@@ -782,10 +824,11 @@ fn persist_3() {
 // ---------------------------------------------------------------- R9 --
 
 /// R9 `figure8` (6.824 `Figure8`): 5 nodes under a steady workload; again
-/// and again the leader dies a random short time after its election
-/// (often while its entries reached only some followers), and a crashed
-/// node restarts while fewer than 3 are up. 24 leader crashes a seed
-/// (384 over the default 16 seeds).
+/// and again a command is started at the leader (as 6.824's `Start`: a
+/// client request injected at it) and the leader dies a random short time
+/// later (often while its entries reached only some followers), and a
+/// crashed node restarts while fewer than 3 are up. `rounds` leader crashes
+/// a seed: 64 in R9, about 1,000 over the default 16 seeds.
 fn figure8(seed: u64, spec: Spec, rounds: usize) -> Result<(), String> {
     let mut spec = spec.clients(1, 2);
     if spec.link == LinkProfile::default() {
@@ -799,11 +842,13 @@ fn figure8(seed: u64, spec: Spec, rounds: usize) -> Result<(), String> {
     let mut c = Cluster::new(spec, seed);
     let et = et_max(&c);
     let nodes = c.nodes.clone();
-    let end = c.sim.now() + secs(60);
+    let end = c.sim.now() + secs(600);
     for id in c.clients.clone() {
         c.client_mut(id).random_workload(5, end);
         c.sim.with_node(id, |_, _, _| {});
     }
+    let starter = NodeId(CLIENT_BASE + 98);
+    let mut started = 0u64;
     let mut crashes = 0;
     for _ in 0..rounds * 3 {
         if crashes == rounds {
@@ -811,6 +856,17 @@ fn figure8(seed: u64, spec: Spec, rounds: usize) -> Result<(), String> {
         }
         let deadline = c.sim.now() + et * 4;
         c.run_until(deadline, |c| c.leader().is_some())?;
+        if let Some(l) = c.leader() {
+            for _ in 0..=c.sim.rng().below(3) {
+                started += 1;
+                let request = zpatterns::paxos::Msg::Request {
+                    client: ClientId(1 << 40 | started),
+                    seq: 1,
+                    op: put(&format!("f{}", started % 5), &format!("s{started}")),
+                };
+                c.sim.inject(starter, l, request.encode());
+            }
+        }
         let wait = if c.sim.rng().chance(0.1) {
             ms(c.sim.rng().below(et.as_millis() as u64 / 2))
         } else {
@@ -834,7 +890,7 @@ fn figure8(seed: u64, spec: Spec, rounds: usize) -> Result<(), String> {
 #[test]
 fn figure8_leader_crashes() {
     run_seeds(FILE, "figure8_leader_crashes", |seed| {
-        figure8(seed, Spec::voters(5), 24)
+        figure8(seed, Spec::voters(5), 64)
     });
 }
 
@@ -1036,7 +1092,7 @@ fn snapshot_catch_up_after_thousands_of_entries() {
         |seed| {
             let mut spec = Spec::voters(3)
                 .clients(2, 8)
-                .snapshots(200, 256)
+                .snapshots(200, 128)
                 .link(LinkProfile::uniform(ms(1), ms(3)).lossy(0.05, 0.05));
             spec.max_batch = Some(1);
             let mut c = Cluster::new(spec, seed);
@@ -1126,28 +1182,34 @@ fn check_quorum_stepdown() {
 
 // --------------------------------------------------------------- R13 --
 
-/// Runs 10 ET of a workload and checks a leader serves writes at the end.
+/// Under the workload, within 10 ET there is a leader and operations
+/// complete, and they keep completing for 2 ET more (no flip-flopping).
 fn progress(c: &mut Cluster, what: &str) -> Result<(), String> {
     let et = et_max(c);
-    let end = c.sim.now() + et * 10;
-    let before = c.completed_ops();
+    let end = c.sim.now() + et * 20;
     for id in c.clients.clone() {
         c.client_mut(id).random_workload(5, end);
         c.sim.with_node(id, |_, _, _| {});
     }
-    c.run_until(end, |_| false)?;
-    if c.leader().is_none() || c.completed_ops() <= before {
-        return Err(format!(
-            "{what}: no leader and progress within 10 ET ({} ops completed; leader {:?})",
-            c.completed_ops() - before,
-            c.leader()
-        ));
+    for (phase, within) in [("within 10 ET", et * 10), ("for 2 ET more", et * 2)] {
+        let before = c.completed_ops();
+        let deadline = c.sim.now() + within;
+        let ok = c.run_until(deadline, |c| {
+            c.leader().is_some() && c.completed_ops() >= before + 5
+        })?;
+        if !ok {
+            return Err(format!(
+                "{what}: no leader and progress {phase} ({} ops completed; leader {:?})",
+                c.completed_ops() - before,
+                c.leader()
+            ));
+        }
+        if phase.starts_with("for") {
+            c.run_until(deadline, |_| false)?;
+        }
     }
-    let commit = max_commit(c);
-    let deadline = c.sim.now() + et * 10;
-    c.submit(c.clients[0], 0, put("progress", what));
-    if !c.run_until(deadline, |c| max_commit(c) > commit)? {
-        return Err(format!("{what}: a write did not commit within 10 ET"));
+    for id in c.clients.clone() {
+        c.client_mut(id).stop();
     }
     Ok(())
 }
@@ -1233,7 +1295,7 @@ fn lin_kv(seed: u64, n: u32) -> Result<(), String> {
         .clients(n as usize, 4)
         .link(LinkProfile::uniform(ms(1), ms(5)).slow_tail(0.05, ms(50)));
     let mut c = Cluster::new(spec, seed);
-    chaos(&mut c, secs(6), secs(1), |c| {
+    chaos(&mut c, secs(3), ms(750), |c| {
         let nodes: Vec<NodeId> = c.sim.node_ids();
         if c.sim.rng().chance(0.5) {
             c.sim.heal();
@@ -1628,7 +1690,7 @@ fn the_checker_judges_deletes() {
 #[test]
 fn negative_control_commit_prior_term_is_caught() {
     let spec = Spec::voters(5).mutation(Some(Mutation::CommitPriorTerm));
-    let (seed, why) = first_failure(|seed| figure8(seed, spec.clone(), 24))
+    let (seed, why) = first_failure(|seed| figure8(seed, spec.clone(), 64))
         .expect("the battery must catch commit counting of prior-term entries");
     eprintln!("caught at seed {seed}: {why}");
     assert!(
