@@ -702,8 +702,11 @@ fn backup() {
 
 // ---------------------------------------------------------------- R8 --
 
-/// What must survive a restart: term, vote, log.
-fn durable_state(c: &Cluster, id: NodeId) -> (u64, Option<NodeId>, u64, Vec<(u64, u64, u64)>) {
+/// What must survive a restart: term, vote, snapshot index and the log's
+/// (index, term, digest).
+type Durable = (u64, Option<NodeId>, u64, Vec<(u64, u64, u64)>);
+
+fn durable_state(c: &Cluster, id: NodeId) -> Durable {
     let r = c.up(id);
     (r.term(), r.voted_for(), r.snapshot_index(), c.log_terms(id))
 }
@@ -1414,9 +1417,9 @@ fn change(
                 return Ok(());
             }
             if !done(r.membership()) {
-                match c.on_node(l, |r, now, out| r.propose_change(now, make(), out))? {
-                    Some(Err(e)) => last_err = e.to_string(),
-                    Some(Ok(_)) | None => {}
+                let res = c.on_node(l, |r, now, out| r.propose_change(now, make(), out))?;
+                if let Some(Err(e)) = res {
+                    last_err = e.to_string();
                 }
             }
         }
