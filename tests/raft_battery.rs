@@ -1649,6 +1649,31 @@ fn operations_are_get_put_cas_delete() {
     c.check_linearizable().unwrap();
 }
 
+/// A session whose first operation is a read (answered through ReadIndex,
+/// so never in the log) writes next: the write must be executed, not
+/// refused as `SessionExpired` (the store has never seen the session).
+#[test]
+fn a_write_after_a_first_read_is_executed() {
+    run_seeds(FILE, "a_write_after_a_first_read_is_executed", |seed| {
+        let mut c = Cluster::new(Spec::voters(3).clients(1, 1), seed);
+        c.stable_leader()?;
+        let client = c.clients[0];
+        c.write(client, 0, get("k"), secs(2))?;
+        c.submit(client, 0, put("k", "v"));
+        let deadline = c.sim.now() + secs(3);
+        c.run_until(deadline, |c| c.client(client).is_idle())?;
+        let last = c.client(client).history().last().cloned().unwrap();
+        let expired = c.client(client).stats().expired;
+        if last.completed.as_ref().map(|(_, o)| o) != Some(&Outcome::Written) {
+            return Err(format!(
+                "the put after a first get: {:?} ({expired} answered SessionExpired)",
+                last.completed
+            ));
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn the_checker_judges_deletes() {
     use support::linearizability::{check, Call, HistOp, Ret};

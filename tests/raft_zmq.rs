@@ -271,14 +271,14 @@ async fn leader_killed_and_restarted_over_zeromq() {
                 r.id()
             );
         }
-        states.push((r.applied_index(), keys));
+        states.push((r.applied_index(), r.kv().digest(), keys));
     }
     assert!(
         states.windows(2).all(|w| w[0] == w[1]),
         "every node ends with the same applied state: {states:?}"
     );
     assert_eq!(
-        states[0].1[2],
+        states[0].2[2],
         Some(Bytes::from_static(b"a-17")),
         "the last write of a2 before the kill"
     );

@@ -533,7 +533,8 @@ impl Cluster {
 
     /// Stops the clients, lets every member catch up, then checks S3: every
     /// acknowledged write is applied on every member (its session saw it),
-    /// every member holds the same value for every key, and a final read of
+    /// every member holds the same state machine (digest of data, sessions
+    /// and counters) and value for every key, and a final read of
     /// every key (added to the history, so S2 judges it) sees a value the
     /// history allows.
     pub fn check_durability(&mut self) -> Result<(), String> {
@@ -550,8 +551,15 @@ impl Cluster {
         let members = self.members();
         let keys: BTreeSet<Bytes> = self.history().iter().map(|r| r.op.key().clone()).collect();
         let leader = self.leader().expect("converged means a leader");
+        let digest = self.up(leader).kv().digest();
         for id in &members {
             let r = self.up(*id);
+            if r.kv().digest() != digest {
+                return Err(format!(
+                    "S3: {id}'s state machine differs from the leader {leader}'s at the same applied index {}",
+                    r.applied_index()
+                ));
+            }
             for key in &keys {
                 let here = r.kv().get(key);
                 let there = self.up(leader).kv().get(key);
