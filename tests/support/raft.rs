@@ -16,6 +16,8 @@
 //!   log of every leader of a term above `t`;
 //! - state-machine safety (§5.4.3) and committed entries immutable: every
 //!   node commits and applies the same entry at an index, in index order;
+//! - committed on a quorum: a leader's new commit index is in the log of a
+//!   quorum of its voters (checked while all of them are up);
 //! - monotonic term and snapshot index (across restarts), commit and applied
 //!   index (within a life), and `snapshot_index <= applied <= commit <=
 //!   last_index`; a truncation never removes a committed entry.
@@ -734,12 +736,14 @@ impl Invariants {
             return Ok(());
         };
         let probes = r.drain_probes();
-        let r: &RaftNode = r;
+        let sim: &Sim<Actor> = sim;
+        let r = sim.node(node).and_then(|a| a.left()).expect("up");
         let before = self.views.get(&node).cloned().unwrap_or_default();
         for p in probes {
             self.probe(node, r, &before, p)?;
         }
         self.commits(node, r, &before)?;
+        self.committed_on_quorum(node, r, &before, sim)?;
         self.state(node, r, &before)
     }
 
@@ -798,6 +802,39 @@ impl Invariants {
         v.commit = commit;
         v.applied = applied;
         v.applied_probe.get_or_insert(applied);
+        Ok(())
+    }
+
+    /// A leader's new commit index is held by a quorum of its voters
+    /// (checked while every voter is up: a crashed one's disk is not read).
+    fn committed_on_quorum(
+        &self,
+        node: NodeId,
+        r: &RaftNode,
+        before: &NodeView,
+        sim: &Sim<Actor>,
+    ) -> Result<(), String> {
+        let i = r.commit_index();
+        if !r.is_leader() || i <= before.commit {
+            return Ok(());
+        }
+        let Some(e) = r.entry(i) else { return Ok(()) };
+        let m = r.membership();
+        let mut have = Vec::new();
+        for v in &m.voters {
+            let Some(n) = sim.node(*v).and_then(|a| a.left()) else {
+                return Ok(());
+            };
+            if n.snapshot_index() >= i || n.entry(i).is_some_and(|x| x.term == e.term) {
+                have.push(*v);
+            }
+        }
+        if have.len() < m.quorum() {
+            return Err(format!(
+                "S1: committed-on-quorum: leader {node} committed index {i} (term {}), held only by {have:?} of the voters {:?}",
+                e.term, m.voters
+            ));
+        }
         Ok(())
     }
 
