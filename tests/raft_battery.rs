@@ -6,7 +6,8 @@
 //! heal (S4), durability (S3) and linearizability (S2) where it runs a
 //! workload, and prints a one-line replay command for a failing seed.
 //! Negative controls re-introduce three known Raft bugs (feature
-//! `negative-controls`) and assert the battery catches each.
+//! `negative-controls`) and assert the battery catches each. The
+//! OmniPaxos `constrained` topology runs on both stores (R13 and P9).
 //!
 //! Scenario lengths are cut to fit the debug-build budget (virtual time: a
 //! few seconds each); `CONSENSUS_SEEDS` runs longer sweeps.
@@ -1253,9 +1254,10 @@ fn partial_connectivity_quorum_loss() {
 /// node Q has a stale log. Raft's up-to-date-log vote rule makes every
 /// other node refuse Q, and none of them reaches a majority itself, so no
 /// leader is elected and nothing commits for 10 ET, even with pre-vote and
-/// check-quorum. (The Multi-Paxos demo's answer to the same topology, P9,
-/// is in tests/paxos_battery.rs: phase 1 merges the acceptors' logs, so a
-/// stale but quorum-connected node can lead.) After heal, S2-S4 hold.
+/// check-quorum. (The Multi-Paxos demo on the same topology, P9, is
+/// `paxos_p9_partial_connectivity_constrained` below: phase 1 merges the
+/// acceptors' logs, so the stale but quorum-connected node leads.) After
+/// heal, S2-S4 hold.
 #[test]
 fn partial_connectivity_constrained() {
     run_seeds(FILE, "partial_connectivity_constrained", |seed| {
@@ -1749,4 +1751,59 @@ fn negative_control_forget_vote_is_caught() {
         .expect("the battery must catch a vote that is not persisted");
     eprintln!("caught at seed {seed}: {why}");
     assert!(why.contains("vote"), "{why}");
+}
+
+/// P9, the Multi-Paxos demo on R13's `constrained` topology, for contrast
+/// (the same steps on `support/paxos.rs`): the leader dies, the only
+/// quorum-connected node Q has a stale log, the others reach only Q. Phase
+/// 1 merges the acceptors' accepted values, so the stale Q learns what it
+/// lacks and leads: writes commit within 10 ET, where Raft elects nobody
+/// (`partial_connectivity_constrained`). After heal, S2-S4 as ever.
+#[test]
+fn paxos_p9_partial_connectivity_constrained() {
+    use support::paxos as px;
+    run_seeds(FILE, "paxos_p9_partial_connectivity_constrained", |seed| {
+        let mut c = px::Cluster::new(px::Spec::symmetric(5).clients(1, 2), seed);
+        let l = c.stable_leader()?;
+        let q = c.replicas.iter().copied().find(|n| *n != l).unwrap();
+        c.sim.isolate(q);
+        let client = c.clients[0];
+        for i in 0..3 {
+            c.submit(client, 0, put("k", &format!("v{i}")));
+            let deadline = c.sim.now() + secs(3);
+            c.run_until(deadline, |c| c.completed_ops() > i)?;
+        }
+        if c.completed_ops() < 3 {
+            return Err("the writes before the cut did not complete".into());
+        }
+        c.crash(l);
+        c.sim.heal();
+        let spokes: Vec<NodeId> = c.replicas.iter().copied().filter(|n| *n != q).collect();
+        for a in &spokes {
+            for b in &spokes {
+                if a != b {
+                    c.sim.block(*a, *b);
+                }
+            }
+        }
+        let before = c.completed_ops();
+        let et = c.spec.election.1;
+        let end = c.sim.now() + et * 10;
+        c.client_mut(client).random_workload(5, end);
+        c.sim.with_node(client, |_, _, _| {});
+        let led = c.run_until(end, |c| {
+            c.leader() == Some(q) && c.completed_ops() >= before + 20
+        })?;
+        if !led {
+            return Err(format!(
+                "the stale Q {q} did not lead and serve within 10 ET: leader {:?}, {} ops",
+                c.leader(),
+                c.completed_ops() - before
+            ));
+        }
+        c.restart(l);
+        c.check_liveness()?;
+        c.check_durability()?;
+        c.check_linearizable()
+    });
 }
