@@ -36,6 +36,7 @@ pub struct RaftConfig {
     pub(crate) election_max: Duration,
     pub(crate) snapshot_every: u64,
     pub(crate) snapshot_chunk: usize,
+    pub(crate) log_tail: Option<u64>,
     pub(crate) max_append: usize,
     pub(crate) max_inflight: usize,
     pub(crate) max_batch: usize,
@@ -69,6 +70,7 @@ impl RaftConfig {
             election_max: Duration::from_millis(600),
             snapshot_every: 1000,
             snapshot_chunk: 64 << 10,
+            log_tail: None,
             max_append: 64,
             max_inflight: 8,
             max_batch: 256,
@@ -107,6 +109,15 @@ impl RaftConfig {
     /// 1000; 0: never, and the log and WAL grow without bound).
     pub fn snapshot_every(mut self, entries: u64) -> Self {
         self.snapshot_every = entries;
+        self
+    }
+
+    /// Entries kept in the log behind a new snapshot (default: half of
+    /// [`snapshot_every`](Self::snapshot_every)): a follower that lags by
+    /// fewer is sent entries, not the whole snapshot. The log holds at most
+    /// `snapshot_every + log_tail` applied entries.
+    pub fn log_tail(mut self, entries: u64) -> Self {
+        self.log_tail = Some(entries);
         self
     }
 

@@ -68,7 +68,7 @@ impl RaftNode {
         if p.snap.is_some() {
             return;
         }
-        if p.next <= self.log.snapshot_index {
+        if p.next <= self.log.base_index {
             return self.send_chunk(peer, 0, out);
         }
         let last = self.log.last_index();

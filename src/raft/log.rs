@@ -168,48 +168,50 @@ pub(crate) fn decode_entry(r: &mut Reader) -> Result<Entry, MsgDecodeError> {
     Ok(Entry { term, index, kind })
 }
 
-/// The entries after the latest snapshot, in memory.
+/// The entries after the compacted prefix, in memory.
 #[derive(Debug, Default)]
 pub(crate) struct RaftLog {
-    /// The last index the snapshot covers (0: none).
-    pub(crate) snapshot_index: u64,
+    /// The last index compacted away (0: none): at or below the
+    /// snapshot's index (a tail of entries the snapshot covers is kept, so
+    /// a follower that lags a little gets entries, not the snapshot).
+    pub(crate) base_index: u64,
     /// The term of that entry.
-    pub(crate) snapshot_term: u64,
-    /// Entries `snapshot_index + 1 ..= last_index()`.
+    pub(crate) base_term: u64,
+    /// Entries `base_index + 1 ..= last_index()`.
     entries: Vec<Entry>,
 }
 
 impl RaftLog {
     pub(crate) fn last_index(&self) -> u64 {
-        self.snapshot_index + self.entries.len() as u64
+        self.base_index + self.entries.len() as u64
     }
 
     pub(crate) fn last_term(&self) -> u64 {
-        self.entries.last().map_or(self.snapshot_term, |e| e.term)
+        self.entries.last().map_or(self.base_term, |e| e.term)
     }
 
     /// The term of entry `index` (the snapshot's last entry included);
     /// `None` if compacted away or beyond the end.
     pub(crate) fn term_at(&self, index: u64) -> Option<u64> {
-        if index == self.snapshot_index {
-            return Some(self.snapshot_term);
+        if index == self.base_index {
+            return Some(self.base_term);
         }
         self.get(index).map(|e| e.term)
     }
 
     pub(crate) fn get(&self, index: u64) -> Option<&Entry> {
-        let i = index.checked_sub(self.snapshot_index + 1)?;
+        let i = index.checked_sub(self.base_index + 1)?;
         self.entries.get(usize::try_from(i).ok()?)
     }
 
     /// Entries `from..=to` (clamped to what the log holds).
     pub(crate) fn slice(&self, from: u64, to: u64) -> &[Entry] {
-        let lo = from.max(self.snapshot_index + 1);
+        let lo = from.max(self.base_index + 1);
         let hi = to.min(self.last_index());
         if lo > hi {
             return &[];
         }
-        let base = self.snapshot_index + 1;
+        let base = self.base_index + 1;
         &self.entries[(lo - base) as usize..=(hi - base) as usize]
     }
 
@@ -224,7 +226,7 @@ impl RaftLog {
 
     /// Removes every entry from `index` on.
     pub(crate) fn truncate_from(&mut self, index: u64) {
-        let keep = index.saturating_sub(self.snapshot_index + 1);
+        let keep = index.saturating_sub(self.base_index + 1);
         self.entries
             .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
     }
@@ -233,24 +235,24 @@ impl RaftLog {
     /// `term`); if the log does not hold that entry with that term, drops
     /// everything (the snapshot replaces the log).
     pub(crate) fn compact(&mut self, index: u64, term: u64) {
-        if index <= self.snapshot_index {
+        if index <= self.base_index {
             return;
         }
         if self.term_at(index) == Some(term) {
-            let n = (index - self.snapshot_index) as usize;
+            let n = (index - self.base_index) as usize;
             self.entries.drain(..n);
         } else {
             self.entries.clear();
         }
-        self.snapshot_index = index;
-        self.snapshot_term = term;
+        self.base_index = index;
+        self.base_term = term;
     }
 
     /// The first index of the run of entries of `term` that contains
     /// `index` (for the fast-backtracking hint).
     pub(crate) fn first_of_term(&self, index: u64, term: u64) -> u64 {
         let mut i = index;
-        while i > self.snapshot_index + 1 && self.term_at(i - 1) == Some(term) {
+        while i > self.base_index + 1 && self.term_at(i - 1) == Some(term) {
             i -= 1;
         }
         i
@@ -267,7 +269,7 @@ impl RaftLog {
 
     /// The latest configuration entry at or before `index`.
     pub(crate) fn config_at(&self, index: u64) -> Option<(u64, &Membership)> {
-        self.slice(self.snapshot_index + 1, index)
+        self.slice(self.base_index + 1, index)
             .iter()
             .rev()
             .find_map(|e| match &e.kind {

@@ -45,7 +45,7 @@
 //! | [`RaftConfig::max_sessions`]: client sessions in the store | 10,000 | the least recently used session is evicted (counted); that client's next command is answered [`Outcome::SessionExpired`](crate::paxos::Outcome::SessionExpired), not executed |
 //! | [`RaftConfig::max_pending`]: client requests the leader holds (writes not yet applied, reads not yet confirmed) | 10,000 | the request is dropped (counted in `requests_dropped`); the client retries after its timeout |
 //! | [`RaftConfig::max_message`]: largest message | 16 MiB | dropped undecoded (`oversized`); commands over a quarter of it are refused; an AppendEntries carries at most half of it |
-//! | [`RaftConfig::snapshot_every`]: log entries kept before compaction | 1000 | the log and the WAL are compacted into a snapshot |
+//! | [`RaftConfig::snapshot_every`] and [`RaftConfig::log_tail`]: applied entries kept before compaction, and behind a snapshot | 1000 and 500 | the log and the WAL are compacted into a snapshot, keeping the tail |
 //! | [`RaftConfig::max_snapshot`]: size of a snapshot received from a leader (assembled in memory) | 1 GiB | refused (counted as garbage); the follower stays behind until the limit is raised |
 //! | [`RaftConfig::snapshot_chunk`]: bytes per InstallSnapshot message | 64 KiB | the snapshot travels in several chunks, one per round trip |
 //!

@@ -346,16 +346,17 @@ impl RaftNode {
 
     /// The last index its snapshot covers (0: none).
     pub fn snapshot_index(&self) -> u64 {
-        self.log.snapshot_index
+        self.snapshot.index
     }
 
     /// The term of that entry.
     pub fn snapshot_term(&self) -> u64 {
-        self.log.snapshot_term
+        self.snapshot.term
     }
 
     /// Entry `index`, if the log holds it (not compacted, not beyond the
-    /// end).
+    /// end). The log keeps a tail of entries the snapshot covers
+    /// ([`RaftConfig::log_tail`]).
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         self.log.get(index)
     }
@@ -386,7 +387,7 @@ impl RaftNode {
             commit: self.commit,
             applied: self.applied,
             last_index: self.log.last_index(),
-            snapshot_index: self.log.snapshot_index,
+            snapshot_index: self.snapshot.index,
             log_entries: self.log.len() as u64,
             snapshot_bytes: self.snapshot.data.len() as u64,
             voters: self.membership.voters.iter().copied().collect(),
@@ -755,7 +756,7 @@ impl RaftNode {
         }
         self.follow(now, term, from);
         let count = entries.len() as u64;
-        let snap = self.log.snapshot_index;
+        let snap = self.log.base_index;
         if prev_index < snap {
             // What our snapshot covers is committed, hence matches.
             let skip = snap - prev_index;
@@ -772,7 +773,7 @@ impl RaftNode {
             }
             entries.drain(..skip as usize);
             prev_index = snap;
-            prev_term = self.log.snapshot_term;
+            prev_term = self.log.base_term;
         }
         match self.log.term_at(prev_index) {
             None => {
@@ -969,7 +970,7 @@ impl RaftNode {
 
     fn maybe_snapshot(&mut self) {
         let every = self.cfg.snapshot_every;
-        if every == 0 || self.applied < self.log.snapshot_index + every {
+        if every == 0 || self.applied < self.snapshot.index + every {
             return;
         }
         let index = self.applied;
@@ -986,7 +987,11 @@ impl RaftNode {
             membership,
             data: self.kv.encode_snapshot(),
         };
-        self.log.compact(index, term);
+        // Keep a tail, so that a follower a little behind is sent entries.
+        let cut = index.saturating_sub(self.cfg.log_tail.unwrap_or(every / 2));
+        if let Some(cut_term) = self.log.term_at(cut).filter(|_| cut > self.log.base_index) {
+            self.log.compact(cut, cut_term);
+        }
         self.rewrite_wal();
         self.stats.snapshots_taken += 1;
         debug!(node = %self.cfg.id, index, bytes = self.snapshot.data.len(), "snapshot taken");

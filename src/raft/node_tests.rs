@@ -314,3 +314,38 @@ fn a_client_flood_is_bounded_by_max_pending_while_another_client_is_served() {
     assert_eq!((s.garbage, s.oversized), (1, 1));
     assert!(node(&sim, l).is_leader());
 }
+
+#[test]
+fn a_follower_a_little_behind_at_compaction_gets_entries_not_the_snapshot() {
+    let mut sim = cluster(13, 3, |c| c.snapshot_every(20));
+    let l = wait_leader(&mut sim);
+    let f = [NodeId(1), NodeId(2), NodeId(3)]
+        .into_iter()
+        .find(|n| *n != l)
+        .unwrap();
+    workload(&mut sim, Duration::from_secs(2));
+    // Cut the follower off for a moment, several times, while the leader
+    // compacts every 20 entries.
+    for _ in 0..6 {
+        run(&mut sim, ms(200));
+        sim.block(l, f);
+        let from = node(&sim, l).commit_index();
+        while node(&sim, l).commit_index() < from + 4 {
+            run(&mut sim, ms(2));
+        }
+        sim.heal();
+    }
+    client(&mut sim).stop();
+    settle(&mut sim);
+    assert!(
+        node(&sim, l).stats().snapshots_taken >= 3,
+        "{:?}",
+        node(&sim, l).stats()
+    );
+    assert!(
+        node(&sim, l).stats().rejects > 0,
+        "the follower never lagged"
+    );
+    assert_eq!(node(&sim, f).stats().snapshots_installed, 0);
+    assert_eq!(node(&sim, f).kv().digest(), node(&sim, l).kv().digest());
+}

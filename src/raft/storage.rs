@@ -130,7 +130,7 @@ pub(crate) fn replay(records: Vec<Bytes>) -> Result<Recovered, DurableError> {
                 st.log.truncate_from(first);
                 for e in entries {
                     // Entries the snapshot already covers are skipped.
-                    if e.index > st.log.snapshot_index {
+                    if e.index > st.log.base_index {
                         if e.index != st.log.last_index() + 1 {
                             return Err(corrupt(format!(
                                 "record {i}: entry {} out of order",
@@ -142,7 +142,7 @@ pub(crate) fn replay(records: Vec<Bytes>) -> Result<Recovered, DurableError> {
                 }
             }
             Record::Snapshot(s) => {
-                if s.index >= st.log.snapshot_index {
+                if s.index >= st.log.base_index {
                     KvStore::decode_snapshot(s.data.clone())
                         .map_err(|e| corrupt(format!("record {i}: snapshot: {e}")))?;
                     st.log.compact(s.index, s.term);
