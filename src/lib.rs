@@ -114,6 +114,10 @@
 //!   drops, duplicates, partitions and crashes on purpose.
 //! - [`paxos`]: a Multi-Paxos replicated key-value store, proven by a
 //!   seeded fault-injection battery on [`sim`].
+//! - [`raft`]: a Raft replicated key-value store (pre-vote, check-quorum,
+//!   ReadIndex, snapshots, membership changes) on the same transport,
+//!   simulator and proof; it shares the Paxos store's state machine, client
+//!   and client messages.
 //! - `task` and `ratelog` (internal): the handle plumbing shared by every
 //!   pattern, and the rate limiter for peer-triggered log lines.
 //!
@@ -136,6 +140,7 @@ pub mod frames;
 pub mod lvc;
 pub mod paxos;
 pub mod pubsub;
+pub mod raft;
 mod ratelog;
 pub mod sim;
 pub mod snail;

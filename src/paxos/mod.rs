@@ -56,3 +56,9 @@ pub use kv::{Applied, ClientId, Command, KvStore, Op, Outcome, Value, DEFAULT_MA
 pub use learner::Learner;
 pub use msg::{Msg, MsgDecodeError, MsgKind};
 pub use node::{Probe, Replica, ReplicaStats};
+
+// Shared with the Raft store, which speaks the same client messages and
+// applies to the same state machine.
+pub(crate) use kv::{decode_op, encode_op, PREALLOC};
+pub(crate) use node::{random_between, LogGate};
+pub(crate) use wire::{Reader, Writer};
