@@ -226,12 +226,14 @@ fn scenario(args: &Scenario) -> anyhow::Result<()> {
     if let Some(d) = temp {
         let _ = std::fs::remove_dir_all(d);
     }
-    if report.agree() {
-        println!("result: all state machines agree");
-        Ok(())
-    } else {
-        bail!("the state machines do NOT agree")
+    if !report.agree() {
+        bail!("the state machines do NOT agree");
     }
+    if cfg.snapshot_every > 0 && !report.snapshot_catch_up() {
+        bail!("the state machines agree, but the held-back follower was not caught up by InstallSnapshot");
+    }
+    println!("result: all state machines agree");
+    Ok(())
 }
 
 fn config(nodes: u16, base_port: u16, dir: Option<PathBuf>, host: &str) -> anyhow::Result<()> {

@@ -394,3 +394,45 @@ fn three_process_cluster_survives_its_leader_being_killed() {
     drop(nodes); // kills the survivors
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The scenario's output without its wall-clock lines.
+fn deterministic_lines(out: &Output) -> Vec<String> {
+    text(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("(wall clock"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn sim_scenario_agrees_and_the_same_seed_prints_the_same() {
+    let first = run(&["--sim", "3"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let lines = deterministic_lines(&first);
+    let all = lines.join("\n");
+    assert!(all.contains("result: all state machines agree"), "{all}");
+    assert!(all.contains("caught up by InstallSnapshot yes"), "{all}");
+    assert!(all.contains("restarted from its WAL"), "{all}");
+    assert!(all.contains("virtual time:"), "{all}");
+    let again = run(&["--sim", "3"]);
+    assert_eq!(deterministic_lines(&again), lines);
+}
+
+#[test]
+fn zeromq_scenario_agrees() {
+    let out = run(&["--ops", "600", "--snapshot-every", "20"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("over ZeroMQ on 127.0.0.1, fsynced WALs"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("caught up by InstallSnapshot yes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("result: all state machines agree"),
+        "{stdout}"
+    );
+}

@@ -213,6 +213,8 @@ pub(crate) struct NodeReport {
     pub(crate) kv_digest: u64,
     /// Keys in its state machine.
     pub(crate) keys: usize,
+    /// Snapshots it installed from a leader since it last started.
+    pub(crate) installed: u64,
 }
 
 /// The held-back follower.
@@ -266,12 +268,16 @@ impl DemoReport {
             && self.completed == self.ops
     }
 
-    /// True if the held-back follower (if any) could only have caught up
-    /// through InstallSnapshot: the leader had compacted its log past the
-    /// follower's last entry before the follower came back.
+    /// True if the held-back follower could only have caught up through
+    /// InstallSnapshot (the leader had compacted its log past the
+    /// follower's last entry before the follower came back), did install a
+    /// snapshot, and caught up.
     pub(crate) fn snapshot_catch_up(&self) -> bool {
-        self.held
-            .is_some_and(|h| h.leader_snapshot > h.stopped_at && self.same_applied)
+        self.held.is_some_and(|h| {
+            h.leader_snapshot > h.stopped_at
+                && self.same_applied
+                && self.nodes.iter().any(|n| n.id == h.id && n.installed > 0)
+        })
     }
 
     /// Acknowledged operations per second.
@@ -333,10 +339,11 @@ impl fmt::Display for DemoReport {
         if let Some(h) = self.held {
             writeln!(
                 f,
-                "   follower {} was stopped at log index {}; it came back when the leader's log started after index {}: caught up by InstallSnapshot {}",
+                "   follower {} was stopped at log index {}; it came back when the leader's log started after index {} and installed {} snapshot(s): caught up by InstallSnapshot {}",
                 h.id,
                 h.stopped_at,
                 h.leader_snapshot,
+                self.nodes.iter().find(|n| n.id == h.id).map_or(0, |n| n.installed),
                 if self.snapshot_catch_up() { "yes" } else { "NO" }
             )?;
         }
@@ -367,6 +374,7 @@ pub(crate) fn node_report(
         status: node.map(|n| n.status()),
         kv_digest: node.map_or(0, |n| kv_digest(cfg, n)),
         keys: node.map_or(0, |n| n.kv().len()),
+        installed: node.map_or(0, |n| n.stats().snapshots_installed),
     }
 }
 
