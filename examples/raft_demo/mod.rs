@@ -317,13 +317,14 @@ impl fmt::Display for DemoReport {
             match &n.status {
                 Some(s) => writeln!(
                     f,
-                    "   {} {:9} term {:3}  applied {:5}  snapshot at {:5} ({:6} bytes)  {:5} keys, digest {:016x}{fate}",
+                    "   {} {:9} term {:3}  applied {:5}  snapshot at {:5} ({:6} bytes, {:2} installed)  {:5} keys, digest {:016x}{fate}",
                     n.id,
                     role(s.role),
                     s.term,
                     s.applied,
                     s.snapshot_index,
                     s.snapshot_bytes,
+                    n.installed,
                     n.keys,
                     n.kv_digest
                 )?,
