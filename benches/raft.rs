@@ -63,10 +63,12 @@ fn paxos(net: &'static str, sessions: usize, ops: usize, dir: &Path) -> Row {
         proposals: ops,
         sessions,
         kill_leader_after: None,
+        // A fresh directory per run: a WAL left by an earlier run would be
+        // replayed.
         storage: if net == "sim" {
             Storage::Memory
         } else {
-            Storage::Files(dir.join("paxos"))
+            Storage::Files(dir.join(format!("paxos-{sessions}")))
         },
     };
     if let Storage::Files(d) = &cfg.storage {
@@ -103,10 +105,12 @@ fn raft(net: &'static str, sessions: usize, ops: usize, dir: &Path) -> Row {
         snapshot_every: 1000,
         kill_leader: false,
         hold_back: false,
+        // A fresh directory per run: a WAL left by an earlier run would be
+        // replayed.
         storage: if net == "sim" {
             Storage::Memory
         } else {
-            Storage::Files(dir.join("raft"))
+            Storage::Files(dir.join(format!("raft-{sessions}")))
         },
     };
     if let Storage::Files(d) = &cfg.storage {
