@@ -269,9 +269,12 @@ pub(crate) async fn run_zmq(
     while !cluster.caught_up() && tokio::time::Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Stop every node at once (no election can start in between).
+    for r in cluster.running.values() {
+        r.stop.cancel();
+    }
     let mut finished = BTreeMap::new();
     for (id, r) in std::mem::take(&mut cluster.running) {
-        r.stop.cancel();
         let (node, t) = r.task.await.context("a node task failed")?;
         t.shutdown().await?;
         finished.insert(id, node);
