@@ -25,18 +25,21 @@ fn raft() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--example", "raft", "--quiet"])
+            // target/<profile>/deps/raft_cli-*: build the example in the
+            // same profile.
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "--example", "raft", "--quiet"]);
+            if profile_dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            let status = cargo
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("run cargo");
             assert!(status.success(), "building the raft example failed");
-            let exe = std::env::current_exe().unwrap();
-            exe.parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("examples/raft")
+            profile_dir.join("examples/raft")
         })
         .clone()
 }
