@@ -191,8 +191,11 @@ impl RaftNode {
                 }
             }
         } else {
-            if index <= p.matched {
-                return; // about entries already known to match: stale
+            if index <= p.matched || index >= p.next {
+                // About entries known to match, or one of several appends
+                // in flight refused after an earlier refusal reset `next`:
+                // stale.
+                return;
             }
             self.stats.rejects += 1;
             let resume = match hint_term {
@@ -368,7 +371,14 @@ impl RaftNode {
             }
             return;
         }
-        if let Op::Get { key } = op {
+        // A read goes through ReadIndex, off the log, once the store knows
+        // the session. A session's first operation goes through the log
+        // even if it is a read: it opens the session, so that the store
+        // can tell this client's later writes (sequence > 1) from those of
+        // a client whose session it evicted.
+        let known = self.kv.last_seq(client).is_some();
+        if let (Op::Get { key }, true) = (&op, known) {
+            let key = key.clone();
             if self.held() >= self.cfg.max_pending {
                 self.stats.requests_dropped += 1;
                 return;

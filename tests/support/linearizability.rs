@@ -1,4 +1,5 @@
-//! A linearizability checker for key-value histories (get, put, cas), in
+//! A linearizability checker for key-value histories (get, put, cas,
+//! delete), in
 //! the Wing-Gong-Lowe style: the history is split per key (a register per
 //! key, P-compositionality), and each key's operations are searched
 //! depth-first for an order that respects real time and the register's
@@ -21,6 +22,7 @@ pub enum Call {
     Get,
     Put(Bytes),
     Cas { expect: Option<Bytes>, new: Bytes },
+    Delete,
 }
 
 /// What it returned.
@@ -31,6 +33,8 @@ pub enum Ret {
     Swapped,
     /// The cas failed; the value it saw.
     Mismatch(Option<Bytes>),
+    /// The delete ran; whether the key existed.
+    Deleted(bool),
 }
 
 /// One operation of a history. `ret == None`: indeterminate.
@@ -93,6 +97,7 @@ enum PCall {
     Get,
     Put(Val),
     Cas(Val, Val),
+    Delete,
 }
 
 #[derive(Clone, Copy)]
@@ -101,6 +106,7 @@ enum PRet {
     Written,
     Swapped,
     Mismatch(Val),
+    Deleted(bool),
 }
 
 fn check_key(key: &Bytes, ops: &[&HistOp]) -> Result<(), Violation> {
@@ -124,6 +130,7 @@ fn check_key(key: &Bytes, ops: &[&HistOp]) -> Result<(), Violation> {
                 Call::Get => PCall::Get,
                 Call::Put(v) => PCall::Put(intern(&Some(v.clone()))),
                 Call::Cas { expect, new } => PCall::Cas(intern(expect), intern(&Some(new.clone()))),
+                Call::Delete => PCall::Delete,
             },
             invoked: o.invoked,
             returned: o.ret.as_ref().map_or(u64::MAX, |(t, _)| *t),
@@ -132,6 +139,7 @@ fn check_key(key: &Bytes, ops: &[&HistOp]) -> Result<(), Violation> {
                 Ret::Written => PRet::Written,
                 Ret::Swapped => PRet::Swapped,
                 Ret::Mismatch(v) => PRet::Mismatch(intern(v)),
+                Ret::Deleted(existed) => PRet::Deleted(*existed),
             }),
         })
         .collect();
@@ -196,6 +204,11 @@ impl<'a> Search<'a> {
             // An indeterminate cas that runs: it swaps if it matches, else
             // it fails without effect.
             (PCall::Cas(e, n), None) => vec![if state == e { n } else { state }],
+            // A delete empties the key; it reports whether there was one.
+            (PCall::Delete, Some(PRet::Deleted(existed))) => {
+                ((state != 0) == existed).then_some(0).into_iter().collect()
+            }
+            (PCall::Delete, None) => vec![0],
             _ => Vec::new(), // a result that does not fit the call
         }
     }
