@@ -113,7 +113,7 @@ enum Cmd {
         #[command(flatten)]
         wait: Wait,
     },
-    /// Read KEY (linearizable: the leader confirms it still leads).
+    /// Read KEY (linearizable).
     Get {
         /// The cluster's JSON configuration (see `raft config`).
         #[arg(long)]
