@@ -18,6 +18,7 @@ mod espresso;
 mod lvc;
 mod pair;
 mod paxos;
+mod raft;
 mod slow;
 mod snail;
 
@@ -86,6 +87,11 @@ const SECTIONS: &[Section] = &[
         "paxos",
         "Multi-Paxos over ZeroMQ: a leader failure, and agreement",
         paxos::run,
+    ),
+    (
+        "raft",
+        "Raft over ZeroMQ: a leader failure, a snapshot catch-up, and agreement",
+        raft::run,
     ),
 ];
 
