@@ -15,7 +15,7 @@
 //!   commitment only by counting entries of the leader's own term (Raft
 //!   figure 8), with a no-op appended on election;
 //! - an apply loop into the Paxos store's state machine
-//!   ([`KvStore`](crate::paxos::KvStore): get, put, cas, delete, with
+//!   ([`KvStore`]: get, put, cas, delete, with
 //!   bounded `(client, seq)` sessions for exactly-once application);
 //! - linearizable reads without log writes: ReadIndex (the leader answers
 //!   a get once a majority acknowledged a heartbeat round sent after the
@@ -42,7 +42,7 @@
 //!
 //! | Limit | Default | What a peer gets beyond it |
 //! |---|---|---|
-//! | [`RaftConfig::max_sessions`]: client sessions in the store | 10,000 | the least recently used session is evicted (counted); that client's next command is answered [`Outcome::SessionExpired`](crate::paxos::Outcome::SessionExpired), not executed |
+//! | [`RaftConfig::max_sessions`]: client sessions in the store | 10,000 | the least recently used session is evicted (counted); that client's next command is answered [`Outcome::SessionExpired`], not executed |
 //! | [`RaftConfig::max_pending`]: client requests the leader holds (writes not yet applied, reads not yet confirmed) | 10,000 | the request is dropped (counted in `requests_dropped`); the client retries after its timeout |
 //! | [`RaftConfig::max_message`]: largest message | 16 MiB | dropped undecoded (`oversized`); commands over a quarter of it are refused; an AppendEntries carries at most half of it |
 //! | [`RaftConfig::snapshot_every`] and [`RaftConfig::log_tail`]: applied entries kept before compaction, and behind a snapshot | 1000 and 500 | the log and the WAL are compacted into a snapshot, keeping the tail |
