@@ -106,7 +106,9 @@ impl RaftConfig {
 
     /// Takes a snapshot of the state machine and drops the log before it
     /// once this many entries were applied since the last one (default
-    /// 1000; 0: never, and the log and WAL grow without bound).
+    /// 1000; 0: never, and the log and WAL grow without bound). A leader
+    /// that is sending its snapshot to a follower waits, up to twice this
+    /// many entries, so the follower does not have to start over.
     pub fn snapshot_every(mut self, entries: u64) -> Self {
         self.snapshot_every = entries;
         self
@@ -114,8 +116,10 @@ impl RaftConfig {
 
     /// Entries kept in the log behind a new snapshot (default: half of
     /// [`snapshot_every`](Self::snapshot_every)): a follower that lags by
-    /// fewer is sent entries, not the whole snapshot. The log holds at most
-    /// `snapshot_every + log_tail` applied entries.
+    /// fewer is sent entries, not the whole snapshot. A leader keeps more
+    /// for a follower it is catching up (up to three intervals behind the
+    /// snapshot). The log holds at most `4 x snapshot_every` applied
+    /// entries.
     pub fn log_tail(mut self, entries: u64) -> Self {
         self.log_tail = Some(entries);
         self

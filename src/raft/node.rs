@@ -968,9 +968,17 @@ impl RaftNode {
         }
     }
 
-    fn maybe_snapshot(&mut self) {
+    fn maybe_snapshot(&mut self, now: Time) {
         let every = self.cfg.snapshot_every;
         if every == 0 || self.applied < self.snapshot.index + every {
+            return;
+        }
+        // While a follower is being sent the snapshot, a new one would make
+        // it start over, and it would install one after another as long as
+        // its round trip outlasts the log tail: wait, up to a second
+        // interval.
+        let sending = self.progress.values().any(|p| p.snap.is_some());
+        if sending && self.applied < self.snapshot.index + 2 * every {
             return;
         }
         let index = self.applied;
@@ -987,8 +995,23 @@ impl RaftNode {
             membership,
             data: self.kv.encode_snapshot(),
         };
-        // Keep a tail, so that a follower a little behind is sent entries.
-        let cut = index.saturating_sub(self.cfg.log_tail.unwrap_or(every / 2));
+        // Keep a tail, so that a follower a little behind is sent entries;
+        // a leader keeps more for followers it is catching up (up to three
+        // intervals behind the snapshot), so that one that just installed
+        // a snapshot is not sent the next one.
+        let mut cut = index.saturating_sub(self.cfg.log_tail.unwrap_or(every / 2));
+        let floor = index.saturating_sub(3 * every);
+        let window = self.cfg.election_min;
+        for p in self.progress.values() {
+            let keep_from = match p.snap {
+                Some((snap, _)) => snap,
+                None if now.saturating_since(p.last_ack) < window => p.matched,
+                None => continue,
+            };
+            if keep_from >= floor {
+                cut = cut.min(keep_from);
+            }
+        }
         if let Some(cut_term) = self.log.term_at(cut).filter(|_| cut > self.log.base_index) {
             self.log.compact(cut, cut_term);
         }
@@ -1014,7 +1037,7 @@ impl RaftNode {
                 self.broadcast(now, true, out);
             }
         }
-        self.maybe_snapshot();
+        self.maybe_snapshot(now);
     }
 
     fn garbage(&mut self, now: Time, from: NodeId, cause: &dyn std::fmt::Display) {

@@ -349,3 +349,29 @@ fn a_follower_a_little_behind_at_compaction_gets_entries_not_the_snapshot() {
     assert_eq!(node(&sim, f).stats().snapshots_installed, 0);
     assert_eq!(node(&sim, f).kv().digest(), node(&sim, l).kv().digest());
 }
+
+#[test]
+fn a_follower_caught_up_over_a_slow_link_installs_one_snapshot_while_writes_go_on() {
+    let mut sim = cluster(17, 3, |c| c.snapshot_every(30));
+    let l = wait_leader(&mut sim);
+    let f = [NodeId(1), NodeId(2), NodeId(3)]
+        .into_iter()
+        .find(|n| *n != l)
+        .unwrap();
+    sim.crash(f);
+    workload(&mut sim, Duration::from_secs(4));
+    run(&mut sim, Duration::from_secs(1));
+    assert!(node(&sim, l).snapshot_index() > 60);
+    // Round trips to the follower take ~100 ms: longer than the leader
+    // needs to fill the log tail with new entries.
+    let slow = LinkProfile::uniform(ms(45), ms(55));
+    sim.set_link(l, f, slow);
+    sim.set_link(f, l, slow);
+    sim.restart(f);
+    run(&mut sim, Duration::from_secs(3));
+    client(&mut sim).stop();
+    settle(&mut sim);
+    let installed = node(&sim, f).stats().snapshots_installed;
+    assert_eq!(installed, 1, "{:?}", node(&sim, f).stats());
+    assert_eq!(node(&sim, f).kv().digest(), node(&sim, l).kv().digest());
+}
