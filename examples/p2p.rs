@@ -146,7 +146,10 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let meta = std::fs::metadata(&args.dir)
         .with_context(|| format!("the shared directory {}", args.dir.display()))?;
     if !meta.is_dir() {
-        bail!("the shared directory {} is not a directory", args.dir.display());
+        bail!(
+            "the shared directory {} is not a directory",
+            args.dir.display()
+        );
     }
     let peers = match &args.peers {
         Some(f) => read_peers(f)?,

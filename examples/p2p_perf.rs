@@ -230,7 +230,11 @@ fn transfer(mib: u64, dir: Option<PathBuf>, extra: &[String]) -> anyhow::Result<
     let wall = t.elapsed().as_secs_f64();
     drop(server.stdin.take()); // end of input: the server exits
     let mut server_err = String::new();
-    server.stderr.take().unwrap().read_to_string(&mut server_err)?;
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut server_err)?;
     server.wait()?;
     let out = String::from_utf8_lossy(&fetch.stdout);
     let err = String::from_utf8_lossy(&fetch.stderr);
@@ -238,8 +242,14 @@ fn transfer(mib: u64, dir: Option<PathBuf>, extra: &[String]) -> anyhow::Result<
     let same = files_equal(&file, &dst.join("big.bin"))?;
     anyhow::ensure!(same, "the fetched copy differs");
 
-    println!("cp of the file:                {:8.0} MB/s ({cp:.2} s)", rate(bytes, cp));
-    println!("raw tokio TCP, one connection: {:8.0} MB/s ({tcp:.2} s)", rate(bytes, tcp));
+    println!(
+        "cp of the file:                {:8.0} MB/s ({cp:.2} s)",
+        rate(bytes, cp)
+    );
+    println!(
+        "raw tokio TCP, one connection: {:8.0} MB/s ({tcp:.2} s)",
+        rate(bytes, tcp)
+    );
     println!(
         "p2p fetch (process start to verified file): {:8.0} MB/s ({wall:.2} s)",
         rate(bytes, wall)

@@ -151,7 +151,10 @@ impl Node {
             if let Some(status) = self.proc.0.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "p2p did not exit at end of input");
+            assert!(
+                Instant::now() < deadline,
+                "p2p did not exit at end of input"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -187,7 +190,12 @@ fn bad_arguments_are_clear_errors() {
     assert!(text(&out.stderr).contains("--dir"), "{}", text(&out.stderr));
 
     let missing = base.join("nope");
-    let out = run(&["--url", "tcp://127.0.0.1:0", "--dir", missing.to_str().unwrap()]);
+    let out = run(&[
+        "--url",
+        "tcp://127.0.0.1:0",
+        "--dir",
+        missing.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
@@ -197,7 +205,12 @@ fn bad_arguments_are_clear_errors() {
 
     let file = base.join("plain.txt");
     std::fs::write(&file, b"x").unwrap();
-    let out = run(&["--url", "tcp://127.0.0.1:0", "--dir", file.to_str().unwrap()]);
+    let out = run(&[
+        "--url",
+        "tcp://127.0.0.1:0",
+        "--dir",
+        file.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("is not a directory"),
@@ -293,11 +306,26 @@ fn three_processes_fetch_two_hops_away_through_the_prompt_and_fetch() {
     );
 
     a.say("ls");
-    a.expect_line(|l| l.ends_with(" notes.bin") && l.contains(&body.len().to_string()), 10);
+    a.expect_line(
+        |l| l.ends_with(" notes.bin") && l.contains(&body.len().to_string()),
+        10,
+    );
 
     a.say("fetch no-such-file.txt");
     let line = a.expect_line(|l| l.contains("no-such-file.txt"), 30);
     assert_eq!(line, "Could not find the file no-such-file.txt");
+
+    // The path guard: a name that leaves the directories is "not found",
+    // whether or not the file exists, and nothing is written.
+    std::fs::write(base.join("outside.txt"), b"keep out").unwrap();
+    a.say("fetch ../outside.txt");
+    let line = a.expect_line(|l| l.contains("outside.txt"), 30);
+    assert_eq!(line, "Could not find the file ../outside.txt");
+    assert_eq!(
+        std::fs::read(base.join("outside.txt")).unwrap(),
+        b"keep out"
+    );
+    assert!(!dirs[0].join("outside.txt").exists());
 
     a.say("hello tcp://127.0.0.1:1");
     a.expect_line(|l| l.starts_with("hello tcp://127.0.0.1:1"), 10);

@@ -92,7 +92,10 @@ async fn scenario(base: &Path) -> anyhow::Result<()> {
         absent.err().map(|e| e.to_string()),
     );
     anyhow::ensure!(escape.is_some(), "../secret.txt was fetched");
-    anyhow::ensure!(escape == absent, "the refusal differs: {escape:?} vs {absent:?}");
+    anyhow::ensure!(
+        escape == absent,
+        "the refusal differs: {escape:?} vs {absent:?}"
+    );
     anyhow::ensure!(
         !base.join("a").join("secret.txt").exists(),
         "the escape reached A's directory"
@@ -103,7 +106,10 @@ async fn scenario(base: &Path) -> anyhow::Result<()> {
     );
     println!("   A fetch ../no-such-file.txt:                        the same answer");
     let (escape, absent) = ask_directly(c.url(), &base.join("secret.txt")).await?;
-    anyhow::ensure!(escape == absent, "C answers differently: {escape} vs {absent}");
+    anyhow::ensure!(
+        escape == absent,
+        "C answers differently: {escape} vs {absent}"
+    );
     println!("   a raw DEALER asks C itself for ../secret.txt, by name and by its hash: {escape}");
     println!("                                for names and a hash C does not have: the same");
     let all = [&a, &b, &c, &d].map(|n| n.stats());
@@ -132,7 +138,10 @@ async fn ask_directly(url: &str, outside: &Path) -> anyhow::Result<(String, Stri
     let mut answers = Vec::new();
     let asks = [
         (Key::Name("../secret.txt".into()), Some(outside_hash)),
-        (Key::Name("no-such-file.txt".into()), Some(Hash::of(b"nothing"))),
+        (
+            Key::Name("no-such-file.txt".into()),
+            Some(Hash::of(b"nothing")),
+        ),
     ];
     for (qid, (name, hash)) in (1u64..).zip(asks) {
         let query = Msg::Query {
