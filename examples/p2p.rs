@@ -186,7 +186,7 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 std::process::ExitCode::from(if ok { 0 } else { 1 })
             }
             None => {
-                prompt(&node, &args, &secret, &stop).await?;
+                prompt(&node, &secret, &stop).await?;
                 std::process::ExitCode::SUCCESS
             }
         };
@@ -215,12 +215,7 @@ fn show_prompt() {
 }
 
 /// The command loop, until `exit`, end of input or Ctrl-C.
-async fn prompt(
-    node: &P2p,
-    args: &Args,
-    secret: &str,
-    stop: &CancellationToken,
-) -> anyhow::Result<()> {
+async fn prompt(node: &P2p, secret: &str, stop: &CancellationToken) -> anyhow::Result<()> {
     let mut lines = stdin_lines();
     loop {
         show_prompt();
@@ -249,7 +244,7 @@ async fn prompt(
                 Err(e) => println!("hello {url}: {e}"),
             },
             ("peers", []) => demo::print_peers(node).await,
-            ("ls", []) => demo::print_ls(&args.dir),
+            ("ls", []) => demo::print_ls(node).await,
             ("help" | "?", _) => {
                 println!("commands: fetch NAME|HASH, hello URL, peers, ls, exit")
             }

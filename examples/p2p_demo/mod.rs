@@ -2,11 +2,10 @@
 //! tour and the measurements (example-private code, not library API).
 
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use zpatterns::p2p::{code, DirShare, P2p, P2pError, Share};
+use zpatterns::p2p::{code, P2p, P2pError};
 
 /// A random secret of 32 lowercase letters (the seed's `randomStr`).
 pub(crate) fn random_secret() -> String {
@@ -126,10 +125,10 @@ pub(crate) async fn print_peers(node: &P2p) {
     }
 }
 
-/// The `ls` command: the shared directory as the node serves it.
-pub(crate) fn print_ls(dir: &Path) {
-    let listed = DirShare::new(dir).map(|mut s| s.list());
-    match listed {
+/// The `ls` command: the shared directory as the node serves it (through
+/// its share, so only names the path guard accepts, with cached hashes).
+pub(crate) async fn print_ls(node: &P2p) {
+    match node.list().await {
         Ok(files) if files.is_empty() => println!("(no shared files)"),
         Ok(files) => {
             for f in files {
