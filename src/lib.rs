@@ -138,6 +138,7 @@ pub mod endpoint;
 pub mod espresso;
 pub mod frames;
 pub mod lvc;
+pub mod p2p;
 pub mod paxos;
 pub mod pubsub;
 pub mod raft;

@@ -16,6 +16,7 @@ mod blackbox;
 mod clone;
 mod espresso;
 mod lvc;
+mod p2p;
 mod pair;
 mod paxos;
 mod raft;
@@ -92,6 +93,11 @@ const SECTIONS: &[Section] = &[
         "raft",
         "Raft over ZeroMQ: a leader failure, a snapshot catch-up, and agreement",
         raft::run,
+    ),
+    (
+        "p2p",
+        "P2P file sharing: a cycle, a file two hops away, a path-traversal refused",
+        p2p::run,
     ),
 ];
 

@@ -1,0 +1,385 @@
+//! The `p2p` example as users run it: separate processes, real flags, a
+//! real prompt on stdin. Bad arguments and a missing directory are clear
+//! errors; three processes in a line (A knows B, B knows C) find and fetch
+//! a file two hops away through the prompt and through `--fetch`, with
+//! the stored copy byte-identical; a name nobody has is "Could not find
+//! the file NAME" (and a non-zero exit for `--fetch`); every process is
+//! killed when its test ends, pass or fail.
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "common/procs.rs"]
+mod procs;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use procs::Running;
+
+/// The `p2p` example, built once (only it, so this file runs quickly on
+/// its own).
+fn p2p() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "--example", "p2p", "--quiet"]);
+            if profile_dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            let status = cargo
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building the p2p example failed");
+            profile_dir.join("examples/p2p")
+        })
+        .clone()
+}
+
+/// Runs `p2p args` to completion with stdin closed (killed after 30 s).
+fn run(args: &[&str]) -> Output {
+    let child = Command::new(p2p())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn p2p");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("p2p {args:?} did not finish within 30 s");
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A fresh directory under the system's temporary directory.
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("zpatterns-p2p-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A running `p2p` node: its stdin, its stdout lines (the prompt `> `
+/// stripped), and the URL it said it listens on.
+struct Node {
+    proc: Running,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    url: String,
+}
+
+impl Node {
+    /// Starts `p2p --url tcp://127.0.0.1:0 --dir DIR extra..` and waits
+    /// for its "listening on" line.
+    fn start(dir: &Path, extra: &[&str]) -> Node {
+        let mut child = Command::new(p2p())
+            .args(["--url", "tcp://127.0.0.1:0", "--dir", dir.to_str().unwrap()])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn p2p");
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut l = line.as_str();
+                while let Some(rest) = l.strip_prefix("> ") {
+                    l = rest;
+                }
+                if tx.send(l.to_owned()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut node = Node {
+            proc: Running(child),
+            stdin,
+            lines,
+            url: String::new(),
+        };
+        let said = node.expect_line(|l| l.contains(" listening on "), 20);
+        node.url = said.rsplit(' ').next().unwrap().to_owned();
+        assert!(node.url.starts_with("tcp://127.0.0.1:"), "{said}");
+        node
+    }
+
+    /// Sends one command line to the prompt.
+    fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to the prompt");
+        stdin.flush().unwrap();
+    }
+
+    /// The first line (within `secs`) for which `want` holds.
+    fn expect_line(&self, want: impl Fn(&str) -> bool, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no expected line within {secs} s; saw {seen:?}"),
+            }
+        }
+    }
+
+    /// Closes stdin (end of input) and waits for a clean exit.
+    fn close_and_wait(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.proc.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "p2p did not exit at end of input"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn write_peers(dir: &Path, urls: &[&str]) -> String {
+    let p = dir.join("peers.txt");
+    let mut body = String::from("# peers\n\n");
+    for u in urls {
+        body.push_str(u);
+        body.push('\n');
+    }
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+/// Deterministic content that is not all one byte.
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let base = temp_dir("bad");
+    let dir = base.join("share");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+
+    let out = run(&["--url", "tcp://127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--dir"), "{}", text(&out.stderr));
+
+    let missing = base.join("nope");
+    let out = run(&[
+        "--url",
+        "tcp://127.0.0.1:0",
+        "--dir",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the shared directory") && err.contains("nope"),
+        "{err}"
+    );
+
+    let file = base.join("plain.txt");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run(&[
+        "--url",
+        "tcp://127.0.0.1:0",
+        "--dir",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let no_peers = base.join("no-peers.txt");
+    let out = run(&[
+        "--url",
+        "tcp://127.0.0.1:0",
+        "--dir",
+        d,
+        "--peers",
+        no_peers.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("reading the peer file"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let junk = base.join("junk.txt");
+    std::fs::write(&junk, "tcp://127.0.0.1:7000\nhttp://example.org\n").unwrap();
+    let out = run(&[
+        "--url",
+        "tcp://127.0.0.1:0",
+        "--dir",
+        d,
+        "--peers",
+        junk.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("junk.txt:2") && err.contains("is not a ZeroMQ URL"),
+        "{err}"
+    );
+
+    let out = run(&["--url", "not-a-url", "--dir", d]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not-a-url"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["--url", "tcp://127.0.0.1:0", "--dir", d, "--credit", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--credit"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn three_processes_fetch_two_hops_away_through_the_prompt_and_fetch() {
+    let base = temp_dir("line");
+    let dirs: Vec<PathBuf> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| {
+            let d = base.join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        })
+        .collect();
+    // 1 MiB + a bit: several chunks at 64 KiB.
+    let body = content((1 << 20) + 12_345, 7);
+    std::fs::write(dirs[2].join("notes.bin"), &body).unwrap();
+
+    let c = Node::start(&dirs[2], &[]);
+    let b_peers = write_peers(&dirs[1], &[&c.url]);
+    let b = Node::start(&dirs[1], &["--peers", &b_peers]);
+    let a_peers = write_peers(&dirs[0], &[&b.url]);
+    let mut a = Node::start(&dirs[0], &["--peers", &a_peers, "--chunk-kib", "64"]);
+
+    a.say("peers");
+    a.expect_line(|l| l.contains(&b.url), 10);
+
+    a.say("fetch notes.bin");
+    let line = a.expect_line(|l| l.starts_with("fetched ") || l.contains("notes.bin"), 30);
+    assert!(line.starts_with("fetched notes.bin from "), "{line}");
+    assert!(line.contains(&format!("{} bytes", body.len())), "{line}");
+    assert!(line.contains("MB/s"), "{line}");
+    let stored = std::fs::read(dirs[0].join("notes.bin")).expect("stored in A's directory");
+    assert!(stored == body, "the stored copy differs from C's file");
+    assert!(
+        !dirs[0].join("notes.bin.part").exists(),
+        "the .part file was renamed"
+    );
+
+    a.say("ls");
+    a.expect_line(
+        |l| l.ends_with(" notes.bin") && l.contains(&body.len().to_string()),
+        10,
+    );
+
+    a.say("fetch no-such-file.txt");
+    let line = a.expect_line(|l| l.contains("no-such-file.txt"), 30);
+    assert_eq!(line, "Could not find the file no-such-file.txt");
+
+    // The path guard: a name that leaves the directories is "not found",
+    // whether or not the file exists, and nothing is written.
+    std::fs::write(base.join("outside.txt"), b"keep out").unwrap();
+    a.say("fetch ../outside.txt");
+    let line = a.expect_line(|l| l.contains("outside.txt"), 30);
+    assert_eq!(line, "Could not find the file ../outside.txt");
+    assert_eq!(
+        std::fs::read(base.join("outside.txt")).unwrap(),
+        b"keep out"
+    );
+    assert!(!dirs[0].join("outside.txt").exists());
+
+    a.say("hello tcp://127.0.0.1:1");
+    a.expect_line(|l| l.starts_with("hello tcp://127.0.0.1:1"), 10);
+
+    a.say("frobnicate");
+    a.expect_line(|l| l.starts_with("unknown command"), 10);
+
+    // `--fetch`, for scripts: D knows only B.
+    let d_peers = write_peers(&base, &[&b.url]);
+    let d = dirs[3].to_str().unwrap();
+    let out = run(&[
+        "--url",
+        "tcp://127.0.0.1:0",
+        "--dir",
+        d,
+        "--peers",
+        &d_peers,
+        "--fetch",
+        "notes.bin",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("fetched notes.bin from "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(std::fs::read(dirs[3].join("notes.bin")).unwrap() == body);
+
+    let out = run(&[
+        "--url",
+        "tcp://127.0.0.1:0",
+        "--dir",
+        d,
+        "--peers",
+        &d_peers,
+        "--fetch",
+        "absent.txt",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("Could not find the file absent.txt"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // `exit`, and end of input, stop the nodes cleanly.
+    a.say("exit");
+    assert!(a.close_and_wait().success());
+    assert!(b.close_and_wait().success());
+    assert!(c.close_and_wait().success());
+    let _ = std::fs::remove_dir_all(&base);
+}

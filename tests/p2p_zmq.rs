@@ -1,0 +1,257 @@
+//! The P2P node over ZeroMQ on loopback: three nodes with `DirShare`s in
+//! temporary directories (a fetch two hops away, hash verified), and a
+//! libzmq peer speaking the documented frames that queries and fetches
+//! from a node, is refused a wrong secret, and serves a file to a node.
+
+mod common;
+use common::*;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use zpatterns::p2p::msg::{Hit, Msg};
+use zpatterns::p2p::{node_id_for_url, DirShare, FileInfo, Hash, Key, P2p, P2pConfig, P2pError};
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("p2p-zmq-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn node(dir: &PathBuf, secret: &'static [u8], stop: &CancellationToken) -> P2p {
+    let cfg = P2pConfig::new("tcp://127.0.0.1:0", Bytes::from_static(secret))
+        .query_timeout(Duration::from_secs(2))
+        .chunk_size(64 << 10);
+    P2p::start(cfg, Box::new(DirShare::new(dir).unwrap()), stop)
+        .await
+        .unwrap()
+}
+
+async fn knows(n: &P2p, url: &str) {
+    within(secs(10), "peer known", async {
+        loop {
+            if n.peers().await.unwrap().iter().any(|(_, u)| u == url) {
+                return;
+            }
+            tokio::time::sleep(ms(10)).await;
+        }
+    })
+    .await;
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_fetch_a_file_two_hops_away() {
+    trace_init();
+    let stop = CancellationToken::new();
+    let dirs = [tempdir("a"), tempdir("b"), tempdir("c")];
+    let content = pattern(1_000_000);
+    std::fs::write(dirs[2].join("far.bin"), &content).unwrap();
+    let a = node(&dirs[0], b"sa", &stop).await;
+    let b = node(&dirs[1], b"sb", &stop).await;
+    let c = node(&dirs[2], b"sc", &stop).await;
+    a.hello(b.url()).await.unwrap();
+    b.hello(c.url()).await.unwrap();
+    knows(&b, a.url()).await;
+    knows(&c, b.url()).await;
+    assert!(matches!(
+        a.fetch("far.bin", b"wrong").await,
+        Err(P2pError::AccessDenied)
+    ));
+    let done = within(secs(30), "fetch", a.fetch("far.bin", b"sa"))
+        .await
+        .unwrap();
+    assert_eq!(done.from, c.url());
+    assert_eq!(done.info.hash, Hash::of(&content));
+    assert_eq!(std::fs::read(dirs[0].join("far.bin")).unwrap(), content);
+    assert!(!dirs[0].join("far.bin.part").exists());
+    assert!(matches!(
+        a.fetch("nowhere", b"sa").await,
+        Err(P2pError::Unhandled)
+    ));
+    assert!(matches!(
+        a.fetch("../x", b"sa").await,
+        Err(P2pError::BadPath)
+    ));
+    assert_eq!(a.peers().await.unwrap().len(), 1);
+    let sc = c.shutdown().await.unwrap();
+    assert!(sc.chunks_served >= 16, "{sc:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+fn decode(frame: &[u8]) -> Msg {
+    Msg::decode(&Bytes::copy_from_slice(frame)).expect("a valid P2P frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libzmq_peer_queries_fetches_and_serves() {
+    trace_init();
+    let stop = CancellationToken::new();
+    let dir = tempdir("lz");
+    let content = pattern(300_000);
+    std::fs::write(dir.join("n.txt"), &content).unwrap();
+    let n = node(&dir, b"secret", &stop).await;
+
+    // The libzmq peer: a ROUTER at its URL, a DEALER with the identity its
+    // URL gives (`n` + the first four bytes of SHA-256(url), big-endian).
+    let router = Lz::new(zmq::ROUTER);
+    let purl = router.bind_loopback();
+    let pid = node_id_for_url(&purl);
+    let dealer = Lz::new(zmq::DEALER);
+    dealer.with(|s| s.set_identity(format!("n{}", pid.0).as_bytes()).unwrap());
+    dealer.connect(n.url());
+
+    // Query by name.
+    let q = Msg::Query {
+        qid: 42,
+        budget_ms: 1000,
+        key: Key::Name("n.txt".into()),
+        history: vec![purl.clone()],
+    };
+    dealer.send(&[&q.encode()]).await;
+    let got = dealer.recv(secs(10)).await.expect("hits");
+    let Msg::Hits { qid: 42, hits } = decode(&got[0]) else {
+        panic!("{got:?}")
+    };
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].url, n.url());
+    let hash = hits[0].info.hash;
+    assert_eq!(hash, Hash::of(&content));
+    // Manifest and chunks.
+    let getm = Msg::GetManifest {
+        req: 1,
+        hash,
+        chunk_size: 100_000,
+    };
+    dealer.send(&[&getm.encode()]).await;
+    let got = dealer.recv(secs(10)).await.expect("manifest");
+    let Msg::Manifest {
+        chunks,
+        size,
+        chunk_size,
+        ..
+    } = decode(&got[0])
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!((size, chunk_size, chunks.len()), (300_000, 100_000, 3));
+    let mut body = Vec::new();
+    for (i, want) in chunks.iter().enumerate() {
+        let get = Msg::Get {
+            req: 1,
+            hash,
+            index: i as u32,
+            chunk_size,
+        };
+        dealer.send(&[&get.encode()]).await;
+        let got = dealer.recv(secs(10)).await.expect("chunk");
+        let Msg::Chunk { index, data, .. } = decode(&got[0]) else {
+            panic!("{got:?}")
+        };
+        assert_eq!(index as usize, i);
+        assert_eq!(Hash::of(&data), *want);
+        body.extend_from_slice(&data);
+    }
+    assert_eq!(Hash::of(&body), hash);
+    // A wrong secret on the FETCH command: 200, and the peer stays.
+    let f = Msg::Fetch {
+        req: 5,
+        secret: Bytes::from_static(b"guess"),
+        key: Key::Name("x".into()),
+    };
+    dealer.send(&[&f.encode()]).await;
+    let got = dealer.recv(secs(10)).await.expect("error");
+    assert!(matches!(
+        decode(&got[0]),
+        Msg::Error {
+            id: 5,
+            code: 200,
+            ..
+        }
+    ));
+
+    // Now the libzmq peer serves a file to the node: HELLO, then answer
+    // the node's QUERY, GETM and GETs on the ROUTER.
+    let served = pattern(150_000).into_iter().rev().collect::<Vec<u8>>();
+    let shash = Hash::of(&served);
+    dealer
+        .send(&[&Msg::Hello { url: purl.clone() }.encode()])
+        .await;
+    knows(&n, &purl).await;
+    let server = {
+        let router = router.clone();
+        let served = served.clone();
+        let purl = purl.clone();
+        tokio::spawn(async move {
+            let mut answered = 0;
+            while let Some(m) = router.recv(ms(1500)).await {
+                let (who, msg) = (m[0].clone(), decode(&m[1]));
+                let reply = match msg {
+                    Msg::Query { qid, .. } => Msg::Hits {
+                        qid,
+                        hits: vec![Hit {
+                            info: FileInfo {
+                                name: "from-libzmq.bin".into(),
+                                size: served.len() as u64,
+                                hash: Hash::of(&served),
+                            },
+                            url: purl.clone(),
+                        }],
+                    },
+                    Msg::GetManifest {
+                        req, chunk_size, ..
+                    } => Msg::Manifest {
+                        req,
+                        size: served.len() as u64,
+                        chunk_size,
+                        chunks: served.chunks(chunk_size as usize).map(Hash::of).collect(),
+                    },
+                    Msg::Get {
+                        req,
+                        index,
+                        chunk_size,
+                        ..
+                    } => {
+                        let cs = chunk_size as usize;
+                        let start = index as usize * cs;
+                        let end = (start + cs).min(served.len());
+                        Msg::Chunk {
+                            req,
+                            index,
+                            data: Bytes::copy_from_slice(&served[start..end]),
+                        }
+                    }
+                    _ => continue,
+                };
+                router.send(&[&who, &reply.encode()]).await;
+                answered += 1;
+            }
+            answered
+        })
+    };
+    let done = within(
+        secs(30),
+        "fetch from libzmq",
+        n.fetch("from-libzmq.bin", b"secret"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.from, purl);
+    assert_eq!(done.info.hash, shash);
+    assert_eq!(std::fs::read(dir.join("from-libzmq.bin")).unwrap(), served);
+    let stats = n.shutdown().await.unwrap();
+    assert_eq!(stats.access_denied, 1);
+    assert!(stats.chunks_received >= 3);
+    assert!(server.await.unwrap() >= 5);
+    let _ = std::fs::remove_dir_all(dir);
+}
