@@ -8,7 +8,7 @@
 //! and transport are the consensus demos': one ROUTER per node, one
 //! DEALER per known peer ([`ZmqTransport`](crate::transport::zmq::ZmqTransport)),
 //! one opaque frame per message ([`msg`] is the codec, documented frame by
-//! frame). A node's [`NodeId`](crate::transport::NodeId) is derived from
+//! frame). A node's [`NodeId`] is derived from
 //! its URL ([`node_id_for_url`]), so a peer that learns a URL can address
 //! it and a libzmq program can compute its own routing identity.
 //!
