@@ -687,3 +687,25 @@ fn path_traversal_is_refused_on_the_writing_side() {
     assert!(matches!(r, Some(Err(P2pError::BadPath))));
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// HELLOs under many identities (a hostile peer's many connections) grow
+/// the peer set only up to `max_peers`; the known peers are still served.
+#[test]
+fn hellos_beyond_max_peers_are_refused_while_known_peers_are_served() {
+    let mut n = net(3, |i| base(i).max_peers(3));
+    n.link(0, 1);
+    n.link(1, 2);
+    n.shares[2].insert("far.bin", data(10_000, 3));
+    for k in 0..20 {
+        let fake = format!("tcp://10.9.9.{k}:1");
+        let hello = Msg::Hello { url: fake.clone() }.encode();
+        n.sim.inject(node_id_for_url(&fake), id(1), hello);
+    }
+    n.settle();
+    let s = n.sim.node(id(1)).unwrap().stats();
+    assert_eq!(s.peers, 3, "{s:?}");
+    assert_eq!(s.peers_refused, 19, "{s:?}");
+    n.fetch(0, "far.bin").unwrap();
+    let (info, ..) = done(n.wait(0, Duration::from_secs(10)));
+    assert_eq!(info.size, 10_000);
+}

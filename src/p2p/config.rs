@@ -20,6 +20,7 @@ pub struct P2pConfig {
     pub(crate) query_rate: u32,
     pub(crate) max_message: usize,
     pub(crate) peer_failures: u32,
+    pub(crate) max_peers: usize,
     pub(crate) seed: Option<u64>,
 }
 
@@ -41,6 +42,7 @@ impl P2pConfig {
             query_rate: 50,
             max_message: 16 << 20,
             peer_failures: 3,
+            max_peers: 1024,
             seed: None,
         }
     }
@@ -112,6 +114,15 @@ impl P2pConfig {
     /// Consecutive failures after which a peer is dropped (default 3).
     pub fn peer_failures(mut self, n: u32) -> Self {
         self.peer_failures = n.max(1);
+        self
+    }
+
+    /// Peers this node keeps (default 1024): a HELLO from a new peer
+    /// beyond it is refused (counted in `peers_refused`), so a peer that
+    /// opens many connections under many identities cannot make the node
+    /// connect out without bound. `hello` from the local user always adds.
+    pub fn max_peers(mut self, n: usize) -> Self {
+        self.max_peers = n.max(1);
         self
     }
 

@@ -44,6 +44,7 @@
 //! | [`P2pConfig::max_queries_per_peer`]: queries of one peer this node is working on | 16 | [`code::BUSY`] |
 //! | [`P2pConfig::query_rate`]: queries per second from one peer (burst of the same size) | 50 | [`code::RATE`] |
 //! | [`P2pConfig::max_message`]: largest message | 16 MiB | dropped, counted in `garbage` |
+//! | [`P2pConfig::max_peers`]: peers known (a HELLO adds its sender) | 1024 | a HELLO from a new peer is ignored, counted in `peers_refused` |
 //! | [`P2pConfig::chunk_size`]: bytes per chunk asked for | 256 KiB | a provider serves at most a quarter of `max_message` per chunk |
 //!
 //! Every refusal is counted in [`P2pStats`] and answered with an ERROR

@@ -57,6 +57,8 @@ pub enum P2pEvent {
 pub struct P2pStats {
     /// Known peers now (a gauge).
     pub peers: u64,
+    /// HELLOs from new peers refused because `max_peers` peers are known.
+    pub peers_refused: u64,
     /// Queries received from peers.
     pub queries_received: u64,
     /// Queries handled (each id once).
@@ -866,10 +868,13 @@ impl P2pNode {
     fn dispatch(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Outbox) {
         match msg {
             Msg::Hello { url } => {
-                if node_id_for_url(&url) == from {
-                    self.add_peer(&url);
-                } else {
+                if node_id_for_url(&url) != from {
                     self.stats.garbage += 1;
+                } else if !self.peers.contains_key(&from) && self.peers.len() >= self.cfg.max_peers
+                {
+                    self.stats.peers_refused += 1;
+                } else {
+                    self.add_peer(&url);
                 }
             }
             Msg::Query {
