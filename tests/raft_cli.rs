@@ -14,66 +14,21 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use procs::Running;
+use procs::{text, Running};
 
-/// The `raft` example, built once (only it, so this file runs quickly on
-/// its own).
 fn raft() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // target/<profile>/deps/raft_cli-*: build the example in the
-            // same profile.
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["build", "--example", "raft", "--quiet"]);
-            if profile_dir.ends_with("release") {
-                cargo.arg("--release");
-            }
-            let status = cargo
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo");
-            assert!(status.success(), "building the raft example failed");
-            profile_dir.join("examples/raft")
-        })
-        .clone()
+    procs::example("raft")
 }
 
-/// Runs `raft args` to completion (killed after 30 s).
+/// Runs `raft args` to completion with stdin closed (killed after 30 s).
 fn run(args: &[&str]) -> Output {
-    let child = Command::new(raft())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn raft");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("raft {args:?} did not finish within 30 s");
-        }
-    }
+    procs::run("raft", args, Duration::from_secs(30))
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A fresh directory under the system's temporary directory.
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zpatterns-raft-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    procs::temp_dir("raft-cli", name)
 }
 
 fn write(dir: &Path, name: &str, contents: &str) -> String {

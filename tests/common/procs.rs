@@ -1,29 +1,51 @@
 //! The examples as child processes: build them once, spawn them, kill them
 //! (a `Running` child is killed when dropped), and read what they print.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// Path of a built example, building the examples once if needed (a full
-/// `cargo test` has built them already; this makes a single test file work
-/// on its own).
+/// Path of a built example, building it (only it, in the test's profile)
+/// once if needed: a full `cargo test` has built the examples already, and
+/// this makes a single test file work on its own, quickly.
 pub fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--examples", "--quiet"])
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    // target/<profile>/deps/<test>-*: the examples are in <profile>/examples.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.contains(name) {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "--example", name, "--quiet"]);
+        if profile_dir.ends_with("release") {
+            cargo.arg("--release");
+        }
+        let status = cargo
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo");
-        assert!(status.success(), "building the examples failed");
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("examples")
-    });
-    dir.join(name)
+        assert!(status.success(), "building the {name} example failed");
+        built.insert(name.to_owned());
+    }
+    profile_dir.join("examples").join(name)
+}
+
+/// Lossy UTF-8 of a child's output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A fresh directory `zpatterns-<prefix>-<name>-<pid>` under the system's
+/// temporary directory.
+pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("zpatterns-{prefix}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 /// Kills the child when dropped.
@@ -92,10 +114,12 @@ pub fn line_after(lines: &mpsc::Receiver<String>, prefix: &str, limit: Duration)
     }
 }
 
-/// Runs an example to completion, killing it after `limit`.
+/// Runs an example to completion with stdin closed, killing it after
+/// `limit`.
 pub fn run(name: &str, args: &[&str], limit: Duration) -> Output {
     let child = Command::new(example(name))
         .args(args)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
