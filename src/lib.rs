@@ -118,6 +118,10 @@
 //!   ReadIndex, snapshots, membership changes) on the same transport,
 //!   simulator and proof; it shares the Paxos store's state machine, client
 //!   and client messages.
+//! - [`p2p`]: a peer-to-peer file-sharing node on the same transport (the
+//!   XML-RPC exercise rebuilt: bounded search with query ids, fetch with a
+//!   secret, content addressing, credit-based chunked transfers verified
+//!   per chunk, the path guard), a sans-IO core plus its handle.
 //! - `task` and `ratelog` (internal): the handle plumbing shared by every
 //!   pattern, and the rate limiter for peer-triggered log lines.
 //!
