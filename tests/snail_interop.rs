@@ -242,6 +242,7 @@ async fn a_libzmq_pub_dropping_at_its_hwm_is_caught_as_loss() {
     trace_init();
     let publisher = Lz::new(zmq::PUB);
     publisher.with(|s| s.set_sndhwm(100).unwrap());
+    let monitor = publisher.monitor(zmq::SocketEvent::DISCONNECTED as i32);
     let ep = publisher.bind_loopback();
     let mut sub =
         SnailSubscriber::start(SnailConfig::new([connect(&ep)]), &CancellationToken::new())
@@ -290,6 +291,19 @@ async fn a_libzmq_pub_dropping_at_its_hwm_is_caught_as_loss() {
     let gap = alarm.gap().expect("the gap");
     assert!(gap.lost() > 0 && gap.got > gap.expected, "{alarm}");
     assert_eq!(alarm.publisher().as_ref(), b"lz-hwm");
+    // Teardown order matters here. The PUB still holds a backlog, so its
+    // I/O thread is usually part-way through a multipart message. If the
+    // subscriber's connection drops while `zmq_close` is terminating that
+    // pipe, libzmq 4.3.4 aborts the whole process (session_base.cpp:260,
+    // "Resource temporarily unavailable", libzmq issue 3442). So the
+    // subscriber goes first. The PUB is closed only after it has seen the
+    // disconnect.
+    sub.shutdown().await.unwrap();
+    let disconnected = zmq::SocketEvent::DISCONNECTED as u16;
+    within(secs(10), "the PUB sees the disconnect", async {
+        while monitor.event(secs(10)).await != Some(disconnected) {}
+    })
+    .await;
 }
 
 /// A peer's protocol garbage never ends the subscriber: a libzmq PUB with

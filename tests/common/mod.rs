@@ -146,6 +146,28 @@ impl Lz {
         .unwrap()
     }
 
+    /// Starts a socket monitor for `events` (`zmq::SocketEvent` bits) and
+    /// returns the PAIR socket it reports on (read it with [`Lz::event`]).
+    pub fn monitor(&self, events: i32) -> Lz {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let ep = format!(
+            "inproc://lz-monitor-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.with(|s| s.monitor(&ep, events).expect("libzmq monitor"));
+        let pair = Lz::new(zmq::PAIR);
+        pair.connect(&ep);
+        pair
+    }
+
+    /// On a monitor's PAIR socket: the next event's number, or `None` after
+    /// `timeout`.
+    pub async fn event(&self, timeout: Duration) -> Option<u16> {
+        let m = self.recv(timeout).await?;
+        Some(u16::from_le_bytes([m[0][0], m[0][1]]))
+    }
+
     /// Receives until `timeout` passes with nothing new.
     pub async fn drain(&self, quiet: Duration) -> Vec<Vec<Vec<u8>>> {
         let mut all = Vec::new();
