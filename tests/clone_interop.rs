@@ -326,7 +326,10 @@ async fn large_snapshot_reaches_libzmq_whole(n: usize) {
     let dealer = Lz::new(zmq::DEALER);
     dealer.connect(&ep.snapshot);
     dealer.send(&[b"ICANHAZ?", b""]).await;
-    // Updates while the snapshot streams.
+    // Updates while the snapshot streams. The writer hands its PUB back:
+    // it has LINGER 0, so closing it while the busy collector has not yet
+    // read everything would discard the tail of the updates, and the
+    // server could never apply them all (this flaked under load).
     let writer = tokio::spawn(async move {
         for i in 0..1000 {
             publisher
@@ -336,12 +339,13 @@ async fn large_snapshot_reaches_libzmq_whole(n: usize) {
         publisher
             .send_owned(kvset("/k/0000000", "changed", ""))
             .await;
+        publisher
     });
     let (d, s) = (dealer.clone(), sub.clone());
     let read = tokio::task::spawn_blocking(move || {
         d.with(|dealer| s.with(|sub| read_snapshot_and_updates(dealer, sub)))
     });
-    writer.await.unwrap();
+    let _publisher = writer.await.unwrap();
     let (map, kthxbai_seq, snapshot_len) = within(secs(170), "snapshot", read).await.unwrap();
     assert!(snapshot_len > n, "every preloaded key (and the probe)");
     assert!(kthxbai_seq >= n as u64);
