@@ -5,7 +5,9 @@
 //! the same port and catches up; every node ends with the same applied
 //! state. And a libzmq peer: a libzmq DEALER speaking the client wire format
 //! gets a Reply or a Redirect from a node's ROUTER, and its garbage is
-//! counted while the cluster keeps serving.
+//! counted while the cluster keeps serving. A hostile libzmq DEALER hits
+//! the client limits (`max_pending`, `max_message`, `max_sessions`) while a
+//! well-behaved client is served.
 
 mod common;
 use common::*;
@@ -34,6 +36,13 @@ struct View {
     term: u64,
     applied: u64,
     garbage: u64,
+    oversized: u64,
+    /// Client requests dropped (`max_pending` full, or a command too large).
+    dropped: u64,
+    /// The most client requests held at once, over every step so far.
+    held_max: usize,
+    sessions: usize,
+    evicted: u64,
 }
 
 struct Node {
@@ -97,7 +106,7 @@ async fn restart_node(
     for (p, ep) in peers {
         transport.add_peer(*p, ep).unwrap();
     }
-    spawn_node(id, transport, dir, shutdown)
+    spawn_node(id, transport, dir, shutdown, |c| c)
 }
 
 fn spawn_node(
@@ -105,11 +114,14 @@ fn spawn_node(
     transport: ZmqTransport,
     dir: &Path,
     shutdown: &CancellationToken,
+    tune: fn(RaftConfig) -> RaftConfig,
 ) -> Node {
-    let cfg = RaftConfig::new(id, &IDS)
-        .heartbeat(ms(20))
-        .election_timeout(ms(150), ms(300))
-        .seed(fastrand::u64(..));
+    let cfg = tune(
+        RaftConfig::new(id, &IDS)
+            .heartbeat(ms(20))
+            .election_timeout(ms(150), ms(300))
+            .seed(fastrand::u64(..)),
+    );
     let wal = FileWal::open(dir.join(format!("n{}.wal", id.0))).unwrap();
     let node = RaftNode::new(cfg, Box::new(wal), Time::ZERO).unwrap();
     let stop = shutdown.child_token();
@@ -120,11 +132,17 @@ fn spawn_node(
         stop.clone(),
         move |r: &RaftNode| {
             tx.send_if_modified(|v| {
+                let s = r.stats();
                 let new = View {
                     leader: r.is_leader(),
                     term: r.term(),
                     applied: r.applied_index(),
-                    garbage: r.stats().garbage,
+                    garbage: s.garbage,
+                    oversized: s.oversized,
+                    dropped: s.requests_dropped,
+                    held_max: v.held_max.max(r.held_requests()),
+                    sessions: r.kv().sessions(),
+                    evicted: r.kv().evicted_sessions(),
                 };
                 std::mem::replace(v, new) != new
             });
@@ -212,7 +230,7 @@ async fn leader_killed_and_restarted_over_zeromq() {
         .into_iter()
         .map(|t| {
             let id = t.id();
-            spawn_node(id, t, &dir, &shutdown)
+            spawn_node(id, t, &dir, &shutdown, |c| c)
         })
         .collect();
     leader(&nodes, secs(10)).await;
@@ -320,7 +338,7 @@ async fn libzmq_client_and_garbage_at_a_raft_node() {
         .into_iter()
         .map(|t| {
             let id = t.id();
-            spawn_node(id, t, &dir, &shutdown)
+            spawn_node(id, t, &dir, &shutdown, |c| c)
         })
         .collect();
     let l = leader(&nodes, secs(10)).await;
@@ -387,6 +405,207 @@ async fn libzmq_client_and_garbage_at_a_raft_node() {
     let history = client(9, puts("z", 3), &eps, &shutdown).await;
     assert!(history.iter().all(|r| r.completed.is_some()), "{history:?}");
 
+    for n in nodes {
+        stop(n).await;
+    }
+    shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const MAX_PENDING: usize = 100;
+const MAX_SESSIONS: usize = 64;
+const MAX_MESSAGE: usize = 64 * 1024;
+
+fn limited(c: RaftConfig) -> RaftConfig {
+    c.max_pending(MAX_PENDING)
+        .max_sessions(MAX_SESSIONS)
+        .max_message(MAX_MESSAGE)
+}
+
+/// One encoded client request.
+fn request(client: u64, seq: u64, key: String, value: Vec<u8>) -> Vec<u8> {
+    Msg::Request {
+        client: ClientId(client),
+        seq,
+        op: Op::Put {
+            key: key.into(),
+            value: value.into(),
+        },
+    }
+    .encode()
+    .to_vec()
+}
+
+/// Sends every frame from a libzmq socket in one blocking task: a flood
+/// as fast as libzmq queues it.
+async fn blast(lz: &Lz, frames: Vec<Vec<u8>>) {
+    let lz = lz.clone();
+    tokio::task::spawn_blocking(move || {
+        lz.with(|s| {
+            for f in frames {
+                s.send(f, 0).expect("libzmq send");
+            }
+        })
+    })
+    .await
+    .unwrap();
+}
+
+/// Counts the Replies a libzmq DEALER receives until it has `n`.
+async fn replies(lz: &Lz, n: usize) {
+    let mut got = 0;
+    while got < n {
+        let Some(m) = lz.recv(secs(10)).await else {
+            panic!("{got} of {n} replies");
+        };
+        if let Ok(Msg::Reply { .. }) = Msg::decode(Bytes::from(m[0].clone())) {
+            got += 1;
+        }
+    }
+}
+
+/// A hostile libzmq DEALER hits every limit a client can reach at a Raft
+/// leader over ZeroMQ: a request flood over `max_pending` while a KvClient
+/// writes, a frame over `max_message`, a command over a quarter of it,
+/// and hundreds of sessions over `max_sessions`. The leader holds at most
+/// the bounds, counts the drops, and keeps serving the KvClient (and the
+/// hostile peer's own valid requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_libzmq_client_is_held_to_the_limits_while_a_kv_client_is_served() {
+    trace_init();
+    let dir = temp_dir("hostile");
+    let shutdown = CancellationToken::new();
+    let (ts, eps) = transports(&shutdown).await;
+    let nodes: Vec<Node> = ts
+        .into_iter()
+        .map(|t| {
+            let id = t.id();
+            spawn_node(id, t, &dir, &shutdown, limited)
+        })
+        .collect();
+    let l = leader(&nodes, secs(10)).await;
+    let hostile = Lz::new(zmq::DEALER);
+    hostile.with(|s| s.set_identity(b"n666").unwrap());
+    hostile.connect(&eps[l].1);
+
+    // 1. A flood over max_pending, in rounds of 1,000 requests (16 client
+    //    ids, so the sessions stay under their bound here), for as long as
+    //    a well-behaved client is writing. Its unread replies stay far
+    //    below what the sockets buffer.
+    let writing = CancellationToken::new();
+    let flood = {
+        let hostile = hostile.clone();
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !writing.is_cancelled() && sent < 300_000 {
+                let frames = (sent..sent + 1000)
+                    .map(|n| {
+                        request(
+                            1_000_000 + n % 16,
+                            n / 16 + 1,
+                            format!("h{}", n % 16),
+                            vec![b'x'],
+                        )
+                    })
+                    .collect();
+                blast(&hostile, frames).await;
+                sent += 1000;
+                // Pacing between rounds, so the flood lasts as long as the
+                // good client's writes.
+                tokio::time::sleep(ms(20)).await;
+            }
+            sent
+        })
+    };
+    let history = client(9, puts("g", 30), &eps, &shutdown).await;
+    writing.cancel();
+    let sent = flood.await.unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|r| matches!(r.completed, Some((_, Outcome::Written)))),
+        "the well-behaved client was not served during the flood: {history:?}"
+    );
+    let v = *nodes[l].view.borrow();
+    eprintln!("flood: {sent} requests sent; leader {v:?}");
+    assert!(v.dropped > 0, "the flood never reached max_pending: {v:?}");
+    for n in &nodes {
+        let held = n.view.borrow().held_max;
+        assert!(held <= MAX_PENDING, "held {held} requests");
+    }
+    hostile.drain(ms(300)).await;
+
+    // 2. A frame over max_message and a command over a quarter of it are
+    //    dropped and counted; the peer's next valid request is answered
+    //    (the answer also shows that both were handled before it).
+    let barrier = |seq: u64| Op::Put {
+        key: Bytes::from_static(b"barrier"),
+        value: Bytes::from(seq.to_string()),
+    };
+    assert!(matches!(
+        ask(&hostile, ClientId(2_000_000), 1, barrier(1)).await,
+        Msg::Reply { .. }
+    ));
+    let before = *nodes[l].view.borrow();
+    blast(
+        &hostile,
+        vec![
+            vec![1u8; MAX_MESSAGE + 1],
+            request(2_000_000, 2, "big".into(), vec![7u8; MAX_MESSAGE / 4 + 1]),
+        ],
+    )
+    .await;
+    let got = ask(&hostile, ClientId(2_000_000), 3, barrier(3)).await;
+    assert!(
+        matches!(
+            got,
+            Msg::Reply {
+                outcome: Outcome::Written,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    let after = *nodes[l].view.borrow();
+    assert_eq!(after.oversized, before.oversized + 1, "{after:?}");
+    assert_eq!(after.dropped, before.dropped + 1, "{after:?}");
+
+    // 3. Hundreds of sessions over max_sessions, in rounds the leader can
+    //    hold: every node keeps at most the bound and evicts alike.
+    const OPENED: u64 = 500;
+    for round in 0..OPENED / 50 {
+        let frames = (0..50)
+            .map(|i| request(3_000_000 + round * 50 + i, 1, format!("s{i}"), vec![b's']))
+            .collect();
+        blast(&hostile, frames).await;
+        replies(&hostile, 50).await;
+    }
+    let target = nodes[l].view.borrow().applied;
+    let mut seen = Vec::new();
+    for n in &nodes {
+        let mut rx = n.view.clone();
+        let v = *within(
+            secs(20),
+            "node caught up",
+            rx.wait_for(|v| v.applied >= target),
+        )
+        .await
+        .unwrap();
+        assert!(v.sessions <= MAX_SESSIONS, "{v:?}");
+        assert!(v.evicted >= OPENED - MAX_SESSIONS as u64, "{v:?}");
+        seen.push((v.sessions, v.evicted));
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+
+    // A new well-behaved session is served after it all.
+    let history = client(10, puts("after", 3), &eps, &shutdown).await;
+    assert!(
+        history
+            .iter()
+            .all(|r| matches!(r.completed, Some((_, Outcome::Written)))),
+        "{history:?}"
+    );
     for n in nodes {
         stop(n).await;
     }

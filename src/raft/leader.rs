@@ -337,7 +337,7 @@ impl RaftNode {
 
     // ---- clients ----
 
-    fn held(&self) -> usize {
+    pub(super) fn held(&self) -> usize {
         self.waiting.len() + self.reads.len()
     }
 

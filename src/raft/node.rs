@@ -372,6 +372,12 @@ impl RaftNode {
         &self.kv
     }
 
+    /// Client requests this node holds as leader (writes not yet applied,
+    /// reads not yet confirmed): at most [`RaftConfig::max_pending`].
+    pub fn held_requests(&self) -> usize {
+        self.held()
+    }
+
     /// Counters.
     pub fn stats(&self) -> RaftStats {
         self.stats
