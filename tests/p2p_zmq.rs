@@ -2,6 +2,9 @@
 //! temporary directories (a fetch two hops away, hash verified), and a
 //! libzmq peer speaking the documented frames that queries and fetches
 //! from a node, is refused a wrong secret, and serves a file to a node.
+//! And a hostile libzmq peer refused at every per-peer limit (message
+//! size, query rate and concurrency, transfers, peers) while a
+//! well-behaved node fetches.
 
 mod common;
 use common::*;
@@ -12,7 +15,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use zpatterns::p2p::msg::{Hit, Msg};
-use zpatterns::p2p::{node_id_for_url, DirShare, FileInfo, Hash, Key, P2p, P2pConfig, P2pError};
+use zpatterns::p2p::{
+    code, node_id_for_url, DirShare, FileInfo, Hash, Key, P2p, P2pConfig, P2pError,
+};
 
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("p2p-zmq-{tag}-{}", std::process::id()));
@@ -254,4 +259,204 @@ async fn a_libzmq_peer_queries_fetches_and_serves() {
     assert!(stats.chunks_received >= 3);
     assert!(server.await.unwrap() >= 5);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A libzmq DEALER whose routing identity is the one `url` gives.
+fn dealer_as(url: &str, to: &str) -> Lz {
+    let d = Lz::new(zmq::DEALER);
+    let id = node_id_for_url(url);
+    d.with(|s| s.set_identity(format!("n{}", id.0).as_bytes()).unwrap());
+    d.connect(to);
+    d
+}
+
+/// Sends every frame in one blocking task: a flood as fast as libzmq
+/// queues it.
+async fn blast(lz: &Lz, frames: Vec<Vec<u8>>) {
+    let lz = lz.clone();
+    tokio::task::spawn_blocking(move || {
+        lz.with(|s| {
+            for f in frames {
+                s.send(f, 0).expect("libzmq send");
+            }
+        })
+    })
+    .await
+    .unwrap();
+}
+
+/// A hostile libzmq peer hits every per-peer limit of a node over ZeroMQ:
+/// a frame over `max_message`, a query flood over `query_rate` (RATE 302)
+/// and `max_queries_per_peer` (BUSY 301), more transfers at once than
+/// `max_transfers_per_peer` (BUSY 301), and HELLOs under many identities
+/// over `max_peers`. Every refusal is an ERROR frame, counted; a
+/// well-behaved node fetches from the same node meanwhile and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_libzmq_peer_is_refused_at_each_limit_while_a_good_peer_fetches() {
+    trace_init();
+    const MAX_MESSAGE: usize = 1 << 20;
+    const MAX_PEERS: usize = 8;
+    const QUERIES: u64 = 100;
+    let stop = CancellationToken::new();
+    let dir = tempdir("hostile-n");
+    let gdir = tempdir("hostile-g");
+    let content = pattern(300_000);
+    std::fs::write(dir.join("n.txt"), &content).unwrap();
+    let small: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1000 + i as usize]).collect();
+    for (i, body) in small.iter().enumerate() {
+        std::fs::write(dir.join(format!("f{i}.bin")), body).unwrap();
+    }
+    let cfg = P2pConfig::new("tcp://127.0.0.1:0", Bytes::from_static(b"secret"))
+        .query_timeout(Duration::from_secs(2))
+        .chunk_size(64 << 10)
+        .max_message(MAX_MESSAGE)
+        .max_peers(MAX_PEERS);
+    let n = P2p::start(cfg, Box::new(DirShare::new(&dir).unwrap()), &stop)
+        .await
+        .unwrap();
+    let g = node(&gdir, b"g", &stop).await;
+
+    // A known peer that never answers, so the node's forwarded queries
+    // stay open (they count against the querier's max_queries_per_peer).
+    let silent = Lz::new(zmq::ROUTER);
+    let silent_url = silent.bind_loopback();
+    // (Its DEALER is kept open: LINGER 0 would discard an unsent HELLO.)
+    let silent_dealer = dealer_as(&silent_url, n.url());
+    silent_dealer
+        .send(&[&Msg::Hello {
+            url: silent_url.clone(),
+        }
+        .encode()])
+        .await;
+    knows(&n, &silent_url).await;
+
+    // The hostile peer: an identity the node has never been told about.
+    let hostile_url = "tcp://127.0.0.1:9";
+    let hostile = dealer_as(hostile_url, n.url());
+    let query = |qid: u64, budget_ms: u32, name: &str| {
+        Msg::Query {
+            qid,
+            budget_ms,
+            key: Key::Name(name.into()),
+            history: vec![hostile_url.to_owned()],
+        }
+        .encode()
+        .to_vec()
+    };
+
+    // 1. A frame over max_message is dropped and counted; the next query
+    //    is answered (with the node's own hit, once the silent peer's
+    //    share of the budget ran out).
+    blast(
+        &hostile,
+        vec![vec![0u8; MAX_MESSAGE + 1], query(1, 400, "n.txt")],
+    )
+    .await;
+    let got = hostile.recv(secs(10)).await.expect("hits");
+    let Msg::Hits { qid: 1, hits } = decode(&got[0]) else {
+        panic!("{got:?}")
+    };
+    assert_eq!(hits.len(), 1);
+    assert_eq!(n.stats().garbage, 1);
+
+    // 2. A query flood (rate and concurrency) and six transfers at once.
+    let mut frames: Vec<Vec<u8>> = (0..QUERIES)
+        .map(|i| query(100 + i, 1500, "nowhere"))
+        .collect();
+    for (i, body) in small.iter().enumerate() {
+        let m = Msg::GetManifest {
+            req: 10_000 + i as u64,
+            hash: Hash::of(body),
+            chunk_size: 4096,
+        };
+        frames.push(m.encode().to_vec());
+    }
+    blast(&hostile, frames).await;
+    let f5 = small[5].clone();
+    let wanted = small.len();
+    let answers = {
+        let hostile = hostile.clone();
+        tokio::spawn(async move {
+            let mut queries = std::collections::BTreeMap::new();
+            let mut transfers = std::collections::BTreeMap::new();
+            while queries.len() < QUERIES as usize || transfers.len() < wanted {
+                let Some(m) = hostile.recv(secs(10)).await else {
+                    panic!("answers missing: {queries:?} {transfers:?}");
+                };
+                let (id, answer) = match decode(&m[0]) {
+                    Msg::Hits { qid, .. } => (qid, 0),
+                    Msg::Manifest { req, .. } => (req, 0),
+                    Msg::Error { id, code, .. } => (id, code),
+                    other => panic!("{other:?}"),
+                };
+                let table = if id >= 10_000 {
+                    &mut transfers
+                } else {
+                    &mut queries
+                };
+                assert!(table.insert(id, answer).is_none(), "{id} answered twice");
+            }
+            (queries, transfers)
+        })
+    };
+    // A well-behaved node fetches from the same node meanwhile.
+    g.hello(n.url()).await.unwrap();
+    knows(&n, g.url()).await;
+    let done = within(secs(30), "good fetch", g.fetch("n.txt", b"g"))
+        .await
+        .unwrap();
+    assert_eq!(done.info.hash, Hash::of(&content));
+    let (queries, transfers) = answers.await.unwrap();
+
+    let count =
+        |t: &std::collections::BTreeMap<u64, u32>, c: u32| t.values().filter(|v| **v == c).count();
+    let (ok, busy, rate) = (
+        count(&queries, 0),
+        count(&queries, code::BUSY),
+        count(&queries, code::RATE),
+    );
+    eprintln!("{QUERIES} queries: {ok} handled, {busy} BUSY, {rate} RATE");
+    assert_eq!(ok + busy + rate, QUERIES as usize, "{queries:?}");
+    assert!(ok <= 16, "{ok} queries worked on at once");
+    assert!(busy > 0 && rate > 0, "{queries:?}");
+    assert!(
+        rate >= QUERIES as usize - 50,
+        "a burst of at most 50: {rate} RATE"
+    );
+    assert_eq!(count(&transfers, 0), 4, "{transfers:?}");
+    assert_eq!(count(&transfers, code::BUSY), 2, "{transfers:?}");
+    let s = n.stats();
+    assert_eq!(s.refused_rate, rate as u64);
+    assert_eq!(s.refused_busy, busy as u64 + 2);
+
+    // 3. HELLOs under twelve identities: the node keeps at most
+    //    max_peers peers. (The good node is known; the silent peer may
+    //    have been dropped by now for its timeouts.)
+    let known = n.peers().await.unwrap().len() as u64;
+    let fakes: Vec<Lz> = (0..12u16)
+        .map(|i| {
+            let url = format!("tcp://127.0.0.1:{}", 20_001 + i);
+            let d = dealer_as(&url, n.url());
+            (d, url)
+        })
+        .map(|(d, url)| {
+            d.with(|s| s.send(Msg::Hello { url }.encode().to_vec(), 0).unwrap());
+            d
+        })
+        .collect();
+    eventually(secs(10), "HELLOs refused", || {
+        n.stats().peers_refused == 12 - (MAX_PEERS as u64 - known)
+    })
+    .await;
+    assert_eq!(n.peers().await.unwrap().len(), MAX_PEERS);
+    // The good node is still served.
+    let done = within(secs(30), "good fetch after", g.fetch("f5.bin", b"g"))
+        .await
+        .unwrap();
+    assert_eq!(done.info.hash, Hash::of(&f5));
+    drop((fakes, silent_dealer));
+    g.shutdown().await.unwrap();
+    n.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(gdir);
 }
