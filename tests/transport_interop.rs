@@ -1,7 +1,8 @@
 //! `ZmqTransport` against libzmq 4.3: a libzmq DEALER talking to a node's
 //! ROUTER, a node's DEALER talking to a libzmq ROUTER peer, and a hostile
 //! libzmq DEALER (oversized frames, garbage, a flood) contained while a
-//! well-behaved one is served. The wire contract: one payload frame;
+//! well-behaved one is served; a libzmq client that never reads does not
+//! hold up the answers to another. The wire contract: one payload frame;
 //! identities are `n<id>`.
 
 mod common;
@@ -168,5 +169,70 @@ async fn a_hostile_libzmq_dealer_is_contained_while_a_good_one_is_served() {
     let got = good.recv(secs(10)).await.expect("reply at the good peer");
     assert_eq!(text(&got), ["yes"]);
     assert_eq!(node.stats().queued_bytes, 0);
+    stop.cancel();
+}
+
+/// A libzmq client that never reads its answers: once the `zeromq` crate's
+/// queue for it is full, the node's ROUTER drops answers to it (after
+/// waiting at most `stall`) instead of holding up the answers to every
+/// other client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libzmq_client_that_never_reads_does_not_hold_up_answers_to_others() {
+    trace_init();
+    const ANSWERS: u64 = 150_000;
+    let stop = CancellationToken::new();
+    let mut node = ZmqTransport::start(ZmqConfig::new(NodeId(1)).stall(ms(200)), &stop)
+        .await
+        .unwrap();
+    let ep = node.endpoint().unwrap().to_owned();
+    let good = Lz::new(zmq::DEALER);
+    good.with(|s| s.set_identity(b"n42").unwrap());
+    good.connect(&ep);
+    good.send(&[b"hello"]).await;
+    recv_until(&mut node, NodeId(42), b"hello").await;
+    let deaf = Lz::new(zmq::DEALER);
+    deaf.with(|s| {
+        s.set_identity(b"n66").unwrap();
+        s.set_rcvhwm(1).unwrap();
+    });
+    deaf.connect(&ep);
+    deaf.send(&[b"hello"]).await;
+    recv_until(&mut node, NodeId(66), b"hello").await;
+
+    // More answers than the `zeromq` crate queues for one peer (100,000),
+    // in batches the node's own queue (4,096) takes; each batch must be
+    // handled (sent or dropped) before the next. Without the stall limit
+    // the ROUTER's writer would wait for the deaf client forever.
+    let payload = Bytes::from(vec![7u8; 256]);
+    let mut issued = 0;
+    while issued < ANSWERS {
+        for _ in 0..1000 {
+            node.send(NodeId(66), payload.clone());
+        }
+        issued += 1000;
+        let handled = |node: &ZmqTransport| {
+            let s = node.stats();
+            s.sent + s.dropped >= issued
+        };
+        within(
+            secs(10),
+            "the ROUTER's writer handles every answer",
+            async {
+                while !handled(&node) {
+                    tokio::time::sleep(ms(2)).await; // poll the counters
+                }
+            },
+        )
+        .await;
+    }
+    let s = node.stats();
+    eprintln!("{ANSWERS} answers to a client that does not read: {s:?}");
+    assert!(s.dropped > 0, "{s:?}");
+    assert!(s.sent >= 100_000, "{s:?}");
+
+    // The good client is answered at once.
+    node.send(NodeId(42), Bytes::from_static(b"yes"));
+    let got = good.recv(secs(5)).await.expect("the good client's answer");
+    assert_eq!(text(&got), ["yes"]);
     stop.cancel();
 }

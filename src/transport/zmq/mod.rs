@@ -33,6 +33,7 @@
 //! | one peer's share of `inbound_bytes` | half of it | the message is dropped, counted in [`TransportStats::dropped`]: one flooding peer cannot take the whole budget from the others |
 //! | [`ZmqConfig::inbound`]: messages received and not yet taken | 65,536 | the message is dropped, counted in [`TransportStats::dropped`] |
 //! | [`ZmqConfig::queue`]: messages queued for one peer | 4096 | (our own sends) dropped, counted in [`TransportStats::dropped`] |
+//! | [`ZmqConfig::stall`]: how long an answer through the ROUTER waits for a client that does not read | 500 ms | the answer is dropped and so are that client's next answers for as long again, counted in [`TransportStats::dropped`]; answers to other clients go on |
 //!
 //! The size check happens after the `zeromq` crate has received the whole
 //! message: that crate reads every frame completely into memory before
@@ -40,6 +41,13 @@
 //! not bounded by this crate (a peer can make the process hold one frame of
 //! any size, briefly, per connection). What this crate bounds is what it
 //! keeps: an oversized frame is freed at once and never reaches the node.
+//! The same crate queues up to 100,000 answers per ROUTER client (a
+//! constant of the crate, counted in messages, not bytes) before its
+//! `send` waits; only then does [`ZmqConfig::stall`] apply. A client that
+//! never reads can therefore make the process hold up to 100,000 of the
+//! answers it asked for: small for the consensus replies, but up to
+//! 100,000 chunks for a P2P requester. Bounding that in bytes needs a
+//! ROUTER of this crate's own (as [`zmtp`](crate::zmtp) does for XPUB).
 //! Consensus protocols tolerate loss, so every drop is silent to the
 //! sender; every other peer keeps being served.
 //!
@@ -85,6 +93,7 @@ pub struct ZmqConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    pub(crate) stall: Duration,
 }
 
 impl ZmqConfig {
@@ -101,6 +110,7 @@ impl ZmqConfig {
             connect_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
+            stall: Duration::from_millis(500),
         }
     }
 
@@ -168,6 +178,18 @@ impl ZmqConfig {
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max.max(min);
+        self
+    }
+
+    /// How long an answer through the ROUTER may wait for a destination
+    /// whose queue in the `zeromq` crate is full (a client that does not
+    /// read), default 500 ms. Past it the answer is dropped and that
+    /// destination is *stalled*: answers to it are dropped at once, without
+    /// waiting, for the same time again, then one is tried again. Answers
+    /// to every other destination therefore wait at most this long per
+    /// stalled destination per period, never indefinitely.
+    pub fn stall(mut self, d: Duration) -> Self {
+        self.stall = d.max(Duration::from_millis(1));
         self
     }
 }
@@ -330,7 +352,8 @@ impl ZmqTransport {
                 .instrument(span.clone()),
             ));
             tasks.push(tokio::spawn(
-                write_router(send_half, rx, counters.clone(), cancel.clone()).instrument(span),
+                write_router(send_half, rx, cfg.stall, counters.clone(), cancel.clone())
+                    .instrument(span),
             ));
             endpoint = Some(ep);
             router_tx = Some(tx);
@@ -494,25 +517,53 @@ async fn read_router(
 }
 
 /// Sends answers to nodes that are not configured peers through the ROUTER.
+///
+/// The `zeromq` crate queues up to 100,000 messages per ROUTER peer and
+/// then makes `send` wait until that peer reads: one client that never
+/// reads would hold up the answers to every other client. A send that
+/// waits longer than `stall` is abandoned (dropping a pending send of the
+/// `zeromq` crate drops that message whole: it waits on a channel, before
+/// any byte is written) and its destination is stalled for `stall`: answers
+/// to it are dropped without waiting until then.
 async fn write_router(
     mut router: zeromq::RouterSendHalf,
     mut queue: mpsc::Receiver<(NodeId, Bytes)>,
+    stall: Duration,
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) {
+    let mut stalled: HashMap<NodeId, tokio::time::Instant> = HashMap::new();
+    let mut log = LogLimiter::default();
     loop {
         let (to, payload) = tokio::select! {
             _ = cancel.cancelled() => return,
             m = queue.recv() => match m { Some(m) => m, None => return },
         };
+        let now = tokio::time::Instant::now();
+        if let Some(until) = stalled.get(&to) {
+            if now < *until {
+                Counters::bump(&counters.dropped);
+                continue;
+            }
+            stalled.remove(&to);
+        }
         let Some(msg) = crate::frames::message([to.identity(), payload]) else {
             continue;
         };
-        match router.send(msg).await {
-            Ok(()) => Counters::bump(&counters.sent),
-            Err(e) => {
+        match tokio::time::timeout(stall, router.send(msg)).await {
+            Ok(Ok(())) => Counters::bump(&counters.sent),
+            Ok(Err(e)) => {
                 Counters::bump(&counters.dropped);
                 debug!(peer = %to, cause = %e, "ROUTER send dropped");
+            }
+            Err(_) => {
+                Counters::bump(&counters.dropped);
+                let now = tokio::time::Instant::now();
+                stalled.retain(|_, until| *until > now);
+                stalled.insert(to, now + stall);
+                if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                    warn!(peer = %to, suppressed, "a client does not read its answers; dropping them for a while");
+                }
             }
         }
     }
