@@ -460,3 +460,89 @@ async fn a_hostile_libzmq_peer_is_refused_at_each_limit_while_a_good_peer_fetche
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(gdir);
 }
+
+/// A requester that asks for chunks and reads none of them holds at most
+/// its share of the node's unsent bytes (the transport's
+/// `ZmqConfig::unsent_bytes`, 16 MiB per destination by default), not the
+/// 250 MiB it asked for, and a good node fetches from the same node
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_that_never_reads_its_chunks_holds_at_most_its_unsent_share() {
+    trace_init();
+    const CHUNK: u32 = 64 << 10;
+    const GETS: u32 = 4_000;
+    const SHARE: u64 = 16 << 20;
+    let stop = CancellationToken::new();
+    let dir = tempdir("deaf-n");
+    let gdir = tempdir("deaf-g");
+    let content = pattern(4 << 20);
+    std::fs::write(dir.join("n.bin"), &content).unwrap();
+    let hash = Hash::of(&content);
+    let cfg = P2pConfig::new("tcp://127.0.0.1:0", Bytes::from_static(b"secret")).chunk_size(CHUNK);
+    let n = P2p::start(cfg, Box::new(DirShare::new(&dir).unwrap()), &stop)
+        .await
+        .unwrap();
+    let g = node(&gdir, b"g", &stop).await;
+    let deaf = dealer_as("tcp://127.0.0.1:9", n.url());
+    deaf.with(|s| s.set_rcvhwm(1).unwrap());
+    let chunks = (content.len() as u32).div_ceil(CHUNK);
+    let gets: Vec<Vec<u8>> = (0..GETS)
+        .map(|i| {
+            Msg::Get {
+                req: u64::from(i),
+                hash,
+                index: i % chunks,
+                chunk_size: CHUNK,
+            }
+            .encode()
+            .to_vec()
+        })
+        .collect();
+    let before = rss_kib();
+    let flood = {
+        let deaf = deaf.clone();
+        tokio::spawn(async move { blast(&deaf, gets).await })
+    };
+    // A well-behaved node fetches meanwhile.
+    g.hello(n.url()).await.unwrap();
+    knows(&n, g.url()).await;
+    let mut peak = 0;
+    let done = {
+        let fetch = g.fetch("n.bin", b"g");
+        tokio::pin!(fetch);
+        within(secs(60), "good fetch", async {
+            loop {
+                tokio::select! {
+                    r = &mut fetch => break r,
+                    _ = tokio::time::sleep(ms(5)) => peak = peak.max(n.transport_stats().unsent_bytes),
+                }
+            }
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(done.info.hash, hash);
+    flood.await.unwrap();
+    eventually(secs(60), "every GET served", || {
+        peak = peak.max(n.transport_stats().unsent_bytes);
+        n.stats().chunks_served >= u64::from(GETS)
+    })
+    .await;
+    let grown = rss_kib().saturating_sub(before);
+    let t = n.transport_stats();
+    eprintln!(
+        "{GETS} GETs of {} KiB never read: {:?}; transport {t:?}; peak unsent {peak} B; RSS +{grown} KiB",
+        CHUNK >> 10,
+        n.stats()
+    );
+    // The gauge counts every destination: the deaf requester's share plus
+    // the good node's chunks in flight (its credit of 8).
+    assert!(peak <= SHARE + 8 * u64::from(CHUNK + 64), "peak {peak}");
+    assert!(t.dropped > u64::from(GETS) / 2, "{t:?}");
+    assert!(grown < 96 << 10, "RSS grew by {grown} KiB");
+    drop(deaf);
+    g.shutdown().await.unwrap();
+    n.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(gdir);
+}

@@ -13,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 use zpatterns::transport::zmq::{ZmqConfig, ZmqTransport};
 use zpatterns::transport::{recv, NodeId, Transport};
 
+/// Held by the tests that measure the process's RSS, so that they do not
+/// measure each other.
+static RSS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libzmq_dealer_talks_to_a_node() {
     trace_init();
@@ -96,6 +100,7 @@ async fn recv_until(node: &mut ZmqTransport, from: NodeId, want: &[u8]) -> usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_libzmq_dealer_is_contained_while_a_good_one_is_served() {
     trace_init();
+    let _rss = RSS.lock().await;
     const LIMIT: usize = 64 * 1024;
     const BUDGET: usize = 1 << 20;
     const BIG: usize = 1 << 20;
@@ -179,11 +184,12 @@ async fn a_hostile_libzmq_dealer_is_contained_while_a_good_one_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_libzmq_client_that_never_reads_does_not_hold_up_answers_to_others() {
     trace_init();
-    const ANSWERS: u64 = 150_000;
+    let _rss = RSS.lock().await;
+    const ANSWERS: u64 = 4_000;
+    const SHARE: usize = 1 << 20;
     let stop = CancellationToken::new();
-    let mut node = ZmqTransport::start(ZmqConfig::new(NodeId(1)).stall(ms(200)), &stop)
-        .await
-        .unwrap();
+    let cfg = ZmqConfig::new(NodeId(1)).unsent_bytes(8 << 20, SHARE);
+    let mut node = ZmqTransport::start(cfg, &stop).await.unwrap();
     let ep = node.endpoint().unwrap().to_owned();
     let good = Lz::new(zmq::DEALER);
     good.with(|s| s.set_identity(b"n42").unwrap());
@@ -199,40 +205,161 @@ async fn a_libzmq_client_that_never_reads_does_not_hold_up_answers_to_others() {
     deaf.send(&[b"hello"]).await;
     recv_until(&mut node, NodeId(66), b"hello").await;
 
-    // More answers than the `zeromq` crate queues for one peer (100,000),
-    // in batches the node's own queue (4,096) takes; each batch must be
-    // handled (sent or dropped) before the next. Without the stall limit
-    // the ROUTER's writer would wait for the deaf client forever.
-    let payload = Bytes::from(vec![7u8; 256]);
+    // 250 MiB of answers, each its own 64 KiB allocation, to a client that
+    // reads none: the node must neither wait for it nor keep more than its
+    // share of unsent bytes (without the limit the connection's queue of
+    // 4,096 messages would hold 256 MiB).
+    let before = rss_kib();
     let mut issued = 0;
+    let mut peak = 0;
     while issued < ANSWERS {
-        for _ in 0..1000 {
-            node.send(NodeId(66), payload.clone());
+        for i in 0..100 {
+            node.send(NodeId(66), Bytes::from(vec![i as u8; 64 << 10]));
         }
-        issued += 1000;
-        let handled = |node: &ZmqTransport| {
+        issued += 100;
+        eventually(secs(10), "every answer handled (sent or dropped)", || {
             let s = node.stats();
-            s.sent + s.dropped >= issued
-        };
-        within(
-            secs(10),
-            "the ROUTER's writer handles every answer",
-            async {
-                while !handled(&node) {
-                    tokio::time::sleep(ms(2)).await; // poll the counters
-                }
-            },
-        )
+            s.sent + s.dropped == issued
+        })
         .await;
+        let s = node.stats();
+        peak = peak.max(s.unsent_bytes);
+        assert!(s.unsent_bytes <= SHARE as u64, "{s:?}");
+        tokio::task::yield_now().await;
     }
+    let grown = rss_kib().saturating_sub(before);
     let s = node.stats();
-    eprintln!("{ANSWERS} answers to a client that does not read: {s:?}");
-    assert!(s.dropped > 0, "{s:?}");
-    assert!(s.sent >= 100_000, "{s:?}");
+    eprintln!("{ANSWERS} answers of 64 KiB to a client that does not read: {s:?}, peak unsent {peak} B, RSS +{grown} KiB");
+    assert!(s.dropped > ANSWERS / 2, "{s:?}");
+    assert!(s.sent > 0, "{s:?}");
+    assert!(grown < 48 << 10, "RSS grew by {grown} KiB");
 
     // The good client is answered at once.
     node.send(NodeId(42), Bytes::from_static(b"yes"));
     let got = good.recv(secs(5)).await.expect("the good client's answer");
     assert_eq!(text(&got), ["yes"]);
+    stop.cancel();
+}
+
+/// A ZMTP 3.0 DEALER handshake with routing id `identity`, by hand.
+fn raw_dealer(ep: &str, identity: &[u8]) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(ep.strip_prefix("tcp://").unwrap()).unwrap();
+    let mut greeting = [0u8; 64];
+    greeting[0] = 0xff;
+    greeting[9] = 0x7f;
+    greeting[10] = 3;
+    greeting[12..16].copy_from_slice(b"NULL");
+    s.write_all(&greeting).unwrap();
+    s.read_exact(&mut greeting).unwrap();
+    let mut body = b"\x05READY".to_vec();
+    for (name, value) in [
+        (&b"Socket-Type"[..], &b"DEALER"[..]),
+        (b"Identity", identity),
+    ] {
+        body.push(name.len() as u8);
+        body.extend_from_slice(name);
+        body.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        body.extend_from_slice(value);
+    }
+    s.write_all(&[0x04, body.len() as u8]).unwrap();
+    s.write_all(&body).unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_header_announcing_a_terabyte_costs_nothing_and_the_good_client_is_served() {
+    trace_init();
+    let _rss = RSS.lock().await;
+    let stop = CancellationToken::new();
+    let mut node = ZmqTransport::start(ZmqConfig::new(NodeId(1)), &stop)
+        .await
+        .unwrap();
+    let ep = node.endpoint().unwrap().to_owned();
+    let good = Lz::new(zmq::DEALER);
+    good.with(|s| s.set_identity(b"n42").unwrap());
+    good.connect(&ep);
+    good.send(&[b"hello"]).await;
+    recv_until(&mut node, NodeId(42), b"hello").await;
+    let before = rss_kib();
+    // The `zeromq` crate reserves a frame's announced length when it reads
+    // the header: 1 TiB aborts the process ("memory allocation failed").
+    // This transport sees the header is over its limit and skips the body
+    // as it comes, unbuffered.
+    let ep2 = ep.clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut s = raw_dealer(&ep2, b"n9");
+        let mut header = vec![0x02u8];
+        header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        s.write_all(&header).unwrap();
+        let junk = vec![0u8; 1 << 20];
+        for _ in 0..32 {
+            s.write_all(&junk).unwrap();
+        }
+        s
+    })
+    .await
+    .unwrap();
+    node.send(NodeId(42), Bytes::from_static(b"still here"));
+    let got = good.recv(secs(10)).await.expect("the good client's answer");
+    assert_eq!(text(&got), ["still here"]);
+    good.send(&[b"and you?"]).await;
+    recv_until(&mut node, NodeId(42), b"and you?").await;
+    let grown = rss_kib().saturating_sub(before);
+    eprintln!(
+        "after a 1 TiB header and 32 MiB of its body: RSS +{grown} KiB, {:?}",
+        node.stats()
+    );
+    assert!(grown < 16 << 10, "RSS grew by {grown} KiB");
+    drop(sent);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_are_refused_while_a_connected_client_is_served() {
+    trace_init();
+    let stop = CancellationToken::new();
+    let cfg = ZmqConfig::new(NodeId(1)).max_connections(4);
+    let mut node = ZmqTransport::start(cfg, &stop).await.unwrap();
+    let ep = node.endpoint().unwrap().to_owned();
+    let good = Lz::new(zmq::DEALER);
+    good.with(|s| s.set_identity(b"n42").unwrap());
+    good.connect(&ep);
+    good.send(&[b"hello"]).await;
+    recv_until(&mut node, NodeId(42), b"hello").await;
+    // Ten more libzmq clients: three fit, the others are closed at accept
+    // (libzmq keeps reconnecting them, and each attempt is refused).
+    let others: Vec<Lz> = (0..10)
+        .map(|i| {
+            let d = Lz::new(zmq::DEALER);
+            d.with(|s| s.set_identity(format!("n{}", 100 + i).as_bytes()).unwrap());
+            d.connect(&ep);
+            d
+        })
+        .collect();
+    eventually(secs(10), "connections refused", || {
+        node.stats().refused >= 7
+    })
+    .await;
+    for d in &others {
+        d.send(&[b"me too"]).await;
+    }
+    let mut heard = std::collections::BTreeSet::new();
+    within(secs(10), "the three admitted clients", async {
+        while heard.len() < 3 {
+            let (from, m) = recv(&mut node).await.unwrap();
+            assert_eq!(&m[..], b"me too");
+            heard.insert(from);
+        }
+    })
+    .await;
+    node.send(NodeId(42), Bytes::from_static(b"served"));
+    let got = good.recv(secs(10)).await.expect("the good client's answer");
+    assert_eq!(text(&got), ["served"]);
+    eprintln!(
+        "max_connections 4: {:?}, admitted besides the good one: {heard:?}",
+        node.stats()
+    );
     stop.cancel();
 }

@@ -14,7 +14,7 @@ use tracing::{warn, Instrument};
 use super::node::{FetchId, P2pEvent, P2pNode, P2pStats};
 use super::{node_id_for_url, FileInfo, P2pConfig, P2pError, Share};
 use crate::transport::zmq::{ZmqConfig, ZmqTransport};
-use crate::transport::{recv, NodeId, Outbox, Process, Time, Transport};
+use crate::transport::{recv, NodeId, Outbox, Process, Time, Transport, TransportStats};
 
 /// A fetch that succeeded: the file is stored and its hash verified.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,7 +51,7 @@ pub struct P2p {
     url: String,
     id: NodeId,
     cmds: mpsc::Sender<Cmd>,
-    stats: Arc<Mutex<P2pStats>>,
+    stats: Arc<Mutex<(P2pStats, TransportStats)>>,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -112,7 +112,7 @@ impl P2p {
         let url = config.url.clone();
         let node = P2pNode::new(config, share, Time::ZERO);
         let id = node.id();
-        let stats = Arc::new(Mutex::new(P2pStats::default()));
+        let stats = Arc::new(Mutex::new((P2pStats::default(), TransportStats::default())));
         let cancel = parent.child_token();
         let (tx, rx) = mpsc::channel(64);
         let span = tracing::info_span!("p2p", node = %id, url = %url);
@@ -141,7 +141,14 @@ impl P2p {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> P2pStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// A snapshot of the node's transport counters (messages sent and
+    /// dropped, bytes not yet written to a peer: see
+    /// [`ZmqConfig`]'s limits), as of the node's last step.
+    pub fn transport_stats(&self) -> TransportStats {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, P2pError> {
@@ -282,7 +289,7 @@ async fn drive(
     node: P2pNode,
     transport: ZmqTransport,
     mut cmds: mpsc::Receiver<Cmd>,
-    stats: Arc<Mutex<P2pStats>>,
+    stats: Arc<Mutex<(P2pStats, TransportStats)>>,
     cancel: CancellationToken,
 ) {
     let mut d = Driver {
@@ -319,7 +326,7 @@ async fn drive(
             d.node.handle_timeout(now, &mut out);
         }
         d.flush(&mut out);
-        *stats.lock().unwrap_or_else(|e| e.into_inner()) = d.node.stats();
+        *stats.lock().unwrap_or_else(|e| e.into_inner()) = (d.node.stats(), d.transport.stats());
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), d.transport.shutdown()).await;
 }

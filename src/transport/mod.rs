@@ -224,6 +224,12 @@ pub struct TransportStats {
     pub oversized: u64,
     /// Times an outgoing connection was (re)established.
     pub connects: u64,
+    /// Connections refused at the ROUTER for being over
+    /// [`zmq::ZmqConfig::max_connections`].
+    pub refused: u64,
+    /// Payload bytes sent by the node and not yet written to a connection
+    /// (a gauge; bounded by [`zmq::ZmqConfig::unsent_bytes`]).
+    pub unsent_bytes: u64,
     /// Payload bytes received and not yet taken by the node (a gauge, not a
     /// counter; bounded by [`zmq::ZmqConfig::inbound_bytes`]).
     pub queued_bytes: u64,

@@ -1,5 +1,6 @@
-//! One ZMTP connection of the XPUB or XSUB server: the NULL handshake, then
-//! a reader (messages in batches, PING) and a writer (batched frames).
+//! One ZMTP connection of the XPUB or XSUB server, or of the message
+//! transport's ROUTER or DEALER: the NULL handshake, then a reader
+//! (messages in batches, PING) and a writer (batched frames).
 //!
 //! The handshake answers with the socket type the server plays for this
 //! peer: XPUB to SUB/XSUB peers, XSUB to PUB/XPUB peers and, when the XSUB
@@ -7,6 +8,8 @@
 //! That server reads the peer's READY before sending its own (libzmq and
 //! the `zeromq` crate both send READY without waiting for the other side's),
 //! so it can choose; a peer of any other type is refused before any READY.
+//! A ROUTER takes DEALER, REQ and ROUTER peers and reports the `Identity`
+//! of their READY; a DEALER announces its own.
 //!
 //! The reader decodes everything one `read` brought in and hands it to its
 //! server as one batch, so a busy publisher costs one channel send per read
@@ -75,6 +78,14 @@ pub enum PeerSocketType {
     /// A PUSH: sends data, needs no subscription (Guide ch. 5, the clients
     /// of Clone models 3-5).
     Push,
+    /// A DEALER: a client of a ROUTER (the message transport's peers).
+    Dealer,
+    /// A ROUTER: the server a DEALER connects to.
+    Router,
+    /// A REQ: a ROUTER's client with envelopes.
+    Req,
+    /// A REP: a DEALER's server with envelopes.
+    Rep,
 }
 
 impl PeerSocketType {
@@ -85,6 +96,10 @@ impl PeerSocketType {
             "SUB" => Self::Sub,
             "XSUB" => Self::XSub,
             "PUSH" => Self::Push,
+            "DEALER" => Self::Dealer,
+            "ROUTER" => Self::Router,
+            "REQ" => Self::Req,
+            "REP" => Self::Rep,
             _ => return None,
         })
     }
@@ -97,6 +112,10 @@ impl PeerSocketType {
             Self::Sub => "SUB",
             Self::XSub => "XSUB",
             Self::Push => "PUSH",
+            Self::Dealer => "DEALER",
+            Self::Router => "ROUTER",
+            Self::Req => "REQ",
+            Self::Rep => "REP",
         }
     }
 
@@ -149,6 +168,8 @@ pub(crate) enum Up {
         peer: u64,
         remote: SocketAddr,
         kind: PeerSocketType,
+        /// The `Identity` property of the peer's READY (empty if none).
+        identity: Bytes,
         tx: mpsc::Sender<Out>,
         /// Cancelling it ends this connection at once (queued messages
         /// are discarded), reported as [`CloseCause::Slow`].
@@ -184,6 +205,12 @@ pub(crate) enum Role {
     XPub,
     /// We are XSUB; peers are PUB/XPUB and send data.
     XSub,
+    /// We are ROUTER; peers are DEALER/REQ/ROUTER and name themselves with
+    /// their READY's `Identity`.
+    Router,
+    /// We are DEALER (announcing [`Limits::identity`]); peers are
+    /// ROUTER/REP/DEALER.
+    Dealer,
 }
 
 impl Role {
@@ -191,6 +218,8 @@ impl Role {
         match self {
             Role::XPub => b"XPUB",
             Role::XSub => b"XSUB",
+            Role::Router => b"ROUTER",
+            Role::Dealer => b"DEALER",
         }
     }
 
@@ -198,14 +227,24 @@ impl Role {
         match self {
             Role::XPub => matches!(peer, PeerSocketType::Sub | PeerSocketType::XSub),
             Role::XSub => peer.needs_subscriptions(),
+            Role::Router => matches!(
+                peer,
+                PeerSocketType::Dealer | PeerSocketType::Req | PeerSocketType::Router
+            ),
+            Role::Dealer => matches!(
+                peer,
+                PeerSocketType::Router | PeerSocketType::Rep | PeerSocketType::Dealer
+            ),
         }
     }
 }
 
-/// Connection limits.
-#[derive(Debug, Clone, Copy)]
+/// Connection limits (and the routing id a DEALER announces).
+#[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub(crate) role: Role,
+    /// The `Identity` property sent in our READY, when not empty.
+    pub(crate) identity: Bytes,
     /// Capacity of the writer's queue.
     pub(crate) hwm: usize,
     /// Largest frame, and largest message (all frames), accepted.
@@ -309,9 +348,9 @@ async fn run(
 ) -> Result<(), Closing> {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(limits.read_chunk);
-    let kind = tokio::time::timeout(
+    let (kind, identity) = tokio::time::timeout(
         limits.handshake_timeout,
-        handshake(&mut rd, &mut wr, &mut buf, limits),
+        handshake(&mut rd, &mut wr, &mut buf, &limits),
     )
     .await
     .map_err(|_| Closing::error("handshake timed out"))?
@@ -330,6 +369,7 @@ async fn run(
         peer,
         remote,
         kind,
+        identity,
         tx,
         kill: kill.clone(),
     };
@@ -339,7 +379,7 @@ async fn run(
     *announced = true;
     let mut writer = tokio::spawn(write_loop(wr, rx));
     let r = tokio::select! {
-        r = read_loop(&mut rd, &mut buf, peer, limits, up, &pong_tx) => r,
+        r = read_loop(&mut rd, &mut buf, peer, &limits, up, &pong_tx) => r,
         w = &mut writer => Err(match w {
             Ok(true) => Closing(CloseCause::Overflow, "dropped by the server (its queue overflowed)".to_owned()),
             _ => Closing::error("write error"),
@@ -349,13 +389,14 @@ async fn run(
     r
 }
 
-/// The greeting and READY exchange; returns the peer's socket type.
+/// The greeting and READY exchange; returns the peer's socket type and
+/// the `Identity` it announced (empty if none).
 async fn handshake<R, W>(
     rd: &mut R,
     wr: &mut W,
     buf: &mut BytesMut,
-    limits: Limits,
-) -> Result<PeerSocketType, ZmtpError>
+    limits: &Limits,
+) -> Result<(PeerSocketType, Bytes), ZmtpError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -369,7 +410,9 @@ where
     // on the peer's reads the peer's READY first.
     let answer_first = !limits.accept_push;
     if answer_first {
-        send_ready(wr, limits.role.ours()).await.map_err(io)?;
+        send_ready(wr, limits.role.ours(), &limits.identity)
+            .await
+            .map_err(io)?;
     }
     // READY metadata is small: a peer that announces a huge one is refused.
     let max = limits.max_message.min(64 * 1024);
@@ -396,14 +439,27 @@ where
         return Err(ZmtpError::SocketType(name));
     };
     if !answer_first {
-        send_ready(wr, ours).await.map_err(io)?;
+        send_ready(wr, ours, &limits.identity).await.map_err(io)?;
     }
-    Ok(kind)
+    let identity = props
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Identity"))
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    Ok((kind, identity))
 }
 
-async fn send_ready<W: AsyncWrite + Unpin>(wr: &mut W, ours: &[u8]) -> std::io::Result<()> {
+async fn send_ready<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    ours: &[u8],
+    identity: &[u8],
+) -> std::io::Result<()> {
     let mut ready = BytesMut::new();
-    codec::encode_ready(&[("Socket-Type", ours)], &mut ready);
+    if identity.is_empty() {
+        codec::encode_ready(&[("Socket-Type", ours)], &mut ready);
+    } else {
+        codec::encode_ready(&[("Socket-Type", ours), ("Identity", identity)], &mut ready);
+    }
     wr.write_all(&ready).await
 }
 
@@ -489,7 +545,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     peer: u64,
-    limits: Limits,
+    limits: &Limits,
     up: &mpsc::Sender<Up>,
     pong: &mpsc::WeakSender<Out>,
 ) -> Result<(), Closing> {
@@ -509,7 +565,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 break;
             };
             if !h.command {
-                if let Some(why) = asm.breaks(&h, &limits) {
+                if let Some(why) = asm.breaks(&h, limits) {
                     if !limits.skip_oversized {
                         return Err(Closing(
                             CloseCause::TooLarge,

@@ -23,12 +23,17 @@
 //! proxies use them for their backend and frontend, and the
 //! [`clone`](crate::clone) server's collector is the XSUB with PUSH peers
 //! accepted (Guide ch. 5: CHP's PUB clients and the PUSH clients of Clone
-//! models 3-5 on one port). Everything else in this crate uses the
+//! models 3-5 on one port). The message
+//! [`transport`](crate::transport::zmq) runs its ROUTER and DEALERs on the
+//! same connections (`conn` with the ROUTER and DEALER roles, `net`'s
+//! accept and connect loops): the `zeromq` crate reserves the length a
+//! frame header announces before reading the body, so one header
+//! announcing 1 TiB aborts the process. The other patterns use the
 //! `zeromq` crate's sockets.
 
 pub mod codec;
-mod conn;
-mod net;
+pub(crate) mod conn;
+pub(crate) mod net;
 mod xpub;
 mod xsub;
 

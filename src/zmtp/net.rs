@@ -133,7 +133,7 @@ pub(crate) async fn accept_loop(
                 }
                 live.fetch_add(1, Ordering::Relaxed);
                 let guard = Live(live.clone());
-                let (up, cancel) = (up.clone(), cancel.clone());
+                let (up, cancel, limits) = (up.clone(), cancel.clone(), limits.clone());
                 tokio::spawn(async move {
                     let _guard = guard;
                     conn::serve(stream, remote, next_peer(), limits, up, cancel).await;
@@ -163,7 +163,14 @@ pub(crate) async fn connect_loop(
 ) {
     let mut delay = first;
     while !cancel.is_cancelled() {
-        let connected = match TcpStream::connect(&target).await {
+        // Bounded: a connect to an address that never answers (a black hole)
+        // is retried instead of hanging for the kernel's SYN timeout.
+        let attempt = tokio::time::timeout(limits.handshake_timeout, TcpStream::connect(&target));
+        let attempt = tokio::select! {
+            r = attempt => r.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+            _ = cancel.cancelled() => return,
+        };
+        let connected = match attempt {
             Ok(stream) => {
                 let remote = stream
                     .peer_addr()
@@ -172,7 +179,7 @@ pub(crate) async fn connect_loop(
                     stream,
                     remote,
                     next_peer(),
-                    limits,
+                    limits.clone(),
                     up.clone(),
                     cancel.clone(),
                 )

@@ -307,6 +307,7 @@ impl XPubServer {
         // what a subscription flood holds in flight.
         let (up_tx, up) = mpsc::channel(16);
         let limits = Limits {
+            identity: Bytes::new(),
             role: Role::XPub,
             hwm: options.hwm,
             max_message: options.max_frame,
@@ -782,6 +783,7 @@ mod tests {
         let remote = ([127, 0, 0, 1], 1).into();
         let kill = CancellationToken::new();
         x.apply(Up::Connected {
+            identity: Bytes::new(),
             peer,
             remote,
             kind: PeerSocketType::Sub,
@@ -940,6 +942,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let remote = ([127, 0, 0, 1], 1).into();
         x.apply(Up::Connected {
+            identity: Bytes::new(),
             peer: 1,
             remote,
             kind: PeerSocketType::Sub,

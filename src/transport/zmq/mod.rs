@@ -1,6 +1,7 @@
-//! `ZmqTransport`: the [`Transport`] over this crate's ZeroMQ sockets on TCP
-//! (this file: configuration, handle, ROUTER tasks; `peer.rs`: the per-peer
-//! DEALER supervisor).
+//! `ZmqTransport`: the [`Transport`] over ZeroMQ (ZMTP 3) on TCP (this
+//! file: configuration, handle, inbound accounting; `router.rs`: the
+//! ROUTER; `peer.rs`: the per-peer DEALER link; `unsent.rs`: the byte
+//! bound on what the node has sent and a peer has not read yet).
 //!
 //! Topology: every node binds one ROUTER. To each configured peer it keeps
 //! one DEALER whose routing identity is its own node identity (`n<id>`),
@@ -14,42 +15,45 @@
 //! Wire contract, per message: one frame of opaque payload (the protocol's
 //! codec; Paxos's is versioned). The ROUTER drops, counts and logs
 //! (rate-limited) any message that is not exactly `[identity][payload]`
-//! with a valid `n<id>` identity.
+//! with a valid `n<id>` identity. A new connection with the identity of a
+//! live one takes it over (the old one is closed), so a restarted client is
+//! answered at once.
 //!
-//! The `zeromq` crate's DEALER neither reconnects nor connects in the
-//! background, so each peer has a supervisor task that connects with a
-//! bounded timeout and backoff, watches for the connection's end (receive
-//! EOF, `Disconnected`, send errors) and recreates the DEALER when the peer
-//! restarts. [`Transport::send`] never waits: it queues into the peer's
-//! bounded queue and drops (and counts) when full, so a dead peer never
+//! Both sockets are this crate's own ZMTP connections
+//! ([`zmtp`](crate::zmtp)), not the `zeromq` crate's: that crate reserves
+//! the length a frame header announces before reading the body (one header
+//! announcing 1 TiB aborts the process with "memory allocation failed"),
+//! queues 100,000 messages of any size per peer before `send` waits, and
+//! limits neither connections nor what a peer that never reads makes it
+//! hold. Here a frame over [`ZmqConfig::max_message`] is seen from its
+//! header and skipped unread, each connection's writer queue is bounded,
+//! and everything the node sent and a peer has not read yet is bounded in
+//! bytes. The DEALER links connect in the background with a bounded
+//! timeout and backoff and reconnect whenever the connection ends.
+//! [`Transport::send`] never waits: it queues into the peer's bounded
+//! queue and drops (and counts) when full, so a dead or deaf peer never
 //! blocks the node.
 //!
 //! # Limits
 //!
 //! | Limit | Default | A peer that exceeds it |
 //! |---|---|---|
-//! | [`ZmqConfig::max_message`]: largest payload accepted | 16 MiB | the message is dropped, counted in [`TransportStats::oversized`] |
+//! | [`ZmqConfig::max_message`]: largest payload accepted | 16 MiB | seen from the frame header; the message is skipped unread, counted in [`TransportStats::oversized`]; the connection stays up |
 //! | [`ZmqConfig::inbound_bytes`]: payload bytes received and not yet taken by the node | 64 MiB | the message is dropped, counted in [`TransportStats::dropped`] |
 //! | one peer's share of `inbound_bytes` | half of it | the message is dropped, counted in [`TransportStats::dropped`]: one flooding peer cannot take the whole budget from the others |
 //! | [`ZmqConfig::inbound`]: messages received and not yet taken | 65,536 | the message is dropped, counted in [`TransportStats::dropped`] |
-//! | [`ZmqConfig::queue`]: messages queued for one peer | 4096 | (our own sends) dropped, counted in [`TransportStats::dropped`] |
-//! | [`ZmqConfig::stall`]: how long an answer through the ROUTER waits for a client that does not read | 500 ms | the answer is dropped and so are that client's next answers for as long again, counted in [`TransportStats::dropped`]; answers to other clients go on |
+//! | [`ZmqConfig::queue`]: messages queued for one peer or client | 4096 | (our own sends) dropped, counted in [`TransportStats::dropped`] |
+//! | [`ZmqConfig::unsent_bytes`]: bytes sent by the node and not yet written, per destination and in total | 16 MiB, 64 MiB | (our own sends) dropped, counted in [`TransportStats::dropped`]: a client that never reads holds at most its share |
+//! | [`ZmqConfig::max_connections`]: connections at the ROUTER | 256 | the new connection is closed at once, counted in [`TransportStats::refused`] |
+//! | frames in one message | 8 | the rest of the message is skipped unread, counted in [`TransportStats::garbage`] (2 to 8 frames are read and counted there too) |
+//! | ZMTP handshake at the ROUTER | 10 s | the connection is closed |
 //!
-//! The size check happens after the `zeromq` crate has received the whole
-//! message: that crate reads every frame completely into memory before
-//! handing it over and has no receive-size limit, so one frame in flight is
-//! not bounded by this crate (a peer can make the process hold one frame of
-//! any size, briefly, per connection). What this crate bounds is what it
-//! keeps: an oversized frame is freed at once and never reaches the node.
-//! The same crate queues up to 100,000 answers per ROUTER client (a
-//! constant of the crate, counted in messages, not bytes) before its
-//! `send` waits; only then does [`ZmqConfig::stall`] apply. A client that
-//! never reads can therefore make the process hold up to 100,000 of the
-//! answers it asked for: small for the consensus replies, but up to
-//! 100,000 chunks for a P2P requester. Bounding that in bytes needs a
-//! ROUTER of this crate's own (as [`zmtp`](crate::zmtp) does for XPUB).
-//! Consensus protocols tolerate loss, so every drop is silent to the
-//! sender; every other peer keeps being served.
+//! What a connection holds while it reads is its read buffer (64 KiB) and
+//! at most one partial message under `max_message`; with the batch it
+//! hands over, a hostile client therefore costs at most about
+//! `max_message` + 128 KiB, and all of them together `max_connections`
+//! times that. Consensus protocols tolerate loss, so every drop is silent
+//! to the sender; every other peer keeps being served.
 //!
 //! # Handle
 //!
@@ -70,15 +74,42 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
-use zeromq::prelude::*;
-use zeromq::RouterSocket;
 
 mod peer;
+mod router;
+mod unsent;
 
 use super::{NodeId, Transport, TransportError, TransportStats};
 use crate::endpoint::{Attach, EndpointSpec};
 use crate::ratelog::LogLimiter;
+use crate::zmtp::conn::{Limits, Role};
+use crate::zmtp::net;
 use peer::{supervise, PeerLink};
+use unsent::Ledger;
+
+/// Connection events queued between a connection and its ROUTER or peer
+/// task (each a batch of at most 64 KiB or 1,024 messages, or one message).
+const UP_QUEUE: usize = 64;
+/// Frames per message read before the rest of it is skipped unread (the
+/// contract is one frame; a few more are read and counted as garbage).
+const MAX_FRAMES: usize = 8;
+/// Time a client connecting to the ROUTER has for the ZMTP handshake.
+const ROUTER_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// The limits of one of the transport's ZMTP connections.
+fn connection_limits(cfg: &ZmqConfig, handshake: Duration) -> Limits {
+    Limits {
+        role: Role::Router,
+        identity: Bytes::new(),
+        hwm: cfg.queue,
+        max_message: cfg.max_message,
+        max_frames: MAX_FRAMES,
+        handshake_timeout: handshake,
+        read_chunk: 64 * 1024,
+        accept_push: false,
+        skip_oversized: true,
+    }
+}
 
 /// Configuration of a [`ZmqTransport`].
 #[derive(Clone, Debug)]
@@ -93,7 +124,9 @@ pub struct ZmqConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
-    pub(crate) stall: Duration,
+    max_connections: usize,
+    unsent_total: usize,
+    unsent_per_destination: usize,
 }
 
 impl ZmqConfig {
@@ -110,7 +143,9 @@ impl ZmqConfig {
             connect_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
-            stall: Duration::from_millis(500),
+            max_connections: 256,
+            unsent_total: 64 << 20,
+            unsent_per_destination: 16 << 20,
         }
     }
 
@@ -181,15 +216,24 @@ impl ZmqConfig {
         self
     }
 
-    /// How long an answer through the ROUTER may wait for a destination
-    /// whose queue in the `zeromq` crate is full (a client that does not
-    /// read), default 500 ms. Past it the answer is dropped and that
-    /// destination is *stalled*: answers to it are dropped at once, without
-    /// waiting, for the same time again, then one is tried again. Answers
-    /// to every other destination therefore wait at most this long per
-    /// stalled destination per period, never indefinitely.
-    pub fn stall(mut self, d: Duration) -> Self {
-        self.stall = d.max(Duration::from_millis(1));
+    /// Connections the ROUTER keeps at once (default 256); one more is
+    /// accepted and closed at once, counted in
+    /// [`TransportStats::refused`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Payload bytes sent by the node and not yet written to a connection,
+    /// in total and per destination (default 64 MiB and 16 MiB). A send
+    /// that would go over either is dropped and counted in
+    /// [`TransportStats::dropped`]: a client or peer that does not read
+    /// holds at most `per_destination` bytes of this process, and all of
+    /// them together at most `total`. One message larger than a limit is
+    /// still sent when nothing else is waiting.
+    pub fn unsent_bytes(mut self, total: usize, per_destination: usize) -> Self {
+        self.unsent_total = total.max(1);
+        self.unsent_per_destination = per_destination.max(1);
         self
     }
 }
@@ -203,6 +247,7 @@ pub(crate) struct Counters {
     pub(crate) garbage: AtomicU64,
     pub(crate) oversized: AtomicU64,
     pub(crate) connects: AtomicU64,
+    pub(crate) refused: AtomicU64,
     /// Payload bytes in the inbound queue.
     pub(crate) queued_bytes: AtomicU64,
 }
@@ -212,8 +257,10 @@ impl Counters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> TransportStats {
+    fn snapshot(&self, unsent: &Ledger) -> TransportStats {
         TransportStats {
+            refused: self.refused.load(Ordering::Relaxed),
+            unsent_bytes: unsent.total(),
             sent: self.sent.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
@@ -307,6 +354,7 @@ pub struct ZmqTransport {
     peers: BTreeMap<NodeId, mpsc::Sender<Bytes>>,
     router_tx: Option<mpsc::Sender<(NodeId, Bytes)>>,
     counters: Arc<Counters>,
+    unsent: Arc<Ledger>,
     cfg: ZmqConfig,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -337,23 +385,33 @@ impl ZmqTransport {
         let mut endpoint = None;
         let mut router_tx = None;
         if let Some(spec) = &cfg.bind {
-            let mut router = RouterSocket::new();
-            let ep = spec.attach_to(&mut router).await?;
+            let listener = net::bind(spec).await?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| net::bind_error(spec, e))?;
+            let ep = format!("tcp://{local}");
+            let (up_tx, up_rx) = mpsc::channel(UP_QUEUE);
             let (tx, rx) = mpsc::channel(cfg.queue);
-            let (send_half, recv_half) = router.split();
             let span = tracing::info_span!("zmq_router", node = %cfg.id, endpoint = %ep);
             tasks.push(tokio::spawn(
-                read_router(
-                    recv_half,
-                    inbound_tx.clone(),
-                    counters.clone(),
+                net::accept_loop(
+                    listener,
+                    connection_limits(&cfg, ROUTER_HANDSHAKE),
+                    cfg.max_connections,
+                    up_tx,
                     cancel.clone(),
                 )
                 .instrument(span.clone()),
             ));
             tasks.push(tokio::spawn(
-                write_router(send_half, rx, cfg.stall, counters.clone(), cancel.clone())
-                    .instrument(span),
+                router::route(
+                    up_rx,
+                    rx,
+                    inbound_tx.clone(),
+                    counters.clone(),
+                    cancel.clone(),
+                )
+                .instrument(span),
             ));
             endpoint = Some(ep);
             router_tx = Some(tx);
@@ -366,6 +424,7 @@ impl ZmqTransport {
             peers: BTreeMap::new(),
             router_tx,
             counters,
+            unsent: Ledger::new(cfg.unsent_total, cfg.unsent_per_destination),
             cfg: cfg.clone(),
             cancel,
             tasks,
@@ -412,7 +471,7 @@ impl ZmqTransport {
 
     /// A snapshot of the counters (the same as [`Transport::stats`]).
     pub fn stats(&self) -> TransportStats {
-        self.counters.snapshot()
+        self.counters.snapshot(&self.unsent)
     }
 
     /// Cancels this transport's tasks (only them: other users of the
@@ -444,6 +503,11 @@ impl Transport for ZmqTransport {
     }
 
     fn send(&mut self, to: NodeId, msg: Bytes) {
+        let Some(msg) = self.unsent.charge(to, msg) else {
+            Counters::bump(&self.counters.dropped);
+            debug!(node = %self.id, peer = %to, "send dropped: unsent-bytes limit reached");
+            return;
+        };
         let queued = match self.peers.get(&to) {
             Some(tx) => tx.try_send(msg).is_ok(),
             None => self
@@ -467,104 +531,6 @@ impl Transport for ZmqTransport {
     }
 
     fn stats(&self) -> TransportStats {
-        self.counters.snapshot()
-    }
-}
-
-/// Reads `[identity][payload]` from the ROUTER into the inbound queue.
-async fn read_router(
-    mut router: zeromq::RouterRecvHalf,
-    inbound: Inbound,
-    counters: Arc<Counters>,
-    cancel: CancellationToken,
-) {
-    let mut log = LogLimiter::default();
-    let mut errors = LogLimiter::default();
-    loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => return,
-            m = router.recv() => m,
-        };
-        let frames = match msg {
-            Ok(m) => m.into_vec(),
-            Err(e) => {
-                if let Some(suppressed) = errors.check(std::time::Instant::now()) {
-                    warn!(cause = %e, suppressed, "ROUTER receive failed");
-                }
-                continue;
-            }
-        };
-        let from = frames.first().and_then(|id| NodeId::from_identity(id));
-        match (from, frames.len()) {
-            (Some(from), 2) => {
-                let payload = frames.into_iter().nth(1).unwrap_or_default();
-                inbound.offer(from, payload, &mut log);
-            }
-            _ => {
-                Counters::bump(&counters.garbage);
-                if let Some(suppressed) = log.check(std::time::Instant::now()) {
-                    let identity = frames.first().map(|f| crate::frames::render(f));
-                    warn!(
-                        ?identity,
-                        frames = frames.len(),
-                        suppressed,
-                        "malformed message dropped (want [n<id>][payload])"
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// Sends answers to nodes that are not configured peers through the ROUTER.
-///
-/// The `zeromq` crate queues up to 100,000 messages per ROUTER peer and
-/// then makes `send` wait until that peer reads: one client that never
-/// reads would hold up the answers to every other client. A send that
-/// waits longer than `stall` is abandoned (dropping a pending send of the
-/// `zeromq` crate drops that message whole: it waits on a channel, before
-/// any byte is written) and its destination is stalled for `stall`: answers
-/// to it are dropped without waiting until then.
-async fn write_router(
-    mut router: zeromq::RouterSendHalf,
-    mut queue: mpsc::Receiver<(NodeId, Bytes)>,
-    stall: Duration,
-    counters: Arc<Counters>,
-    cancel: CancellationToken,
-) {
-    let mut stalled: HashMap<NodeId, tokio::time::Instant> = HashMap::new();
-    let mut log = LogLimiter::default();
-    loop {
-        let (to, payload) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            m = queue.recv() => match m { Some(m) => m, None => return },
-        };
-        let now = tokio::time::Instant::now();
-        if let Some(until) = stalled.get(&to) {
-            if now < *until {
-                Counters::bump(&counters.dropped);
-                continue;
-            }
-            stalled.remove(&to);
-        }
-        let Some(msg) = crate::frames::message([to.identity(), payload]) else {
-            continue;
-        };
-        match tokio::time::timeout(stall, router.send(msg)).await {
-            Ok(Ok(())) => Counters::bump(&counters.sent),
-            Ok(Err(e)) => {
-                Counters::bump(&counters.dropped);
-                debug!(peer = %to, cause = %e, "ROUTER send dropped");
-            }
-            Err(_) => {
-                Counters::bump(&counters.dropped);
-                let now = tokio::time::Instant::now();
-                stalled.retain(|_, until| *until > now);
-                stalled.insert(to, now + stall);
-                if let Some(suppressed) = log.check(std::time::Instant::now()) {
-                    warn!(peer = %to, suppressed, "a client does not read its answers; dropping them for a while");
-                }
-            }
-        }
+        self.counters.snapshot(&self.unsent)
     }
 }

@@ -1,24 +1,25 @@
-//! The per-peer supervisor of [`ZmqTransport`](super::ZmqTransport):
-//! one DEALER to one peer's ROUTER, connected in the background with
-//! backoff and recreated whenever the connection ends.
+//! The per-peer link of [`ZmqTransport`](super::ZmqTransport): one DEALER,
+//! on this crate's own ZMTP connection ([`crate::zmtp`]), to one peer's
+//! ROUTER. The connect loop connects in the background with a bounded
+//! timeout and backoff and reconnects whenever the connection ends (the
+//! peer restarted); this task moves the node's messages to the connection
+//! while it is up and passes what the peer sends back to the node.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
-use zeromq::prelude::*;
-use zeromq::util::PeerIdentity;
-use zeromq::{DealerSocket, SocketEvent, SocketOptions, ZmqMessage};
+use tracing::{debug, info, warn, Instrument};
 
 use super::{Counters, Inbound, ZmqConfig};
 use crate::ratelog::LogLimiter;
 use crate::transport::NodeId;
-use std::sync::Arc;
+use crate::zmtp::conn::{Limits, Out, Role, Up};
+use crate::zmtp::net;
 
-/// Everything a supervisor needs.
+/// Everything a link needs.
 pub(crate) struct PeerLink {
     pub(crate) me: NodeId,
     pub(crate) peer: NodeId,
@@ -30,108 +31,88 @@ pub(crate) struct PeerLink {
     pub(crate) cancel: CancellationToken,
 }
 
-/// Why a connection ended.
-enum End {
-    Cancelled,
-    Lost,
-}
-
-/// Connects, pumps, reconnects, until cancelled.
+/// Keeps the DEALER connected and pumps messages both ways until cancelled.
 pub(crate) async fn supervise(mut link: PeerLink) {
-    let mut backoff = link.cfg.backoff_min;
-    loop {
-        let Some(socket) = connect(&link).await else {
-            if !sleep_or_cancel(&link.cancel, backoff).await {
-                return;
-            }
-            backoff = (backoff * 2).min(link.cfg.backoff_max);
-            continue;
-        };
-        Counters::bump(&link.counters.connects);
-        info!("connected");
-        backoff = link.cfg.backoff_min;
-        match pump(&mut link, socket).await {
-            End::Cancelled => return,
-            End::Lost => info!("connection lost; reconnecting"),
-        }
-        if !sleep_or_cancel(&link.cancel, link.cfg.backoff_min).await {
-            return;
-        }
-    }
-}
-
-async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
-}
-
-/// One connection attempt, bounded by the connect timeout.
-async fn connect(link: &PeerLink) -> Option<DealerSocket> {
-    let mut options = SocketOptions::default();
-    options
-        .peer_identity(PeerIdentity::try_from(link.me.identity()).ok()?)
-        .connect_timeout(link.cfg.connect_timeout);
-    let mut socket = DealerSocket::with_options(options);
-    let attempt = tokio::time::timeout(link.cfg.connect_timeout, socket.connect(&link.endpoint));
-    tokio::select! {
-        _ = link.cancel.cancelled() => None,
-        r = attempt => match r {
-            Ok(Ok(())) => Some(socket),
-            Ok(Err(e)) => {
-                debug!(cause = %e, "connect failed");
-                None
-            }
-            Err(_) => {
-                debug!("connect timed out");
-                None
-            }
-        },
-    }
-}
-
-/// Moves queued messages to the peer until the connection ends. Anything
-/// the peer sends back on this DEALER (a ROUTER answering) is inbound.
-async fn pump(link: &mut PeerLink, mut socket: DealerSocket) -> End {
-    let mut monitor = socket.monitor();
+    let Some(target) = link.endpoint.strip_prefix("tcp://").map(str::to_owned) else {
+        warn!("only tcp:// endpoints are supported; this peer is unreachable");
+        return;
+    };
+    let limits = Limits {
+        role: Role::Dealer,
+        identity: link.me.identity(),
+        ..super::connection_limits(&link.cfg, link.cfg.connect_timeout)
+    };
+    let (up_tx, mut up) = mpsc::channel(super::UP_QUEUE);
+    let connector = tokio::spawn(
+        net::connect_loop(
+            target,
+            link.cfg.backoff_min,
+            link.cfg.backoff_max,
+            limits,
+            up_tx,
+            link.cancel.clone(),
+        )
+        .in_current_span(),
+    );
+    let mut conn: Option<(u64, mpsc::Sender<Out>)> = None;
+    let mut pending: Option<Bytes> = None;
     let mut log = LogLimiter::default();
     loop {
+        let writer = conn.as_ref().map(|(_, tx)| tx.clone());
         tokio::select! {
-            _ = link.cancel.cancelled() => return End::Cancelled,
-            msg = link.outgoing.recv() => {
-                let Some(payload) = msg else { return End::Cancelled };
-                match socket.send(ZmqMessage::from(payload)).await {
-                    Ok(()) => Counters::bump(&link.counters.sent),
-                    Err(e) => {
-                        Counters::bump(&link.counters.dropped);
-                        warn!(cause = %e, "send failed");
-                        return End::Lost;
-                    }
+            _ = link.cancel.cancelled() => break,
+            event = up.recv() => match event {
+                None => break,
+                Some(Up::Connected { peer, tx, .. }) => {
+                    Counters::bump(&link.counters.connects);
+                    info!("connected");
+                    conn = Some((peer, tx));
                 }
-            }
-            event = monitor.next() => match event {
-                Some(SocketEvent::Disconnected(_)) | None => return End::Lost,
-                Some(_) => {}
-            },
-            received = socket.recv() => match received {
-                Ok(m) => {
-                    let frames = m.into_vec();
-                    if frames.len() == 1 {
-                        let payload = frames.into_iter().next().unwrap_or_default();
-                        link.inbound.offer(link.peer, payload, &mut log);
-                    } else {
-                        Counters::bump(&link.counters.garbage);
-                        if let Some(suppressed) = log.check(std::time::Instant::now()) {
-                            warn!(frames = frames.len(), suppressed, "malformed message from peer dropped");
+                Some(Up::Batch { msgs, skipped, .. }) => {
+                    link.counters.oversized.fetch_add(skipped.oversized, std::sync::atomic::Ordering::Relaxed);
+                    link.counters.garbage.fetch_add(skipped.too_many_frames, std::sync::atomic::Ordering::Relaxed);
+                    for msg in msgs {
+                        if let [payload] = &msg[..] {
+                            link.inbound.offer(link.peer, payload.clone(), &mut log);
+                        } else {
+                            Counters::bump(&link.counters.garbage);
+                            if let Some(suppressed) = log.check(Instant::now()) {
+                                warn!(frames = msg.len(), suppressed, "malformed message from peer dropped");
+                            }
                         }
                     }
                 }
-                Err(e) => {
-                    debug!(cause = %e, "receive ended");
-                    return End::Lost;
+                Some(Up::Closed { peer, reason, .. }) => {
+                    if conn.as_ref().is_some_and(|(p, _)| *p == peer) {
+                        conn = None;
+                        info!(%reason, "connection lost; reconnecting");
+                    }
                 }
+                Some(Up::Rejected { reason, .. }) => debug!(%reason, "handshake failed; retrying"),
+                Some(Up::Refused { .. }) => {}
             },
+            msg = link.outgoing.recv(), if conn.is_some() && pending.is_none() => match msg {
+                Some(payload) => pending = Some(payload),
+                None => break,
+            },
+            permit = reserve(writer), if pending.is_some() => {
+                if let (Some(permit), Some(payload)) = (permit, pending.take()) {
+                    permit.send(Out::One(Arc::from([payload])));
+                    Counters::bump(&link.counters.sent);
+                }
+            }
         }
+    }
+    // The connector stops on the same token; wait so that shutdown returns
+    // with every connection of this link closed.
+    link.cancel.cancel();
+    let _ = connector.await;
+}
+
+/// Room in the connection's writer queue, when there is a connection.
+async fn reserve(tx: Option<mpsc::Sender<Out>>) -> Option<mpsc::OwnedPermit<Out>> {
+    match tx {
+        Some(tx) => tx.reserve_owned().await.ok(),
+        None => std::future::pending().await,
     }
 }
