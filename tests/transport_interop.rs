@@ -363,3 +363,85 @@ async fn connections_over_max_connections_are_refused_while_a_connected_client_i
     );
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libzmq_router_peer_that_never_reads_holds_only_its_unsent_share() {
+    trace_init();
+    let _rss = RSS.lock().await;
+    const SHARE: usize = 1 << 20;
+    let stop = CancellationToken::new();
+    let deaf = Lz::new(zmq::ROUTER);
+    deaf.with(|s| s.set_rcvhwm(1).unwrap());
+    let deaf_ep = deaf.bind_loopback();
+    let good = Lz::new(zmq::ROUTER);
+    let good_ep = good.bind_loopback();
+    let cfg = ZmqConfig::new(NodeId(3))
+        .bind(None)
+        .unwrap()
+        .peer(NodeId(5), &deaf_ep)
+        .unwrap()
+        .peer(NodeId(6), &good_ep)
+        .unwrap()
+        .unsent_bytes(8 << 20, SHARE);
+    let mut node = ZmqTransport::start(cfg, &stop).await.unwrap();
+    within(secs(15), "both peers connected", async {
+        while node.stats().connects < 2 {
+            tokio::time::sleep(ms(5)).await; // poll the counter
+        }
+    })
+    .await;
+    // 250 MiB to the peer that reads nothing, each message its own
+    // allocation: only its 1 MiB share is held; every other send drops.
+    let before = rss_kib();
+    for batch in 0..40 {
+        for i in 0..100 {
+            node.send(NodeId(5), Bytes::from(vec![i as u8; 64 << 10]));
+        }
+        let s = node.stats();
+        assert!(s.unsent_bytes <= SHARE as u64, "batch {batch}: {s:?}");
+        tokio::task::yield_now().await;
+    }
+    let grown = rss_kib().saturating_sub(before);
+    let s = node.stats();
+    eprintln!("4000 x 64 KiB to a libzmq ROUTER peer that does not read: {s:?}, RSS +{grown} KiB");
+    assert!(s.dropped > 2_000, "{s:?}");
+    assert!(grown < 48 << 10, "RSS grew by {grown} KiB");
+    // The other peer is served.
+    node.send(NodeId(6), Bytes::from_static(b"for you"));
+    let got = good.recv(secs(10)).await.expect("the good peer's message");
+    assert_eq!(text(&got), ["n3", "for you"]);
+    stop.cancel();
+}
+
+/// The transport answers ZMTP 3.1 PINGs (the `zeromq` crate treated them
+/// as a protocol error), so a libzmq client with heartbeats on keeps its
+/// connection: libzmq drops one that hears nothing for the 300 ms timeout,
+/// and three such spans pass without a disconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libzmq_client_with_heartbeats_stays_connected() {
+    trace_init();
+    let stop = CancellationToken::new();
+    let mut node = ZmqTransport::start(ZmqConfig::new(NodeId(1)), &stop)
+        .await
+        .unwrap();
+    let ep = node.endpoint().unwrap().to_owned();
+    let dealer = Lz::new(zmq::DEALER);
+    dealer.with(|s| {
+        s.set_identity(b"n42").unwrap();
+        s.set_heartbeat_ivl(50).unwrap();
+        s.set_heartbeat_timeout(300).unwrap();
+    });
+    let monitor = dealer.monitor(zmq::SocketEvent::DISCONNECTED as i32);
+    dealer.connect(&ep);
+    dealer.send(&[b"hello"]).await;
+    recv_until(&mut node, NodeId(42), b"hello").await;
+    assert_eq!(
+        monitor.event(ms(900)).await,
+        None,
+        "libzmq dropped the connection"
+    );
+    node.send(NodeId(42), Bytes::from_static(b"still here"));
+    let got = dealer.recv(secs(10)).await.expect("the answer");
+    assert_eq!(text(&got), ["still here"]);
+    stop.cancel();
+}

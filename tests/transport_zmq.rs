@@ -229,3 +229,18 @@ async fn dropping_a_transport_stops_it() {
     assert_eq!(from, NodeId(1));
     parent.cancel();
 }
+
+#[test]
+fn endpoints_other_than_tcp_are_refused_up_front() {
+    use zpatterns::transport::TransportError;
+    let cfg = ZmqConfig::new(NodeId(1));
+    assert!(matches!(
+        cfg.clone().peer(NodeId(2), "ipc:///tmp/zpatterns-peer"),
+        Err(TransportError::TcpOnly(_))
+    ));
+    assert!(matches!(
+        cfg.clone().bind(Some("ipc:///tmp/zpatterns-node")),
+        Err(TransportError::TcpOnly(_))
+    ));
+    assert!(cfg.peer(NodeId(2), "tcp://127.0.0.1:5670").is_ok());
+}

@@ -272,6 +272,10 @@ pub enum TransportError {
     /// An endpoint string could not be used.
     #[error("endpoint: {0}")]
     Endpoint(#[from] crate::endpoint::EndpointError),
+    /// An endpoint of another transport than `tcp://` given to the ZeroMQ
+    /// transport (its ROUTER and DEALERs are this crate's ZMTP over TCP).
+    #[error("the ZeroMQ message transport speaks tcp:// only, not {0:?}")]
+    TcpOnly(String),
     /// The same node id was given two endpoints, or a node was given its own.
     #[error("peer {0} configured twice or equal to this node")]
     DuplicatePeer(NodeId),

@@ -96,6 +96,15 @@ const MAX_FRAMES: usize = 8;
 /// Time a client connecting to the ROUTER has for the ZMTP handshake.
 const ROUTER_HANDSHAKE: Duration = Duration::from_secs(10);
 
+/// `spec`, if it is a `tcp://` endpoint.
+fn tcp_only(spec: EndpointSpec) -> Result<EndpointSpec, TransportError> {
+    if spec.endpoint().starts_with("tcp://") {
+        Ok(spec)
+    } else {
+        Err(TransportError::TcpOnly(spec.endpoint().to_owned()))
+    }
+}
+
 /// The limits of one of the transport's ZMTP connections.
 fn connection_limits(cfg: &ZmqConfig, handshake: Duration) -> Limits {
     Limits {
@@ -154,13 +163,15 @@ impl ZmqConfig {
     pub fn bind(mut self, endpoint: Option<&str>) -> Result<Self, TransportError> {
         self.bind = endpoint
             .map(|e| EndpointSpec::parse(e, Attach::Bind))
+            .transpose()?
+            .map(tcp_only)
             .transpose()?;
         Ok(self)
     }
 
     /// Adds a peer reachable at `endpoint` (its ROUTER).
     pub fn peer(mut self, id: NodeId, endpoint: &str) -> Result<Self, TransportError> {
-        let spec = EndpointSpec::parse(endpoint, Attach::Connect)?;
+        let spec = tcp_only(EndpointSpec::parse(endpoint, Attach::Connect)?)?;
         if id == self.id || self.peers.insert(id, spec.endpoint().to_owned()).is_some() {
             return Err(TransportError::DuplicatePeer(id));
         }
@@ -437,7 +448,7 @@ impl ZmqTransport {
 
     /// Adds a peer after start (e.g. once its ephemeral port is known).
     pub fn add_peer(&mut self, id: NodeId, endpoint: &str) -> Result<(), TransportError> {
-        let spec = EndpointSpec::parse(endpoint, Attach::Connect)?;
+        let spec = tcp_only(EndpointSpec::parse(endpoint, Attach::Connect)?)?;
         if id == self.id || self.peers.contains_key(&id) {
             return Err(TransportError::DuplicatePeer(id));
         }
