@@ -81,6 +81,22 @@ async fn a_node_talks_to_a_libzmq_router_peer() {
     stop.cancel();
 }
 
+/// A libzmq DEALER with routing id `n<id>` (and `rcvhwm`, if given),
+/// connected to `node` and seen by it (its `hello` arrived).
+async fn client(node: &mut ZmqTransport, id: u32, rcvhwm: Option<i32>) -> Lz {
+    let d = Lz::new(zmq::DEALER);
+    d.with(|s| {
+        s.set_identity(format!("n{id}").as_bytes()).unwrap();
+        if let Some(h) = rcvhwm {
+            s.set_rcvhwm(h).unwrap();
+        }
+    });
+    d.connect(node.endpoint().unwrap());
+    d.send(&[b"hello"]).await;
+    recv_until(node, NodeId(id), b"hello").await;
+    d
+}
+
 /// Receives from `node` until `want` arrives from `from`; returns how many
 /// other messages were taken first.
 async fn recv_until(node: &mut ZmqTransport, from: NodeId, want: &[u8]) -> usize {
@@ -190,20 +206,8 @@ async fn a_libzmq_client_that_never_reads_does_not_hold_up_answers_to_others() {
     let stop = CancellationToken::new();
     let cfg = ZmqConfig::new(NodeId(1)).unsent_bytes(8 << 20, SHARE);
     let mut node = ZmqTransport::start(cfg, &stop).await.unwrap();
-    let ep = node.endpoint().unwrap().to_owned();
-    let good = Lz::new(zmq::DEALER);
-    good.with(|s| s.set_identity(b"n42").unwrap());
-    good.connect(&ep);
-    good.send(&[b"hello"]).await;
-    recv_until(&mut node, NodeId(42), b"hello").await;
-    let deaf = Lz::new(zmq::DEALER);
-    deaf.with(|s| {
-        s.set_identity(b"n66").unwrap();
-        s.set_rcvhwm(1).unwrap();
-    });
-    deaf.connect(&ep);
-    deaf.send(&[b"hello"]).await;
-    recv_until(&mut node, NodeId(66), b"hello").await;
+    let good = client(&mut node, 42, None).await;
+    let _deaf = client(&mut node, 66, Some(1)).await;
 
     // 250 MiB of answers, each its own 64 KiB allocation, to a client that
     // reads none: the node must neither wait for it nor keep more than its
@@ -276,11 +280,7 @@ async fn a_frame_header_announcing_a_terabyte_costs_nothing_and_the_good_client_
         .await
         .unwrap();
     let ep = node.endpoint().unwrap().to_owned();
-    let good = Lz::new(zmq::DEALER);
-    good.with(|s| s.set_identity(b"n42").unwrap());
-    good.connect(&ep);
-    good.send(&[b"hello"]).await;
-    recv_until(&mut node, NodeId(42), b"hello").await;
+    let good = client(&mut node, 42, None).await;
     let before = rss_kib();
     // The `zeromq` crate reserves a frame's announced length when it reads
     // the header: 1 TiB aborts the process ("memory allocation failed").
@@ -323,11 +323,7 @@ async fn connections_over_max_connections_are_refused_while_a_connected_client_i
     let cfg = ZmqConfig::new(NodeId(1)).max_connections(4);
     let mut node = ZmqTransport::start(cfg, &stop).await.unwrap();
     let ep = node.endpoint().unwrap().to_owned();
-    let good = Lz::new(zmq::DEALER);
-    good.with(|s| s.set_identity(b"n42").unwrap());
-    good.connect(&ep);
-    good.send(&[b"hello"]).await;
-    recv_until(&mut node, NodeId(42), b"hello").await;
+    let good = client(&mut node, 42, None).await;
     // Ten more libzmq clients: three fit, the others are closed at accept
     // (libzmq keeps reconnecting them, and each attempt is refused).
     let others: Vec<Lz> = (0..10)
