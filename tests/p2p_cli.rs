@@ -3,7 +3,8 @@
 //! errors; three processes in a line (A knows B, B knows C) find and fetch
 //! a file two hops away through the prompt and through `--fetch`, with
 //! the stored copy byte-identical; a name nobody has is "Could not find
-//! the file NAME" (and a non-zero exit for `--fetch`); every process is
+//! the file NAME" (and a non-zero exit for `--fetch`); a download that
+//! lasts over a second shows its progress on stderr; every process is
 //! killed when its test ends, pass or fail.
 
 #[allow(dead_code, unreachable_pub)]
@@ -338,4 +339,119 @@ fn three_processes_fetch_two_hops_away_through_the_prompt_and_fetch() {
     assert!(b.close_and_wait().success());
     assert!(c.close_and_wait().success());
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A share that takes at least 10 ms per chunk read, so a transfer lasts
+/// long enough for the progress display whatever the machine's speed.
+#[derive(Debug)]
+struct SlowShare(zpatterns::p2p::DirShare);
+
+impl zpatterns::p2p::Share for SlowShare {
+    fn list(&mut self) -> Vec<zpatterns::p2p::FileInfo> {
+        self.0.list()
+    }
+    fn lookup(&mut self, name: &str) -> Option<zpatterns::p2p::FileInfo> {
+        self.0.lookup(name)
+    }
+    fn read(
+        &mut self,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<bytes::Bytes, zpatterns::p2p::P2pError> {
+        std::thread::sleep(Duration::from_millis(10));
+        self.0.read(name, offset, len)
+    }
+    fn begin(
+        &mut self,
+        name: &str,
+        chunk_size: u32,
+        chunks: &[zpatterns::p2p::Hash],
+    ) -> Result<u64, zpatterns::p2p::P2pError> {
+        self.0.begin(name, chunk_size, chunks)
+    }
+    fn write(
+        &mut self,
+        name: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), zpatterns::p2p::P2pError> {
+        self.0.write(name, offset, data)
+    }
+    fn finish(
+        &mut self,
+        name: &str,
+        hash: &zpatterns::p2p::Hash,
+    ) -> Result<zpatterns::p2p::FileInfo, zpatterns::p2p::P2pError> {
+        self.0.finish(name, hash)
+    }
+    fn by_hash(&mut self, hash: &zpatterns::p2p::Hash) -> Option<zpatterns::p2p::FileInfo> {
+        self.0.by_hash(hash)
+    }
+    fn manifest(
+        &mut self,
+        info: &zpatterns::p2p::FileInfo,
+        chunk_size: u32,
+    ) -> Result<Vec<zpatterns::p2p::Hash>, zpatterns::p2p::P2pError> {
+        self.0.manifest(info, chunk_size)
+    }
+}
+
+/// A download that takes more than a second (200 chunks from a provider
+/// that reads each in at least 10 ms) shows its progress on stderr, then
+/// the usual result line.
+#[test]
+fn a_long_fetch_shows_its_progress() {
+    let base = temp_dir("progress");
+    let (src, dst) = (base.join("src"), base.join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let body = content(200 * 16 * 1024, 3);
+    std::fs::write(src.join("slow.bin"), &body).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let provider = rt.block_on(async {
+        let cfg = zpatterns::p2p::P2pConfig::new(
+            "tcp://127.0.0.1:0",
+            bytes::Bytes::from_static(b"provider"),
+        );
+        let share = SlowShare(zpatterns::p2p::DirShare::new(&src).unwrap());
+        zpatterns::p2p::P2p::start(cfg, Box::new(share), &stop)
+            .await
+            .unwrap()
+    });
+    let peers = write_peers(&base, &[provider.url()]);
+    let started = Instant::now();
+    let out = run(&[
+        "--url",
+        "tcp://127.0.0.1:0",
+        "--dir",
+        dst.to_str().unwrap(),
+        "--peers",
+        &peers,
+        "--chunk-kib",
+        "16",
+        "--credit",
+        "1",
+        "--fetch",
+        "slow.bin",
+    ]);
+    let took = started.elapsed();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "the provider's reads alone take 2 s"
+    );
+    assert!(stdout.contains("fetched slow.bin from "), "{stdout}");
+    // `\r  1.2 MiB of 3.1 MiB (38 %), 0.6 MB/s`, rewritten in place.
+    let shown: Vec<&str> = stderr
+        .split('\r')
+        .filter(|l| l.contains(" of 3.1 MiB (") && l.contains("%)") && l.contains("MB/s"))
+        .collect();
+    assert!(!shown.is_empty(), "no progress line on stderr: {stderr:?}");
+    assert!(std::fs::read(dst.join("slow.bin")).unwrap() == body);
+    stop.cancel();
+    drop(provider);
+    let _ = std::fs::remove_dir_all(base);
 }
