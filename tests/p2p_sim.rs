@@ -709,3 +709,36 @@ fn hellos_beyond_max_peers_are_refused_while_known_peers_are_served() {
     let (info, ..) = done(n.wait(0, Duration::from_secs(10)));
     assert_eq!(info.size, 10_000);
 }
+
+#[test]
+fn a_peer_is_dropped_only_after_repeated_failures_and_disconnected_once() {
+    // Node 0 knows 1 and 2; 1 is down. Every search asks both: node 1's
+    // silence is a failure each time, node 2's answer keeps it.
+    let mut n = net(3, |i| base(i).peer_failures(3));
+    n.link(0, 1);
+    n.link(0, 2);
+    let first = n.sim.node_mut(id(0)).unwrap().take_connects();
+    assert_eq!(first.len(), 2, "{first:?}");
+    n.sim.crash(id(1));
+    for round in 1..=3u64 {
+        n.fetch(0, &format!("missing-{round}")).unwrap();
+        assert_eq!(failed(n.wait(0, Duration::from_secs(30))), code::UNHANDLED);
+        let s = n.stats(0);
+        assert_eq!(s.timeouts, round, "{s:?}");
+        let gone = n.sim.node_mut(id(0)).unwrap().take_disconnects();
+        if round < 3 {
+            assert_eq!((s.peers, s.peers_dropped), (2, 0), "round {round}: {s:?}");
+            assert!(gone.is_empty(), "round {round}: {gone:?}");
+        } else {
+            assert_eq!((s.peers, s.peers_dropped), (1, 1), "{s:?}");
+            assert_eq!(gone, [id(1)]);
+        }
+    }
+    // Given once; a new hello connects again.
+    assert!(n.sim.node_mut(id(0)).unwrap().take_disconnects().is_empty());
+    n.sim.restart(id(1));
+    n.link(0, 1);
+    let again = n.sim.node_mut(id(0)).unwrap().take_connects();
+    assert_eq!(again, [(id(1), url(1))]);
+    assert_eq!(n.stats(0).peers, 2);
+}

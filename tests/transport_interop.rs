@@ -441,3 +441,52 @@ async fn a_libzmq_client_with_heartbeats_stays_connected() {
     assert_eq!(text(&got), ["still here"]);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_peer_is_disconnected_and_can_be_added_again() {
+    trace_init();
+    let stop = CancellationToken::new();
+    let router = Lz::new(zmq::ROUTER);
+    let ep = router.bind_loopback();
+    let monitor = router.monitor(zmq::SocketEvent::DISCONNECTED as i32);
+    let cfg = ZmqConfig::new(NodeId(3))
+        .bind(None)
+        .unwrap()
+        .peer(NodeId(5), &ep)
+        .unwrap();
+    let mut node = ZmqTransport::start(cfg, &stop).await.unwrap();
+    let deliver = |node: &mut ZmqTransport, what: &'static [u8]| {
+        node.send(NodeId(5), Bytes::from_static(what));
+    };
+    let got = within(secs(15), "message at libzmq", async {
+        loop {
+            deliver(&mut node, b"one");
+            if let Some(m) = router.recv(ms(100)).await {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(text(&got), ["n3", "one"]);
+    assert!(node.remove_peer(NodeId(5)));
+    assert!(!node.remove_peer(NodeId(5)));
+    assert!(
+        monitor.event(secs(10)).await.is_some(),
+        "the libzmq ROUTER saw the disconnect"
+    );
+    let dropped = node.stats().dropped;
+    deliver(&mut node, b"lost");
+    assert_eq!(node.stats().dropped, dropped + 1);
+    node.add_peer(NodeId(5), &ep).unwrap();
+    let got = within(secs(15), "message after re-adding", async {
+        loop {
+            deliver(&mut node, b"two");
+            if let Some(m) = router.recv(ms(100)).await {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(text(&got), ["n3", "two"]);
+    stop.cancel();
+}

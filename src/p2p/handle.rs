@@ -245,6 +245,9 @@ impl Driver {
     }
 
     fn flush(&mut self, out: &mut Outbox) {
+        for id in self.node.take_disconnects() {
+            self.transport.remove_peer(id);
+        }
         for (id, url) in self.node.take_connects() {
             if let Err(e) = self.transport.add_peer(id, &url) {
                 warn!(peer = %id, url = %url, cause = %e, "cannot connect to peer");

@@ -33,7 +33,8 @@
 //!   chunk and the download resumes after its last good chunk. A corrupt
 //!   chunk is asked again from another provider and the provider counted.
 //! - **Peers** are dropped after [`P2pConfig::peer_failures`] consecutive
-//!   failures (timeouts, corrupt chunks), never for a refusal.
+//!   failures (timeouts, corrupt chunks), never for a refusal; the driver
+//!   then closes the connection ([`P2pNode::take_disconnects`]).
 //!
 //! # Limits
 //!

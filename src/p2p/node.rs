@@ -146,6 +146,7 @@ pub struct P2pNode {
     peers: BTreeMap<NodeId, Peer>,
     connected: BTreeSet<NodeId>,
     connects: Vec<(NodeId, String)>,
+    disconnects: Vec<NodeId>,
     seen: HashMap<u64, Time>,
     seen_order: VecDeque<(Time, u64)>,
     searches: HashMap<u64, Search>,
@@ -174,6 +175,7 @@ impl P2pNode {
             peers: BTreeMap::new(),
             connected: BTreeSet::new(),
             connects: Vec::new(),
+            disconnects: Vec::new(),
             seen: HashMap::new(),
             seen_order: VecDeque::new(),
             searches: HashMap::new(),
@@ -240,6 +242,13 @@ impl P2pNode {
     /// learned): each is given once.
     pub fn take_connects(&mut self) -> Vec<(NodeId, String)> {
         std::mem::take(&mut self.connects)
+    }
+
+    /// Takes the peers the driver must disconnect from (dropped after
+    /// repeated failures): each is given once, and a later HELLO or
+    /// `hello` connects again.
+    pub fn take_disconnects(&mut self) -> Vec<NodeId> {
+        std::mem::take(&mut self.disconnects)
     }
 
     fn connect(&mut self, id: NodeId, url: &str) {
@@ -407,6 +416,9 @@ impl P2pNode {
                 info!(peer = %peer, url = %p.url, failures = p.failures, "dropping peer after consecutive failures");
                 self.peers.remove(&peer);
                 self.stats.peers_dropped += 1;
+                if self.connected.remove(&peer) {
+                    self.disconnects.push(peer);
+                }
             }
         }
     }

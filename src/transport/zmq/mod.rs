@@ -362,7 +362,8 @@ pub struct ZmqTransport {
     endpoint: Option<String>,
     inbound: mpsc::Receiver<(NodeId, Bytes)>,
     inbound_tx: Inbound,
-    peers: BTreeMap<NodeId, mpsc::Sender<Bytes>>,
+    /// Each peer's queue and the token that stops its link.
+    peers: BTreeMap<NodeId, (mpsc::Sender<Bytes>, CancellationToken)>,
     router_tx: Option<mpsc::Sender<(NodeId, Bytes)>>,
     counters: Arc<Counters>,
     unsent: Arc<Ledger>,
@@ -456,9 +457,27 @@ impl ZmqTransport {
         Ok(())
     }
 
+    /// Forgets a peer given by [`ZmqConfig::peer`] or
+    /// [`add_peer`](Self::add_peer): its DEALER link stops (what was queued
+    /// for it is dropped) and its connection closes. Messages to it go
+    /// through the ROUTER from then on, if it is connected there. Returns
+    /// whether it was a peer.
+    pub fn remove_peer(&mut self, id: NodeId) -> bool {
+        match self.peers.remove(&id) {
+            Some((_, stop)) => {
+                stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     fn spawn_peer(&mut self, peer: NodeId, endpoint: String) {
+        // Handles of links that ended (removed peers) are let go.
+        self.tasks.retain(|t| !t.is_finished());
         let (tx, rx) = mpsc::channel(self.cfg.queue);
-        self.peers.insert(peer, tx);
+        let stop = self.cancel.child_token();
+        self.peers.insert(peer, (tx, stop.clone()));
         let link = PeerLink {
             me: self.id,
             peer,
@@ -467,7 +486,7 @@ impl ZmqTransport {
             inbound: self.inbound_tx.clone(),
             counters: self.counters.clone(),
             cfg: self.cfg.clone(),
-            cancel: self.cancel.clone(),
+            cancel: stop,
         };
         let span =
             tracing::info_span!("zmq_peer", node = %self.id, peer = %peer, endpoint = %endpoint);
@@ -520,7 +539,7 @@ impl Transport for ZmqTransport {
             return;
         };
         let queued = match self.peers.get(&to) {
-            Some(tx) => tx.try_send(msg).is_ok(),
+            Some((tx, _)) => tx.try_send(msg).is_ok(),
             None => self
                 .router_tx
                 .as_ref()

@@ -103,8 +103,9 @@ pub(crate) async fn supervise(mut link: PeerLink) {
             }
         }
     }
-    // The connector stops on the same token; wait so that shutdown returns
-    // with every connection of this link closed.
+    // The link's own token (a child of the transport's): the connector
+    // stops too; wait so that shutdown returns with every connection of
+    // this link closed.
     link.cancel.cancel();
     let _ = connector.await;
 }
