@@ -490,3 +490,50 @@ async fn a_removed_peer_is_disconnected_and_can_be_added_again() {
     assert_eq!(text(&got), ["n3", "two"]);
     stop.cancel();
 }
+
+/// Each of 200 new libzmq clients sends at once on connecting and is
+/// answered at once: an answer never overtakes the ROUTER's news of its
+/// client's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_that_speaks_first_thing_is_answered() {
+    trace_init();
+    const CLIENTS: u32 = 200;
+    let stop = CancellationToken::new();
+    let mut node = ZmqTransport::start(ZmqConfig::new(NodeId(1)), &stop)
+        .await
+        .unwrap();
+    let ep = node.endpoint().unwrap().to_owned();
+    let clients: Vec<Lz> = (0..CLIENTS)
+        .map(|i| {
+            let d = Lz::new(zmq::DEALER);
+            d.with(|s| s.set_identity(format!("n{}", 1000 + i).as_bytes()).unwrap());
+            d.connect(&ep);
+            // Queued by libzmq until the handshake is done, then sent first.
+            d.with(|s| s.send(&b"first"[..], zmq::DONTWAIT).unwrap());
+            d
+        })
+        .collect();
+    within(secs(30), "every request answered on arrival", async {
+        for _ in 0..CLIENTS {
+            let (from, m) = recv(&mut node).await.unwrap();
+            assert_eq!(&m[..], b"first");
+            node.send(from, Bytes::from_static(b"answer"));
+        }
+    })
+    .await;
+    eventually(secs(10), "every answer routed or dropped", || {
+        let s = node.stats();
+        s.sent + s.dropped == u64::from(CLIENTS)
+    })
+    .await;
+    assert_eq!(node.stats().dropped, 0, "{:?}", node.stats());
+    for (i, c) in clients.iter().enumerate() {
+        let got = c.recv(secs(10)).await;
+        assert!(
+            got.is_some(),
+            "client {i} got no answer: {:?}",
+            node.stats()
+        );
+    }
+    stop.cancel();
+}

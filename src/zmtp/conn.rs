@@ -239,9 +239,29 @@ impl Role {
     }
 }
 
+/// Takes a connection's complete messages from its reader task itself,
+/// without a hop through the server's task (the message transport, whose
+/// hand-off never waits). `identity` is the peer's READY `Identity`.
+pub(crate) trait Deliver: Send + Sync {
+    fn deliver(&self, identity: &Bytes, msgs: Vec<Shared>, skipped: Skipped);
+}
+
+/// A [`Deliver`] in [`Limits`].
+#[derive(Clone)]
+pub(crate) struct Direct(pub(crate) Arc<dyn Deliver>);
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Direct")
+    }
+}
+
 /// Connection limits (and the routing id a DEALER announces).
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
+    /// Where complete messages go: the reader's own call of this, or (when
+    /// `None`) [`Up::Batch`] to the server.
+    pub(crate) direct: Option<Direct>,
     pub(crate) role: Role,
     /// The `Identity` property sent in our READY, when not empty.
     pub(crate) identity: Bytes,
@@ -369,7 +389,7 @@ async fn run(
         peer,
         remote,
         kind,
-        identity,
+        identity: identity.clone(),
         tx,
         kill: kill.clone(),
     };
@@ -379,7 +399,7 @@ async fn run(
     *announced = true;
     let mut writer = tokio::spawn(write_loop(wr, rx));
     let r = tokio::select! {
-        r = read_loop(&mut rd, &mut buf, peer, &limits, up, &pong_tx) => r,
+        r = read_loop(&mut rd, &mut buf, (peer, &identity), &limits, up, &pong_tx) => r,
         w = &mut writer => Err(match w {
             Ok(true) => Closing(CloseCause::Overflow, "dropped by the server (its queue overflowed)".to_owned()),
             _ => Closing::error("write error"),
@@ -544,11 +564,17 @@ impl Assembly {
 async fn read_loop<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
-    peer: u64,
+    (peer, identity): (u64, &Bytes),
     limits: &Limits,
     up: &mpsc::Sender<Up>,
     pong: &mpsc::WeakSender<Out>,
 ) -> Result<(), Closing> {
+    let to = Handover {
+        up,
+        peer,
+        identity,
+        direct: limits.direct.as_ref(),
+    };
     let mut asm = Assembly::default();
     let mut batch: Vec<Shared> = Vec::new();
     let mut batch_bytes = 0;
@@ -600,7 +626,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 batch.push(asm.frames.drain(..).collect());
                 if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_MSGS {
                     batch_bytes = 0;
-                    if !hand_over(up, peer, &mut batch, &mut asm.skipped).await {
+                    if !to.hand_over(&mut batch, &mut asm.skipped).await {
                         return Ok(());
                     }
                 }
@@ -608,7 +634,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         if !batch.is_empty() || asm.skipped.any() {
             batch_bytes = 0;
-            if !hand_over(up, peer, &mut batch, &mut asm.skipped).await {
+            if !to.hand_over(&mut batch, &mut asm.skipped).await {
                 return Ok(());
             }
         }
@@ -630,25 +656,35 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-/// Sends the batch (and the skip counts) to the server; false once the
-/// server is gone.
-async fn hand_over(
-    up: &mpsc::Sender<Up>,
+/// Where a reader's batches go.
+struct Handover<'a> {
+    up: &'a mpsc::Sender<Up>,
     peer: u64,
-    batch: &mut Vec<Shared>,
-    skipped: &mut Skipped,
-) -> bool {
-    // The next batch starts at this one's size: no regrowth from empty.
-    let next = Vec::with_capacity(batch.len());
-    let msgs = std::mem::replace(batch, next);
-    let skipped = std::mem::take(skipped);
-    up.send(Up::Batch {
-        peer,
-        msgs,
-        skipped,
-    })
-    .await
-    .is_ok()
+    identity: &'a Bytes,
+    direct: Option<&'a Direct>,
+}
+
+impl Handover<'_> {
+    /// Hands the batch (and the skip counts) over; false once the server
+    /// is gone.
+    async fn hand_over(&self, batch: &mut Vec<Shared>, skipped: &mut Skipped) -> bool {
+        // The next batch starts at this one's size: no regrowth from empty.
+        let next = Vec::with_capacity(batch.len());
+        let msgs = std::mem::replace(batch, next);
+        let skipped = std::mem::take(skipped);
+        if let Some(Direct(d)) = self.direct {
+            d.deliver(self.identity, msgs, skipped);
+            return !self.up.is_closed();
+        }
+        self.up
+            .send(Up::Batch {
+                peer: self.peer,
+                msgs,
+                skipped,
+            })
+            .await
+            .is_ok()
+    }
 }
 
 /// Answers PINGs; maps a subscriber's ZMTP 3.1 SUBSCRIBE/CANCEL commands to

@@ -307,6 +307,7 @@ impl XPubServer {
         // what a subscription flood holds in flight.
         let (up_tx, up) = mpsc::channel(16);
         let limits = Limits {
+            direct: None,
             identity: Bytes::new(),
             role: Role::XPub,
             hwm: options.hwm,

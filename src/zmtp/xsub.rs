@@ -190,6 +190,7 @@ impl XSubServer {
         let cancel = CancellationToken::new();
         let (up_tx, up) = mpsc::channel(QUEUED_BATCHES);
         let limits = Limits {
+            direct: None,
             identity: bytes::Bytes::new(),
             role: Role::XSub,
             hwm: options.send_queue,

@@ -82,7 +82,7 @@ mod unsent;
 use super::{NodeId, Transport, TransportError, TransportStats};
 use crate::endpoint::{Attach, EndpointSpec};
 use crate::ratelog::LogLimiter;
-use crate::zmtp::conn::{Limits, Role};
+use crate::zmtp::conn::{Deliver, Direct, Limits, Role, Shared, Skipped};
 use crate::zmtp::net;
 use peer::{supervise, PeerLink};
 use unsent::Ledger;
@@ -108,6 +108,7 @@ fn tcp_only(spec: EndpointSpec) -> Result<EndpointSpec, TransportError> {
 /// The limits of one of the transport's ZMTP connections.
 fn connection_limits(cfg: &ZmqConfig, handshake: Duration) -> Limits {
     Limits {
+        direct: None,
         role: Role::Router,
         identity: Bytes::new(),
         hwm: cfg.queue,
@@ -350,6 +351,73 @@ impl Inbound {
     }
 }
 
+/// Takes a connection's messages from its reader task straight into the
+/// node's inbound queue: `[payload]` from a valid `n<id>` (the peer of a
+/// DEALER link, or the `Identity` of a ROUTER client), everything else
+/// counted as garbage.
+#[derive(Debug)]
+pub(crate) struct ToNode {
+    inbound: Inbound,
+    counters: Arc<Counters>,
+    /// The sender of everything on this connection (a DEALER link's peer);
+    /// `None` at the ROUTER, where the identity names it.
+    from: Option<NodeId>,
+    log: Mutex<LogLimiter>,
+}
+
+impl ToNode {
+    pub(crate) fn new(inbound: Inbound, counters: Arc<Counters>, from: Option<NodeId>) -> Self {
+        ToNode {
+            inbound,
+            counters,
+            from,
+            log: Mutex::default(),
+        }
+    }
+
+    /// `self` as connection limits' direct delivery.
+    pub(crate) fn direct(self: &Arc<Self>) -> Option<Direct> {
+        Some(Direct(self.clone()))
+    }
+}
+
+impl Deliver for ToNode {
+    fn deliver(&self, identity: &Bytes, msgs: Vec<Shared>, skipped: Skipped) {
+        let c = &self.counters;
+        c.oversized.fetch_add(skipped.oversized, Ordering::Relaxed);
+        c.garbage
+            .fetch_add(skipped.too_many_frames, Ordering::Relaxed);
+        let mut log = self.log.lock().expect("delivery log lock");
+        if skipped.oversized > 0 {
+            if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                warn!(
+                    skipped = skipped.oversized,
+                    limit = self.inbound.max_message,
+                    suppressed,
+                    "oversized messages skipped unread"
+                );
+            }
+        }
+        let from = self.from.or_else(|| NodeId::from_identity(identity));
+        for msg in msgs {
+            match (from, &msg[..]) {
+                (Some(from), [payload]) => self.inbound.offer(from, payload.clone(), &mut log),
+                _ => {
+                    Counters::bump(&c.garbage);
+                    if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                        warn!(
+                            identity = %crate::frames::render(identity),
+                            frames = msg.len(),
+                            suppressed,
+                            "malformed message dropped (want [payload] from identity n<id>)"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A node's ZeroMQ transport: the handle of its ROUTER and peer tasks.
 ///
 /// Dropping it cancels its tasks without waiting (they stop in the
@@ -405,25 +473,18 @@ impl ZmqTransport {
             let (up_tx, up_rx) = mpsc::channel(UP_QUEUE);
             let (tx, rx) = mpsc::channel(cfg.queue);
             let span = tracing::info_span!("zmq_router", node = %cfg.id, endpoint = %ep);
+            let to_node = Arc::new(ToNode::new(inbound_tx.clone(), counters.clone(), None));
+            let limits = Limits {
+                direct: to_node.direct(),
+                ..connection_limits(&cfg, ROUTER_HANDSHAKE)
+            };
             tasks.push(tokio::spawn(
-                net::accept_loop(
-                    listener,
-                    connection_limits(&cfg, ROUTER_HANDSHAKE),
-                    cfg.max_connections,
-                    up_tx,
-                    cancel.clone(),
-                )
-                .instrument(span.clone()),
+                net::accept_loop(listener, limits, cfg.max_connections, up_tx, cancel.clone())
+                    .instrument(span.clone()),
             ));
             tasks.push(tokio::spawn(
-                router::route(
-                    up_rx,
-                    rx,
-                    inbound_tx.clone(),
-                    counters.clone(),
-                    cancel.clone(),
-                )
-                .instrument(span),
+                router::route(up_rx, rx, to_node, counters.clone(), cancel.clone())
+                    .instrument(span),
             ));
             endpoint = Some(ep);
             router_tx = Some(tx);

@@ -3,20 +3,19 @@
 //! ROUTER. The connect loop connects in the background with a bounded
 //! timeout and backoff and reconnects whenever the connection ends (the
 //! peer restarted); this task moves the node's messages to the connection
-//! while it is up and passes what the peer sends back to the node.
+//! while it is up. What the peer sends back goes from the connection's
+//! reader straight to the node ([`ToNode`]).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::{Counters, Inbound, ZmqConfig};
-use crate::ratelog::LogLimiter;
+use super::{Counters, Inbound, ToNode, ZmqConfig};
 use crate::transport::NodeId;
-use crate::zmtp::conn::{Limits, Out, Role, Up};
+use crate::zmtp::conn::{Deliver, Limits, Out, Role, Up};
 use crate::zmtp::net;
 
 /// Everything a link needs.
@@ -37,7 +36,13 @@ pub(crate) async fn supervise(mut link: PeerLink) {
         warn!("only tcp:// endpoints are supported; this peer is unreachable");
         return;
     };
+    let to_node = Arc::new(ToNode::new(
+        link.inbound.clone(),
+        link.counters.clone(),
+        Some(link.peer),
+    ));
     let limits = Limits {
+        direct: to_node.direct(),
         role: Role::Dealer,
         identity: link.me.identity(),
         ..super::connection_limits(&link.cfg, link.cfg.connect_timeout)
@@ -56,10 +61,10 @@ pub(crate) async fn supervise(mut link: PeerLink) {
     );
     let mut conn: Option<(u64, mpsc::Sender<Out>)> = None;
     let mut pending: Option<Bytes> = None;
-    let mut log = LogLimiter::default();
     loop {
         let writer = conn.as_ref().map(|(_, tx)| tx.clone());
         tokio::select! {
+            biased;
             _ = link.cancel.cancelled() => break,
             event = up.recv() => match event {
                 None => break,
@@ -68,20 +73,8 @@ pub(crate) async fn supervise(mut link: PeerLink) {
                     info!("connected");
                     conn = Some((peer, tx));
                 }
-                Some(Up::Batch { msgs, skipped, .. }) => {
-                    link.counters.oversized.fetch_add(skipped.oversized, std::sync::atomic::Ordering::Relaxed);
-                    link.counters.garbage.fetch_add(skipped.too_many_frames, std::sync::atomic::Ordering::Relaxed);
-                    for msg in msgs {
-                        if let [payload] = &msg[..] {
-                            link.inbound.offer(link.peer, payload.clone(), &mut log);
-                        } else {
-                            Counters::bump(&link.counters.garbage);
-                            if let Some(suppressed) = log.check(Instant::now()) {
-                                warn!(frames = msg.len(), suppressed, "malformed message from peer dropped");
-                            }
-                        }
-                    }
-                }
+                // Only without direct delivery; the same handling.
+                Some(Up::Batch { msgs, skipped, .. }) => to_node.deliver(&Bytes::new(), msgs, skipped),
                 Some(Up::Closed { peer, reason, .. }) => {
                     if conn.as_ref().is_some_and(|(p, _)| *p == peer) {
                         conn = None;

@@ -1,8 +1,9 @@
 //! The ROUTER of [`ZmqTransport`](super::ZmqTransport), on this crate's
-//! own ZMTP connections ([`crate::zmtp`]): one task that accepts DEALERs,
-//! knows each by the `Identity` of its READY, passes `[payload]` messages
-//! from `n<id>` identities to the node and routes the node's answers to
-//! the connection of that identity without ever waiting.
+//! own ZMTP connections ([`crate::zmtp`]): one task that knows each
+//! connected DEALER by the `Identity` of its READY and routes the node's
+//! answers to the connection of that identity without ever waiting. What
+//! the clients send goes from each connection's reader straight to the
+//! node ([`ToNode`]).
 //!
 //! A connection whose writer queue is full (a client that does not read)
 //! has its answers dropped and counted; nothing else waits for it. A new
@@ -18,10 +19,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{Counters, Inbound};
+use super::{Counters, ToNode};
 use crate::ratelog::LogLimiter;
 use crate::transport::NodeId;
-use crate::zmtp::conn::{Out, Up};
+use crate::zmtp::conn::{Deliver, Out, Up};
 
 /// One live connection.
 struct Conn {
@@ -35,7 +36,7 @@ struct Conn {
 pub(crate) async fn route(
     mut up: mpsc::Receiver<Up>,
     mut answers: mpsc::Receiver<(NodeId, Bytes)>,
-    inbound: Inbound,
+    to_node: Arc<ToNode>,
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) {
@@ -45,6 +46,12 @@ pub(crate) async fn route(
     let mut slow = LogLimiter::default();
     loop {
         tokio::select! {
+            // Connection events first: a client's request reaches the node
+            // straight from its reader, so the node's answer can be queued
+            // here before this task has seen the client's `Connected`,
+            // which was queued before the request was read. Taking events
+            // first, the answer finds the connection.
+            biased;
             _ = cancel.cancelled() => return,
             event = up.recv() => match event {
                 None => return,
@@ -56,33 +63,10 @@ pub(crate) async fn route(
                         old.kill.cancel();
                     }
                 }
+                // Only without direct delivery; the same handling.
                 Some(Up::Batch { peer, msgs, skipped }) => {
-                    let n = skipped.oversized;
-                    counters.oversized.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                    counters.garbage.fetch_add(skipped.too_many_frames, std::sync::atomic::Ordering::Relaxed);
-                    if n > 0 {
-                        if let Some(suppressed) = log.check(Instant::now()) {
-                            warn!(peer, skipped = n, suppressed, "oversized messages skipped unread");
-                        }
-                    }
-                    let identity = identities.get(&peer);
-                    let from = identity.and_then(|id| NodeId::from_identity(id));
-                    for msg in msgs {
-                        match (from, &msg[..]) {
-                            (Some(from), [payload]) => inbound.offer(from, payload.clone(), &mut log),
-                            _ => {
-                                Counters::bump(&counters.garbage);
-                                if let Some(suppressed) = log.check(Instant::now()) {
-                                    warn!(
-                                        identity = ?identity.map(|i| crate::frames::render(i)),
-                                        frames = msg.len(),
-                                        suppressed,
-                                        "malformed message dropped (want a DEALER with identity n<id> sending [payload])"
-                                    );
-                                }
-                            }
-                        }
-                    }
+                    let identity = identities.get(&peer).cloned().unwrap_or_default();
+                    to_node.deliver(&identity, msgs, skipped);
                 }
                 Some(Up::Closed { peer, reason, .. }) => {
                     debug!(peer, %reason, "client gone");
