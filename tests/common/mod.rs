@@ -75,6 +75,46 @@ pub fn lz_ctx() -> &'static zmq::Context {
     CTX.get_or_init(zmq::Context::new)
 }
 
+fn monitor_endpoint() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "inproc://lz-monitor-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// A libzmq socket monitor and the socket it watches.
+///
+/// libzmq 4.3 sends monitor events from its I/O thread with a *blocking*
+/// send on the monitor's PAIR: once that PAIR's reader is closed, the next
+/// event (a disconnect at teardown) blocks the I/O thread for good, and
+/// with it every libzmq socket of the process. Dropping a `Monitor`
+/// therefore first re-points the watched socket's monitoring at a fresh
+/// endpoint with no events (libzmq closes the old monitor), and only then
+/// closes the reader.
+pub struct Monitor {
+    pair: Lz,
+    watched: Lz,
+}
+
+impl Monitor {
+    /// The next event's number, or `None` after `timeout`.
+    pub async fn event(&self, timeout: Duration) -> Option<u16> {
+        let m = self.pair.recv(timeout).await?;
+        Some(u16::from_le_bytes([m[0][0], m[0][1]]))
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let ep = monitor_endpoint();
+        self.watched.with(|s| {
+            let _ = s.monitor(&ep, 0);
+        });
+    }
+}
+
 /// A libzmq socket usable from async tests: blocking calls run on tokio's
 /// blocking pool.
 #[derive(Clone)]
@@ -146,26 +186,17 @@ impl Lz {
         .unwrap()
     }
 
-    /// Starts a socket monitor for `events` (`zmq::SocketEvent` bits) and
-    /// returns the PAIR socket it reports on (read it with [`Lz::event`]).
-    pub fn monitor(&self, events: i32) -> Lz {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let ep = format!(
-            "inproc://lz-monitor-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
+    /// Starts a socket monitor for `events` (`zmq::SocketEvent` bits);
+    /// read it with [`Monitor::event`].
+    pub fn monitor(&self, events: i32) -> Monitor {
+        let ep = monitor_endpoint();
         self.with(|s| s.monitor(&ep, events).expect("libzmq monitor"));
         let pair = Lz::new(zmq::PAIR);
         pair.connect(&ep);
-        pair
-    }
-
-    /// On a monitor's PAIR socket: the next event's number, or `None` after
-    /// `timeout`.
-    pub async fn event(&self, timeout: Duration) -> Option<u16> {
-        let m = self.recv(timeout).await?;
-        Some(u16::from_le_bytes([m[0][0], m[0][1]]))
+        Monitor {
+            pair,
+            watched: self.clone(),
+        }
     }
 
     /// Receives until `timeout` passes with nothing new.
