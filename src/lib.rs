@@ -84,7 +84,9 @@
 //!   backend and frontend, with per-subscriber queues and limits (the
 //!   `zeromq` crate's XPUB blocks on one slow subscriber, and its sockets
 //!   have no message size limit); its XSUB, also answering PUSH peers as a
-//!   PULL, is the Clone server's collector.
+//!   PULL, is the Clone server's collector; its ROUTER and DEALER
+//!   connections carry `transport`'s `ZmqTransport` (the `zeromq` crate
+//!   reserves whatever length a frame header announces).
 //! - [`pubsub`]: the XSUB/XPUB proxy (slow-subscriber policy, counters,
 //!   limits, hooks) that Espresso and the Last Value Cache build on.
 //! - [`espresso`]: the tracing proxy (Guide ch. 5, "Pub-Sub Tracing",
@@ -109,7 +111,8 @@
 //!   unsynced writes.
 //! - [`transport`]: the sans-IO `Process` contract of the consensus cores,
 //!   a message `Transport` trait, `ZmqTransport` (ROUTER in, supervised
-//!   DEALERs out), an in-memory `MemNet`, and the tokio driver.
+//!   DEALERs out, on [`zmtp`]'s connections, unsent bytes bounded), an
+//!   in-memory `MemNet`, and the tokio driver.
 //! - [`sim`]: `Sim`, a seeded virtual-time network that delays, reorders,
 //!   drops, duplicates, partitions and crashes on purpose.
 //! - [`paxos`]: a Multi-Paxos replicated key-value store, proven by a
