@@ -31,7 +31,9 @@
 //!   only once the SHA-256 of the whole content equals the hash searched
 //!   for. A `.part` left by an interrupted download is verified chunk by
 //!   chunk and the download resumes after its last good chunk. A corrupt
-//!   chunk is asked again from another provider and the provider counted.
+//!   chunk is asked again from another provider and the provider counted;
+//!   a download that fails against one provider's manifest starts over
+//!   from another's ([`P2pStats::bad_manifests`]).
 //! - **Peers** are dropped after [`P2pConfig::peer_failures`] consecutive
 //!   failures (timeouts, corrupt chunks), never for a refusal; the driver
 //!   then closes the connection ([`P2pNode::take_disconnects`]).

@@ -91,6 +91,9 @@ pub struct P2pStats {
     pub bytes_resumed: u64,
     /// Chunks that failed verification (the provider is counted).
     pub corrupt_chunks: u64,
+    /// Manifests given up on: a download failed against one provider's
+    /// manifest and started over from another's (that provider counted).
+    pub bad_manifests: u64,
     /// Requests that timed out (query answers, manifests, chunks).
     pub timeouts: u64,
     /// Peers dropped after consecutive failures.
@@ -648,6 +651,7 @@ impl P2pNode {
 
     fn settle(&mut self, now: Time, id: u64, progress: Progress, report: Report, out: &mut Outbox) {
         self.stats.corrupt_chunks += report.corrupt;
+        self.stats.bad_manifests += report.bad_manifests;
         self.stats.timeouts += report.timeouts;
         self.stats.chunks_received += report.chunks;
         self.stats.bytes_received += report.bytes;
@@ -902,8 +906,8 @@ impl P2pNode {
                         self.maybe_complete(now, id, out);
                     }
                 } else {
-                    self.with_transfer(now, id, out, |t, share, out, _| {
-                        t.on_error(now, from, c, share, out)
+                    self.with_transfer(now, id, out, |t, share, out, r| {
+                        t.on_error(now, from, c, share, out, r)
                     });
                 }
             }

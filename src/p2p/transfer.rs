@@ -27,6 +27,11 @@ pub(crate) struct Provider {
     pub(crate) node: NodeId,
     pub(crate) url: String,
     bad: bool,
+    /// Bad only for chunks that did not match the manifest in use (which
+    /// may itself be the lie): forgiven when another manifest is tried.
+    blamed: bool,
+    /// Its manifest was asked for.
+    manifest_tried: bool,
     strikes: u32,
     inflight: usize,
     pub(crate) delivered: u64,
@@ -55,6 +60,9 @@ pub(crate) struct Report {
     pub(crate) chunks: u64,
     pub(crate) bytes: u64,
     pub(crate) path_refused: bool,
+    /// Manifests given up on (the download failed against them while
+    /// another provider's manifest was left to try).
+    pub(crate) bad_manifests: u64,
 }
 
 #[derive(Debug)]
@@ -83,6 +91,8 @@ pub(crate) struct Transfer {
     timeout: Duration,
     strikes: u32,
     last_refusal: Option<u32>,
+    /// The provider whose manifest the chunks are checked against.
+    manifest_from: Option<usize>,
 }
 
 impl Transfer {
@@ -104,6 +114,8 @@ impl Transfer {
                 node,
                 url,
                 bad: false,
+                blamed: false,
+                manifest_tried: false,
                 strikes: 0,
                 inflight: 0,
                 delivered: 0,
@@ -130,6 +142,7 @@ impl Transfer {
             timeout,
             strikes,
             last_refusal: None,
+            manifest_from: None,
         }
     }
 
@@ -144,15 +157,14 @@ impl Transfer {
         (self.info.size - pending.min(self.info.size), self.info.size)
     }
 
-    /// Asks the next good provider for the manifest.
+    /// Asks the next good provider not asked yet for the manifest.
     pub(crate) fn start(&mut self, now: Time, out: &mut Outbox) -> Progress {
-        let from = match self.phase {
-            Phase::Manifest { provider, .. } if provider != usize::MAX => provider + 1,
-            _ => 0,
-        };
-        let Some(p) = (from..self.providers.len()).find(|p| !self.providers[*p].bad) else {
+        let Some(p) = (0..self.providers.len())
+            .find(|p| !self.providers[*p].bad && !self.providers[*p].manifest_tried)
+        else {
             return Progress::Failed(self.last_refusal.unwrap_or(code::TRANSFER_FAILED));
         };
+        self.providers[p].manifest_tried = true;
         out.send(
             self.providers[p].node,
             Msg::GetManifest {
@@ -167,6 +179,56 @@ impl Transfer {
             deadline: now + self.timeout,
         };
         Progress::Running
+    }
+
+    /// The download failed against the manifest in use (no provider's
+    /// chunks match it any more, or the whole file's hash is wrong): if
+    /// another provider's manifest is left to try, the manifest's provider
+    /// is marked bad, the providers blamed only against it are forgiven,
+    /// and the download starts over from that manifest (the verified
+    /// chunks of the `.part` that it confirms are kept). Each manifest is
+    /// tried once, so this ends.
+    fn retry_manifest(
+        &mut self,
+        now: Time,
+        failure: u32,
+        out: &mut Outbox,
+        report: &mut Report,
+    ) -> Progress {
+        let Some(m) = self.manifest_from else {
+            return Progress::Failed(failure);
+        };
+        let left = self
+            .providers
+            .iter()
+            .enumerate()
+            .any(|(i, p)| i != m && !p.manifest_tried && (!p.bad || p.blamed));
+        if !left {
+            return Progress::Failed(failure);
+        }
+        report.bad_manifests += 1;
+        report.failed.push(self.providers[m].node);
+        for (i, p) in self.providers.iter_mut().enumerate() {
+            if i == m {
+                p.bad = true;
+                p.blamed = false;
+            } else if p.blamed {
+                p.bad = false;
+                p.blamed = false;
+            }
+            p.inflight = 0;
+            // What was delivered against the lie is not what is stored.
+            p.delivered = 0;
+        }
+        self.manifest_from = None;
+        self.inflight.clear();
+        self.missing.clear();
+        self.chunks.clear();
+        self.phase = Phase::Manifest {
+            provider: usize::MAX,
+            deadline: now,
+        };
+        self.start(now, out)
     }
 
     fn provider_of(&self, node: NodeId) -> Option<usize> {
@@ -208,6 +270,7 @@ impl Transfer {
             report.failed.push(from);
             return self.start(now, out);
         }
+        self.manifest_from = Some(provider);
         self.chunk_size = chunk_size;
         self.chunks = chunks;
         let resume = match share.begin(&self.info.name, chunk_size, &self.chunks) {
@@ -222,14 +285,23 @@ impl Transfer {
         let first = (resume / u64::from(chunk_size)) as u32;
         self.missing = (first..self.chunks.len() as u32).collect();
         self.phase = Phase::Chunks;
-        self.pump(now, share, out)
+        self.pump(now, share, out, report)
     }
 
     /// Fills the credit window.
-    fn pump(&mut self, now: Time, share: &mut dyn Share, out: &mut Outbox) -> Progress {
+    fn pump(
+        &mut self,
+        now: Time,
+        share: &mut dyn Share,
+        out: &mut Outbox,
+        report: &mut Report,
+    ) -> Progress {
         if self.missing.is_empty() && self.inflight.is_empty() {
             return match share.finish(&self.info.name, &self.info.hash) {
                 Ok(info) => Progress::Done(info),
+                Err(P2pError::Corrupt) => {
+                    self.retry_manifest(now, code::TRANSFER_FAILED, out, report)
+                }
                 Err(_) => Progress::Failed(code::TRANSFER_FAILED),
             };
         }
@@ -261,7 +333,8 @@ impl Transfer {
             );
         }
         if self.inflight.is_empty() {
-            return Progress::Failed(self.last_refusal.unwrap_or(code::TRANSFER_FAILED));
+            let failure = self.last_refusal.unwrap_or(code::TRANSFER_FAILED);
+            return self.retry_manifest(now, failure, out, report);
         }
         Progress::Running
     }
@@ -295,7 +368,9 @@ impl Transfer {
             report.corrupt += 1;
             report.failed.push(from);
             self.providers[p].bad = true;
-            return self.pump(now, share, out);
+            // Against this manifest; another may show it honest.
+            self.providers[p].blamed = self.manifest_from != Some(p);
+            return self.pump(now, share, out, report);
         }
         let offset = u64::from(index) * u64::from(self.chunk_size);
         if share.write(&self.info.name, offset, &data).is_err() {
@@ -308,7 +383,7 @@ impl Transfer {
         report.chunks += 1;
         report.bytes += data.len() as u64;
         report.succeeded.push(from);
-        self.pump(now, share, out)
+        self.pump(now, share, out, report)
     }
 
     /// A provider refused (an ERROR frame for this download).
@@ -319,6 +394,7 @@ impl Transfer {
         code: u32,
         share: &mut dyn Share,
         out: &mut Outbox,
+        report: &mut Report,
     ) -> Progress {
         let Some(p) = self.provider_of(from) else {
             return Progress::Running;
@@ -337,7 +413,7 @@ impl Transfer {
         match self.phase {
             Phase::Manifest { provider, .. } if provider == p => self.start(now, out),
             Phase::Manifest { .. } => Progress::Running,
-            Phase::Chunks => self.pump(now, share, out),
+            Phase::Chunks => self.pump(now, share, out, report),
         }
     }
 
@@ -385,9 +461,10 @@ impl Transfer {
                 report.failed.push(prov.node);
                 if prov.strikes >= self.strikes {
                     prov.bad = true;
+                    prov.blamed = false;
                 }
             }
         }
-        self.pump(now, share, out)
+        self.pump(now, share, out, report)
     }
 }
