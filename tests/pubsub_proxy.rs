@@ -155,16 +155,24 @@ async fn a_stalled_subscriber_loses_only_its_own_messages() {
     publish_until_received(&publisher, &[b"WARM"], &reader).await;
     // Enough 1 KiB messages to fill the stalled subscriber's kernel buffers
     // (a few MiB each side) and its queue many times over.
+    // The publisher stays at most WINDOW messages ahead of the reader,
+    // well inside the reader's own queue (1000): the reader is a
+    // well-behaved subscriber however slowly this test runs, while the
+    // stalled one falls behind without bound.
     const N: u32 = 30_000;
+    const WINDOW: u32 = 400;
+    let read = Arc::new(AtomicUsize::new(0));
     let p = publisher.clone();
+    let r = read.clone();
     let sender = tokio::task::spawn_blocking(move || {
-        p.with(|s| {
-            for i in 0..N {
-                let mut m = i.to_be_bytes().to_vec();
-                m.resize(1024, b'x');
-                s.send(m, 0).unwrap();
+        for i in 0..N {
+            while i as usize >= r.load(Ordering::Relaxed) + WINDOW as usize {
+                std::thread::sleep(std::time::Duration::from_millis(1)); // until the reader catches up
             }
-        })
+            let mut m = i.to_be_bytes().to_vec();
+            m.resize(1024, b'x');
+            p.with(|s| s.send(m, 0).unwrap());
+        }
     });
     let mut received = 0u32;
     let mut last = None;
@@ -189,6 +197,7 @@ async fn a_stalled_subscriber_loses_only_its_own_messages() {
             );
             last = Some(seq);
             received += 1;
+            read.store(received as usize, Ordering::Relaxed);
         }
     })
     .await;
