@@ -10,7 +10,8 @@
 //!   that delays, reorders, drops, duplicates, partitions and crashes on
 //!   purpose (the test battery);
 //! - [`driver::run`] over a [`Transport`]: [`zmq::ZmqTransport`] (a ROUTER per
-//!   node on TCP, one supervised DEALER per peer) or [`mem::MemNet`] (tokio
+//!   node on TCP, one reconnecting DEALER per peer, on this crate's own ZMTP
+//!   connections) or [`mem::MemNet`] (tokio
 //!   channels, for benchmarks and tests without sockets).
 //!
 //! Messages are opaque [`Bytes`] addressed by [`NodeId`]: the cores own

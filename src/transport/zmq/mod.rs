@@ -88,7 +88,7 @@ use peer::{supervise, PeerLink};
 use unsent::Ledger;
 
 /// Connection events queued between a connection and its ROUTER or peer
-/// task (each a batch of at most 64 KiB or 1,024 messages, or one message).
+/// task (connected and closed; messages go straight to the node).
 const UP_QUEUE: usize = 64;
 /// Frames per message read before the rest of it is skipped unread (the
 /// contract is one frame; a few more are read and counted as garbage).
@@ -204,11 +204,11 @@ impl ZmqConfig {
     }
 
     /// Largest payload accepted from any peer, in bytes (default 16 MiB).
-    /// Larger messages are dropped after receipt and counted in
-    /// [`TransportStats::oversized`]; the bound applies to what this crate
-    /// keeps, not to the frame the `zeromq` crate reads (see the module
-    /// docs). Set it at least as large as the biggest message the protocol
-    /// sends.
+    /// A larger message is seen from its frame header and skipped unread
+    /// (never buffered), counted in [`TransportStats::oversized`]; the
+    /// connection stays up. It also bounds the partial message each
+    /// connection may hold while reading (see the module docs). Set it at
+    /// least as large as the biggest message the protocol sends.
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes.max(1);
         self
@@ -442,7 +442,7 @@ pub struct ZmqTransport {
 
 impl ZmqTransport {
     /// Binds the ROUTER (if configured; errors and port 0 surface here) and
-    /// starts a supervisor per configured peer, all under
+    /// starts a DEALER link per configured peer, all under
     /// `parent.child_token()`. Cancelling `parent` stops the transport; the
     /// transport never cancels `parent`. Must be called inside a tokio
     /// runtime.
