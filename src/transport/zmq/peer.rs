@@ -62,7 +62,11 @@ pub(crate) async fn supervise(mut link: PeerLink) {
     let mut conn: Option<(u64, mpsc::Sender<Out>)> = None;
     let mut pending: Option<Bytes> = None;
     loop {
-        let writer = conn.as_ref().map(|(_, tx)| tx.clone());
+        // The connection's sender, only while a message waits for room.
+        let writer = pending
+            .as_ref()
+            .and(conn.as_ref())
+            .map(|(_, tx)| tx.clone());
         tokio::select! {
             biased;
             _ = link.cancel.cancelled() => break,
