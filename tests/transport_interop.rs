@@ -248,29 +248,22 @@ async fn a_libzmq_client_that_never_reads_does_not_hold_up_answers_to_others() {
     stop.cancel();
 }
 
-/// A ZMTP 3.0 DEALER handshake with routing id `identity`, by hand.
+/// A ZMTP 3.0 DEALER handshake with routing id `identity` over a plain TCP
+/// stream (this crate's codec writes the greeting and READY), so the test
+/// can then write raw frames.
 fn raw_dealer(ep: &str, identity: &[u8]) -> std::net::TcpStream {
     use std::io::{Read, Write};
+    use zpatterns::zmtp::codec;
     let mut s = std::net::TcpStream::connect(ep.strip_prefix("tcp://").unwrap()).unwrap();
-    let mut greeting = [0u8; 64];
-    greeting[0] = 0xff;
-    greeting[9] = 0x7f;
-    greeting[10] = 3;
-    greeting[12..16].copy_from_slice(b"NULL");
-    s.write_all(&greeting).unwrap();
-    s.read_exact(&mut greeting).unwrap();
-    let mut body = b"\x05READY".to_vec();
-    for (name, value) in [
-        (&b"Socket-Type"[..], &b"DEALER"[..]),
-        (b"Identity", identity),
-    ] {
-        body.push(name.len() as u8);
-        body.extend_from_slice(name);
-        body.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        body.extend_from_slice(value);
-    }
-    s.write_all(&[0x04, body.len() as u8]).unwrap();
-    s.write_all(&body).unwrap();
+    s.write_all(&codec::greeting()).unwrap();
+    let mut theirs = [0u8; codec::GREETING_LEN];
+    s.read_exact(&mut theirs).unwrap();
+    let mut ready = bytes::BytesMut::new();
+    codec::encode_ready(
+        &[("Socket-Type", b"DEALER"), ("Identity", identity)],
+        &mut ready,
+    );
+    s.write_all(&ready).unwrap();
     s
 }
 
