@@ -342,6 +342,9 @@ fn a_provider_killed_halfway_through_64_mib_is_replaced() {
         assert!(n.sim.now() < end, "no progress");
         n.sim.step();
     }
+    // Both providers served at once up to here.
+    let (one, two) = (n.stats(1).chunks_served, n.stats(2).chunks_served);
+    assert!(one > 0 && two > 0, "chunks from 1: {one}, from 2: {two}");
     n.sim.crash(id(1));
     let served_before = n.stats(2).bytes_served;
     let (info, ..) = done(n.wait(0, Duration::from_secs(30)));
